@@ -1,0 +1,224 @@
+"""Recurrent Q-network and recurrent actor-critic, built from a :class:`~rnnpolicy.PolicySpec`.
+
+Every recurrent call takes ``(obs, state, episode_start)``; ``episode_start`` zeroes that
+row's state before its observation is used, by arithmetic, so the reset traces into an
+exported graph exactly as it runs in training. Tensors are time-major: ``(T, B, ...)``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from rnnpolicy.spec import PolicySpec
+
+
+class RecurrentState(NamedTuple):
+    """Hidden state: ``h`` and, for LSTM, ``c``, each ``(layers * cores, batch, hidden)``."""
+
+    h: Tensor
+    c: Tensor | None = None
+
+    def masked(self, keep: Tensor) -> RecurrentState:
+        """Multiply every row by ``keep`` ``(batch,)``: 0 zeroes that row's state."""
+        keep = keep.view(1, -1, 1)
+        return RecurrentState(self.h * keep, None if self.c is None else self.c * keep)
+
+    def select(self, rows: slice) -> RecurrentState:
+        """The state of layer rows ``rows`` (one core's share of a stacked state)."""
+        return RecurrentState(self.h[rows], None if self.c is None else self.c[rows])
+
+    def detach(self) -> RecurrentState:
+        return RecurrentState(self.h.detach(), None if self.c is None else self.c.detach())
+
+    @staticmethod
+    def cat(parts: list[RecurrentState]) -> RecurrentState:
+        """Stack cores' states along the layer axis."""
+        if len(parts) == 1:
+            return parts[0]
+        c = None if parts[0].c is None else torch.cat([p.c for p in parts], dim=0)
+        return RecurrentState(torch.cat([p.h for p in parts], dim=0), c)
+
+
+def initial_state(spec: PolicySpec, batch: int, device: torch.device | str = "cpu") -> RecurrentState:
+    """The zero state an episode starts from, for ``batch`` rows."""
+    shape = (spec.num_layers * spec.num_cores, batch, spec.hidden_size)
+    h = torch.zeros(shape, device=device)
+    return RecurrentState(h, torch.zeros(shape, device=device) if spec.cell == "lstm" else None)
+
+
+class RecurrentCore(nn.Module):
+    """An LSTM or GRU over ``(T, B, F)`` that resets rows at ``episode_start``; ``ff`` is the memoryless ablation."""
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int) -> None:
+        super().__init__()
+        self.cell = cell
+        if cell == "lstm":
+            self.rnn: nn.Module = nn.LSTM(input_size, hidden_size, num_layers)
+        elif cell == "gru":
+            self.rnn = nn.GRU(input_size, hidden_size, num_layers)
+        elif cell == "ff":
+            self.rnn = nn.Sequential(nn.Linear(input_size, hidden_size), nn.Tanh())
+        else:
+            raise ValueError(f"cell must be 'lstm', 'gru' or 'ff', got {cell!r}")
+
+    def _run(self, x: Tensor, state: RecurrentState) -> tuple[Tensor, RecurrentState]:
+        # x: (T, B, F); state: (layers, B, H)
+        if self.cell == "lstm":
+            out, (h, c) = self.rnn(x, (state.h, state.c))
+            return out, RecurrentState(h, c)
+        if self.cell == "gru":
+            out, h = self.rnn(x, state.h)
+            return out, RecurrentState(h)
+        # Feed-forward: the state passes through as zeros, so every stage keeps one interface.
+        return self.rnn(x), state.masked(torch.zeros_like(state.h[0, :, 0]))
+
+    def step(self, x: Tensor, state: RecurrentState, episode_start: Tensor) -> tuple[Tensor, RecurrentState]:
+        """One step: ``x`` ``(B, F)``, ``episode_start`` ``(B,)`` -> ``(B, H)`` and the next state."""
+        out, state = self._run(x.unsqueeze(0), state.masked(1.0 - episode_start.float()))
+        return out.squeeze(0), state
+
+    def forward(self, x: Tensor, state: RecurrentState, episode_start: Tensor) -> tuple[Tensor, RecurrentState]:
+        """A whole sequence: ``x`` ``(T, B, F)``, ``episode_start`` ``(T, B)`` -> ``(T, B, H)`` and the final state.
+
+        Runs as one fused call when episodes start only at ``t = 0`` (how the trainers batch
+        their sequences); otherwise steps through time, resetting rows where episodes start.
+        """
+        keep = 1.0 - episode_start.float()  # (T, B)
+        if not bool((keep[1:] == 0).any()):
+            return self._run(x, state.masked(keep[0]))
+        outputs = []
+        for t in range(x.shape[0]):
+            out, state = self._run(x[t : t + 1], state.masked(keep[t]))
+            outputs.append(out)
+        return torch.cat(outputs, dim=0), state
+
+
+class ObsNormalizer(nn.Module):
+    """``clip((obs - mean) / sqrt(var + eps))`` with statistics held as buffers (identity when off)."""
+
+    def __init__(self, spec: PolicySpec) -> None:
+        super().__init__()
+        self.enabled = spec.obs_norm is not None
+        dim = spec.obs_dim
+        norm = spec.obs_norm
+        self.register_buffer("mean", torch.tensor(norm.mean if norm else [0.0] * dim, dtype=torch.float32))
+        self.register_buffer("var", torch.tensor(norm.var if norm else [1.0] * dim, dtype=torch.float32))
+        self.clip = norm.clip if norm else 0.0
+        self.eps = norm.eps if norm else 0.0
+
+    def forward(self, obs: Tensor) -> Tensor:
+        if not self.enabled:
+            return obs
+        return torch.clamp((obs - self.mean) / torch.sqrt(self.var + self.eps), -self.clip, self.clip)
+
+
+def _encoder(spec: PolicySpec) -> nn.Module:
+    return nn.Sequential(nn.Linear(spec.obs_dim, spec.hidden_size), nn.ReLU())
+
+
+class QNetwork(nn.Module):
+    """The tutorial's ``QNet``: encoder, LSTM/GRU, linear head over the actions."""
+
+    def __init__(self, spec: PolicySpec) -> None:
+        super().__init__()
+        if spec.kind != "q":
+            raise ValueError(f"QNetwork needs a spec of kind 'q', got {spec.kind!r}")
+        self.spec = spec
+        self.normalizer = ObsNormalizer(spec)
+        self.encoder = _encoder(spec)
+        self.core = RecurrentCore(spec.cell, spec.hidden_size, spec.hidden_size, spec.num_layers)
+        self.head = nn.Linear(spec.hidden_size, spec.action.n)
+
+    def forward(self, obs: Tensor, state: RecurrentState, episode_start: Tensor) -> tuple[Tensor, RecurrentState]:
+        """``obs`` ``(T, B, F)`` -> Q-values ``(T, B, A)`` and the final state."""
+        features, state = self.core(self.encoder(self.normalizer(obs)), state, episode_start)
+        return self.head(features), state
+
+    def step(self, obs: Tensor, state: RecurrentState, episode_start: Tensor) -> tuple[tuple[Tensor, ...], RecurrentState]:
+        """One step for a batch: ``(q_values (B, A), action (B,))`` and the next state."""
+        features, state = self.core.step(self.encoder(self.normalizer(obs)), state, episode_start)
+        q_values = self.head(features)
+        return (q_values, torch.argmax(q_values, dim=-1)), state
+
+
+class ActorCritic(nn.Module):
+    """Recurrent actor-critic: categorical head for discrete actions, Gaussian head for boxes, value head.
+
+    With ``spec.num_cores == 2`` actor and critic have separate recurrent cores, whose states
+    are stacked along the layer axis (actor first).
+    """
+
+    def __init__(self, spec: PolicySpec) -> None:
+        super().__init__()
+        if spec.kind != "policy":
+            raise ValueError(f"ActorCritic needs a spec of kind 'policy', got {spec.kind!r}")
+        self.spec = spec
+        self.normalizer = ObsNormalizer(spec)
+        hidden = spec.hidden_size
+        self.actor_encoder = _encoder(spec)
+        self.actor_core = RecurrentCore(spec.cell, hidden, hidden, spec.num_layers)
+        if spec.num_cores == 2:
+            self.critic_encoder = _encoder(spec)
+            self.critic_core = RecurrentCore(spec.cell, hidden, hidden, spec.num_layers)
+        self.value_head = nn.Linear(hidden, 1)
+        action = spec.action
+        if action.is_discrete:
+            self.policy_head = nn.Linear(hidden, action.n)
+        else:
+            self.policy_head = nn.Linear(hidden, action.dim)
+            self.log_std = nn.Parameter(torch.zeros(action.dim))
+            self.register_buffer("action_low", torch.tensor(action.low, dtype=torch.float32))
+            self.register_buffer("action_high", torch.tensor(action.high, dtype=torch.float32))
+        nn.init.orthogonal_(self.policy_head.weight, gain=0.01)
+        nn.init.zeros_(self.policy_head.bias)
+        nn.init.orthogonal_(self.value_head.weight, gain=1.0)
+        nn.init.zeros_(self.value_head.bias)
+
+    def _features(self, obs: Tensor, state: RecurrentState, episode_start: Tensor, step: bool) -> tuple[Tensor, Tensor, RecurrentState]:
+        obs = self.normalizer(obs)
+        layers = self.spec.num_layers
+        run = (lambda core, x, s: core.step(x, s, episode_start)) if step else (lambda core, x, s: core(x, s, episode_start))
+        if self.spec.num_cores == 1:
+            features, state = run(self.actor_core, self.actor_encoder(obs), state)
+            return features, features, state
+        actor, actor_state = run(self.actor_core, self.actor_encoder(obs), state.select(slice(0, layers)))
+        critic, critic_state = run(self.critic_core, self.critic_encoder(obs), state.select(slice(layers, 2 * layers)))
+        return actor, critic, RecurrentState.cat([actor_state, critic_state])
+
+    def _heads(self, actor: Tensor, critic: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Distribution parameters: ``(logits, value)`` or ``(mean, log_std, value)`` packed as three tensors."""
+        params = self.policy_head(actor)
+        value = self.value_head(critic).squeeze(-1)
+        if self.spec.action.is_discrete:
+            return params, params.new_zeros(()), value
+        return params, self.log_std.expand_as(params), value
+
+    def forward(self, obs: Tensor, state: RecurrentState, episode_start: Tensor) -> tuple[Tensor, Tensor, Tensor, RecurrentState]:
+        """``obs`` ``(T, B, F)`` -> ``(logits or mean (T, B, A), log_std (T, B, A) or scalar 0, value (T, B), state)``."""
+        actor, critic, state = self._features(obs, state, episode_start, step=False)
+        return (*self._heads(actor, critic), state)
+
+    def distribution(self, params: Tensor, log_std: Tensor) -> torch.distributions.Distribution:
+        if self.spec.action.is_discrete:
+            return torch.distributions.Categorical(logits=params)
+        return torch.distributions.Independent(torch.distributions.Normal(params, log_std.exp()), 1)
+
+    def clip_action(self, action: Tensor) -> Tensor:
+        """Map a continuous action into the action bounds."""
+        return torch.maximum(torch.minimum(action, self.action_high), self.action_low)
+
+    def step(self, obs: Tensor, state: RecurrentState, episode_start: Tensor) -> tuple[tuple[Tensor, ...], RecurrentState]:
+        """One step for a batch, deterministic action: ``(logits, action, value)`` or ``(mean, log_std, action, value)``."""
+        actor, critic, state = self._features(obs, state, episode_start, step=True)
+        params, log_std, value = self._heads(actor, critic)
+        if self.spec.action.is_discrete:
+            return (params, torch.argmax(params, dim=-1), value), state
+        return (params, log_std, self.clip_action(params), value), state
+
+
+def build_model(spec: PolicySpec) -> QNetwork | ActorCritic:
+    """The network a spec describes, with fresh weights."""
+    return QNetwork(spec) if spec.kind == "q" else ActorCritic(spec)
