@@ -1,0 +1,69 @@
+"""``checkpoint.pt``: weights, policy spec, training config and normalisation statistics.
+
+Only plain containers and tensors are stored, so ``torch.load(path, weights_only=True)`` works.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rnnpolicy.spec import PolicySpec
+from rnnpolicy.train.models import ActorCritic, QNetwork, build_model
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class Checkpoint:
+    """A trained policy: its spec, its weights and the config that trained it."""
+
+    spec: PolicySpec
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> QNetwork | ActorCritic:
+        """The network with these weights, in eval mode."""
+        model = build_model(self.spec)
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+
+def save_checkpoint(path: str | Path, spec: PolicySpec, model: torch.nn.Module, config: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": "rnnpolicy.checkpoint",
+        # JSON round trip: only plain dicts, lists, strings and numbers reach the pickle.
+        "spec": json.loads(spec.to_json()),
+        "config": json.loads(json.dumps(config, default=str)),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint; ``ValueError`` naming the file for a missing, corrupt or foreign one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise ValueError(f"checkpoint {str(path)!r} is not a readable torch file: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != "rnnpolicy.checkpoint":
+        raise ValueError(f"{str(path)!r} is not an rnnpolicy checkpoint (no 'format': 'rnnpolicy.checkpoint')")
+    spec = PolicySpec.from_dict(payload["spec"])
+    checkpoint = Checkpoint(spec, payload["state_dict"], payload.get("config", {}))
+    try:
+        checkpoint.build()
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {str(path)!r}: weights do not match its spec: {exc}") from None
+    return checkpoint
