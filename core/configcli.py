@@ -1,0 +1,123 @@
+"""Command-line options generated from typed dataclasses, with each field's docstring as its help.
+
+A field documented by the string literal right below it::
+
+    @dataclass
+    class Config:
+        seed: int = 1
+        \"\"\"Random seed.\"\"\"
+
+becomes ``--seed SEED  Random seed. (default: 1)``, so the help never drifts from the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import textwrap
+import types
+import typing
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+T = TypeVar("T")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Map each field of dataclass ``cls`` (and its bases) to the docstring below it."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+        for node, following in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    *,
+    defaults: dict[str, Any] | None = None,
+    skip: tuple[str, ...] = (),
+    unset_default: bool = False,
+) -> None:
+    """Add one ``--option`` per field of ``cls``.
+
+    ``defaults`` overrides shown defaults; with ``unset_default`` an option not given on the
+    command line parses as ``None`` so that callers can layer their own defaults under it.
+    """
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in skip or not field.init:
+            continue
+        hint = hints[field.name]
+        default = (defaults or {}).get(field.name, _default_of(field))
+        help_text = docs.get(field.name, "")
+        if default is not None and default is not dataclasses.MISSING:
+            help_text += f" (default: {default})"
+        kwargs: dict[str, Any] = {"help": help_text, "dest": field.name}
+        kwargs["default"] = None if unset_default else default
+        base, optional = _unwrap_optional(hint)
+        if base is bool:
+            parser.add_argument(_option(field.name), action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        if get_origin(base) is Literal:
+            kwargs["choices"] = list(get_args(base))
+            kwargs["type"] = type(get_args(base)[0])
+        elif base in (int, float, str):
+            kwargs["type"] = base
+        elif get_origin(base) in (tuple, list):
+            item = get_args(base)[0]
+            kwargs["type"] = item
+            kwargs["nargs"] = "+"
+        else:
+            kwargs["type"] = str
+        if default is dataclasses.MISSING and not unset_default:
+            kwargs["required"] = True
+            kwargs.pop("default")
+        parser.add_argument(_option(field.name), **kwargs)
+
+
+def dataclass_from_args(cls: type[T], args: argparse.Namespace, base: dict[str, Any] | None = None) -> T:
+    """Build ``cls`` from parsed options, with options left unset (``None``) taking ``base`` values."""
+    values = dict(base or {})
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        value = getattr(args, field.name, None)
+        if value is not None:
+            values[field.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
+
+
+def _default_of(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return field.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
+
+
+def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
+    if get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return hint, False

@@ -1,0 +1,89 @@
+"""``train(config)``: pick the algorithm, layer its per-environment defaults, run it, save the checkpoint.
+
+An algorithm module (``rnnpolicy.train.ppo``, ``rnnpolicy.train.drqn``) provides:
+
+- ``Config``: a dataclass of its hyperparameters, one docstring per field;
+- ``ENV_DEFAULTS``: ``{env_id: {field: value}}`` so that the defaults solve the built-in tasks
+  (keys may also name ``TrainConfig`` fields such as ``total_steps`` and ``hidden_size``);
+- ``learn(config, algo_config, run) -> (spec, model)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import random
+from dataclasses import asdict
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+from rnnpolicy.train.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from rnnpolicy.train.config import TrainConfig
+from rnnpolicy.train.runlog import RunLog
+
+ALGORITHMS: dict[str, str] = {"ppo": "rnnpolicy.train.ppo", "drqn": "rnnpolicy.train.drqn"}
+FALLBACK_DEFAULTS: dict[str, Any] = {"total_steps": 100_000, "hidden_size": 64}
+
+
+def algorithm(name: str) -> ModuleType:
+    """The module of algorithm ``name``; ``ValueError`` naming the known ones otherwise."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}: expected one of {sorted(ALGORITHMS)}")
+    return importlib.import_module(ALGORITHMS[name])
+
+
+def env_defaults(algo: str, env_id: str) -> dict[str, Any]:
+    """The per-environment defaults of ``algo`` for ``env_id`` (empty for an environment it has none for)."""
+    return dict(algorithm(algo).ENV_DEFAULTS.get(env_id, {}))
+
+
+def resolve(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -> tuple[TrainConfig, Any]:
+    """Fill unset options from the environment's defaults, then build the algorithm's config.
+
+    Precedence: what the user gave, then ``ENV_DEFAULTS[env]``, then the dataclasses' own defaults.
+    """
+    module = algorithm(config.algo)
+    defaults = env_defaults(config.algo, config.env)
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    filled = {
+        key: defaults.get(key, FALLBACK_DEFAULTS[key])
+        for key in ("total_steps", "hidden_size")
+        if getattr(config, key) is None
+    }
+    config = dataclasses.replace(config, **filled)
+    algo_values = {k: v for k, v in defaults.items() if k not in train_fields}
+    algo_values.update({k: v for k, v in (algo_overrides or {}).items() if v is not None})
+    return config, module.Config(**algo_values)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device here")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -> Path:
+    """Train as ``config`` says and write the run directory; returns the checkpoint's path."""
+    config, algo_config = resolve(config, algo_overrides)
+    torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+    assert config.total_steps is not None
+    run = RunLog(config.out, config.total_steps, progress=config.progress, tensorboard=config.tensorboard)
+    try:
+        spec, model = algorithm(config.algo).learn(config, algo_config, run)
+    finally:
+        run.close()
+    record = {"train": asdict(config), "algo": asdict(algo_config)}
+    return save_checkpoint(Path(config.out) / CHECKPOINT_NAME, spec, model, record)

@@ -1,0 +1,76 @@
+"""``rnnpolicy train`` and ``rnnpolicy eval``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from rnnpolicy.configcli import add_dataclass_arguments, dataclass_from_args
+from rnnpolicy.train.config import TrainConfig
+
+
+def _algo_in(argv: list[str]) -> str | None:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--algo")
+    known, _ = pre.parse_known_args(argv)
+    return known.algo
+
+
+def add_train_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    add_dataclass_arguments(parser, TrainConfig, unset_default=False)
+    algo = _algo_in(argv)
+    from rnnpolicy.train.api import ALGORITHMS, algorithm
+
+    if algo not in ALGORITHMS:
+        parser.epilog = "Give --algo drqn or --algo ppo with --help to list that algorithm's hyperparameters."
+        return
+    group = parser.add_argument_group(
+        f"{algo} hyperparameters",
+        "Unset options take the algorithm's per-environment defaults, then the defaults shown.",
+    )
+    add_dataclass_arguments(group, algorithm(algo).Config, unset_default=True)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from rnnpolicy.train.api import algorithm, resolve, train
+
+    config = dataclass_from_args(TrainConfig, args)
+    algo_fields = {f.name for f in dataclasses.fields(algorithm(config.algo).Config)}
+    overrides = {k: v for k, v in vars(args).items() if k in algo_fields and v is not None}
+    resolved, algo_config = resolve(config, overrides)
+    print(
+        f"training {resolved.algo} on {resolved.env}: {resolved.total_steps} steps, "
+        f"{resolved.cell_kind} {resolved.num_layers}x{resolved.hidden_size}, seed {resolved.seed}",
+        file=sys.stderr,
+    )
+    path = train(config, overrides)
+    print(f"wrote {path}")
+    return 0
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    parser.add_argument("checkpoint", help="Path to a checkpoint.pt written by rnnpolicy train.")
+    parser.add_argument("--episodes", type=int, default=100, help="Episodes to run. (default: 100)")
+    parser.add_argument("--seed", type=int, default=10_000, help="Seed of the first evaluation episode. (default: 10000)")
+    parser.add_argument("--env", default=None, help="Environment id (default: the one the checkpoint was trained on).")
+    parser.add_argument("--threads", type=int, default=1, help="Torch intra-op threads. (default: 1)")
+    parser.add_argument("--json", action="store_true", help="Print one JSON object instead of text.")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from rnnpolicy.train.evaluate import evaluate
+
+    torch.set_num_threads(args.threads)
+    result = evaluate(args.checkpoint, episodes=args.episodes, seed=args.seed, env_id=args.env)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    line = f"{result.episodes} episodes: return {result.mean_return:.3f} +/- {result.std_return:.3f}"
+    if result.success_rate is not None:
+        line += f", success rate {result.success_rate:.3f}"
+    print(line)
+    return 0

@@ -1,0 +1,53 @@
+"""Vectorised environments for training and the policy spec they imply."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from rnnpolicy.encoding import ObsEncoding
+from rnnpolicy.envs import make_env
+from rnnpolicy.spec import ActionSpec
+
+
+def make_vector_env(env_id: str, num_envs: int, seed: int) -> gym.vector.SyncVectorEnv:
+    """``num_envs`` copies of ``env_id`` that reset themselves in the step that ends an episode.
+
+    The observation returned with ``terminated | truncated`` is already the next episode's
+    first one (the last one is in ``info["final_obs"]``), so each row's next observation is
+    an episode start exactly when the previous step was done.
+    """
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    make_env(env_id).close()  # fail fast, with a clear message, on an unknown id
+    envs = gym.vector.SyncVectorEnv(
+        [lambda: make_env(env_id) for _ in range(num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    envs.action_space.seed(seed)
+    return envs
+
+
+def observation_encoding(env: gym.Env | gym.vector.VectorEnv) -> ObsEncoding:
+    space = getattr(env, "single_observation_space", env.observation_space)
+    return ObsEncoding.from_space(space)
+
+
+def action_spec(env: gym.Env | gym.vector.VectorEnv) -> ActionSpec:
+    """The action space as a spec; ``ValueError`` for spaces a policy here cannot produce."""
+    space = getattr(env, "single_action_space", env.action_space)
+    if isinstance(space, spaces.Discrete):
+        if space.start != 0:
+            raise ValueError(f"discrete action spaces must start at 0, got start={space.start}")
+        return ActionSpec("discrete", n=int(space.n))
+    if isinstance(space, spaces.Box):
+        if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
+            raise ValueError(f"a continuous action space needs finite bounds, got {space}")
+        return ActionSpec(
+            "box",
+            shape=tuple(int(d) for d in space.shape),
+            low=tuple(float(v) for v in space.low.ravel()),
+            high=tuple(float(v) for v in space.high.ravel()),
+        )
+    raise ValueError(f"cannot act in action space {space}: expected Discrete or Box")

@@ -1,0 +1,88 @@
+"""Evaluate a checkpoint: deterministic episodes, mean and std of the return, success rate where known."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rnnpolicy.envs import make_env
+from rnnpolicy.train.checkpoint import load_checkpoint
+from rnnpolicy.train.models import initial_state
+
+
+@dataclass
+class EvalResult:
+    episodes: int
+    mean_return: float
+    std_return: float
+    success_rate: float | None
+    returns: list[float]
+
+    def to_dict(self) -> dict[str, float | int]:
+        out: dict[str, float | int] = {
+            "episodes": self.episodes,
+            "mean_return": self.mean_return,
+            "std_return": self.std_return,
+        }
+        if self.success_rate is not None:
+            out["success_rate"] = self.success_rate
+        return out
+
+
+@torch.no_grad()
+def evaluate(checkpoint_path: str | Path, episodes: int = 100, seed: int = 10_000, env_id: str | None = None, batch: int = 16) -> EvalResult:
+    """Run ``episodes`` deterministic episodes, ``batch`` environments side by side, one model call per step."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    checkpoint = load_checkpoint(checkpoint_path)
+    spec = checkpoint.spec
+    model = checkpoint.build()
+    env_id = env_id or spec.env_id
+    if not env_id:
+        raise ValueError("the checkpoint names no environment; pass one with --env")
+    width = min(batch, episodes)
+    envs = [make_env(env_id) for _ in range(width)]
+    obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
+    started = width
+    state = initial_state(spec, width)
+    episode_start = torch.ones(width)
+    totals = np.zeros(width)
+    active = np.ones(width, dtype=bool)
+    returns: list[float] = []
+    successes: list[float] = []
+    while active.any():
+        x = torch.as_tensor(np.stack([spec.obs_encoding.encode(o) for o in obs]))  # (B, obs_dim)
+        outputs, state = model.step(x, state, episode_start)
+        actions = outputs[spec.output_names.index("action")].numpy()
+        episode_start = torch.zeros(width)
+        for i, env in enumerate(envs):
+            if not active[i]:
+                continue
+            action = actions[i] if not spec.action.is_discrete else int(actions[i])
+            if not spec.action.is_discrete:
+                action = np.asarray(action, dtype=np.float32).reshape(spec.action.shape)
+            obs[i], reward, terminated, truncated, info = env.step(action)
+            totals[i] += reward
+            if terminated or truncated:
+                returns.append(float(totals[i]))
+                if "is_success" in info:
+                    successes.append(float(info["is_success"]))
+                totals[i] = 0.0
+                if started < episodes:
+                    obs[i] = env.reset(seed=seed + started)[0]
+                    started += 1
+                    episode_start[i] = 1.0
+                else:
+                    active[i] = False
+    for env in envs:
+        env.close()
+    return EvalResult(
+        episodes=len(returns),
+        mean_return=float(np.mean(returns)),
+        std_return=float(np.std(returns)),
+        success_rate=float(np.mean(successes)) if successes else None,
+        returns=returns,
+    )

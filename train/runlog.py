@@ -1,0 +1,139 @@
+"""What a training run reports: progress bar, ``metrics.csv``, ``learning_curve.png``, optional TensorBoard."""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METRICS_NAME = "metrics.csv"
+CURVE_NAME = "learning_curve.png"
+
+
+class EpisodeTracker:
+    """Sums rewards per vector-env row and records each finished episode's return, length and success."""
+
+    def __init__(self, num_envs: int, window: int = 100) -> None:
+        self._returns = np.zeros(num_envs, dtype=np.float64)
+        self._lengths = np.zeros(num_envs, dtype=np.int64)
+        self.recent_returns: deque[float] = deque(maxlen=window)
+        self.recent_successes: deque[float] = deque(maxlen=window)
+        self.episodes = 0
+
+    def update(self, rewards: np.ndarray, dones: np.ndarray, infos: dict[str, Any]) -> list[float]:
+        """Add one vector step; returns the returns of the episodes that ended on it."""
+        self._returns += rewards
+        self._lengths += 1
+        finished = []
+        success = infos.get("is_success")
+        success_mask = infos.get("_is_success")
+        for i in np.flatnonzero(dones):
+            finished.append(float(self._returns[i]))
+            self.recent_returns.append(float(self._returns[i]))
+            if success is not None and (success_mask is None or success_mask[i]):
+                self.recent_successes.append(float(success[i]))
+            self._returns[i] = 0.0
+            self._lengths[i] = 0
+            self.episodes += 1
+        return finished
+
+    @property
+    def mean_return(self) -> float:
+        return float(np.mean(self.recent_returns)) if self.recent_returns else float("nan")
+
+    @property
+    def success_rate(self) -> float:
+        return float(np.mean(self.recent_successes)) if self.recent_successes else float("nan")
+
+
+class RunLog:
+    """Writes one ``metrics.csv`` row per :meth:`log` call and keeps the progress bar current.
+
+    Every row has ``step``, ``wall_time``, ``episodes``, ``mean_return`` and ``success_rate``
+    (over the last 100 episodes), then whatever the algorithm passes (losses, epsilon, ...).
+    """
+
+    def __init__(self, out_dir: str | Path, total_steps: int, *, progress: bool = True, tensorboard: bool = False) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.total_steps = total_steps
+        self.start = time.perf_counter()
+        self._file = open(self.out_dir / METRICS_NAME, "w", newline="")
+        self._writer: csv.DictWriter | None = None
+        self.rows: list[dict[str, float]] = []
+        self._bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, smoothing=0.1)
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ValueError("--tensorboard needs the tensorboard package: pip install 'rnnpolicy[tensorboard]'") from None
+            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+        self._last_step = 0
+
+    def log(self, step: int, tracker: EpisodeTracker, **metrics: float) -> None:
+        row = {
+            "step": step,
+            "wall_time": round(time.perf_counter() - self.start, 3),
+            "episodes": tracker.episodes,
+            "mean_return": tracker.mean_return,
+            "success_rate": tracker.success_rate,
+            **{k: float(v) for k, v in metrics.items()},
+        }
+        if self._writer is None:
+            self._writer = csv.DictWriter(self._file, fieldnames=list(row), extrasaction="ignore")
+            self._writer.writeheader()
+        self._writer.writerow(row)
+        self._file.flush()
+        self.rows.append(row)
+        if self._tb is not None:
+            for key, value in row.items():
+                if key != "step":
+                    self._tb.add_scalar(key, value, step)
+        if self._bar is not None:
+            self._bar.update(step - self._last_step)
+            postfix = {"return": f"{tracker.mean_return:.2f}"}
+            if not np.isnan(tracker.success_rate):
+                postfix["success"] = f"{tracker.success_rate:.2f}"
+            self._bar.set_postfix(postfix, refresh=False)
+        self._last_step = step
+
+    def close(self) -> None:
+        """Close the files and draw ``learning_curve.png`` from the logged rows."""
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        self._file.close()
+        plot_learning_curve(self.rows, self.out_dir / CURVE_NAME)
+
+
+def plot_learning_curve(rows: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, [r["mean_return"] for r in rows], label="mean return (last 100 episodes)")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("return")
+    if any(not np.isnan(r["success_rate"]) for r in rows):
+        twin = ax.twinx()
+        twin.plot(steps, [r["success_rate"] for r in rows], color="tab:green", label="success rate")
+        twin.set_ylabel("success rate")
+        twin.set_ylim(-0.05, 1.05)
+    ax.set_title(path.parent.name)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
