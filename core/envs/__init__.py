@@ -17,7 +17,7 @@ __all__ = ["make_env", "MaskObservation", "MemoryGridEnv", "RepeatFirstEnv", "TM
 
 _REGISTRATIONS = {
     "rnnpolicy/MemoryGrid-v0": dict(entry_point="rnnpolicy.envs.memory_grid:MemoryGridEnv"),
-    "rnnpolicy/TMaze-v0": dict(entry_point="rnnpolicy.envs.tmaze:TMazeEnv", max_episode_steps=100),
+    "rnnpolicy/TMaze-v0": dict(entry_point="rnnpolicy.envs.tmaze:TMazeEnv"),
     "rnnpolicy/RepeatFirst-v0": dict(entry_point="rnnpolicy.envs.repeat_first:RepeatFirstEnv"),
     "rnnpolicy/CartPoleNoVel-v0": dict(
         entry_point="rnnpolicy.envs.masked:cartpole_no_velocity", max_episode_steps=500

@@ -17,8 +17,9 @@ class TMazeEnv(gym.Env):
     Observation (4 floats): ``[cue_left, cue_right, in_corridor, at_junction]``; the cue is
     shown only on the first step. Actions: 0 forward, 1 turn left, 2 turn right (turns do
     nothing inside the corridor). Reward +1 for the right turn at the junction, -1 for the
-    wrong one; ``info["is_success"]`` at the end of every episode. A policy without memory
-    turns the right way half the time.
+    wrong one; the episode is truncated after ``2 * corridor_length + 10`` steps, and
+    ``info["is_success"]`` comes with the end of every episode. A policy without memory turns
+    the right way half the time.
     """
 
     metadata = {"render_modes": []}
@@ -29,6 +30,8 @@ class TMazeEnv(gym.Env):
         self.corridor_length = corridor_length
         self.observation_space = spaces.Box(0.0, 1.0, shape=(4,), dtype=np.float32)
         self.action_space = spaces.Discrete(3)
+        self.max_steps = 2 * corridor_length + 10
+        self._t = 0
         self._position = 0
         self._goal = LEFT
 
@@ -42,6 +45,7 @@ class TMazeEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         self._position = 0
+        self._t = 0
         self._goal = LEFT if self.np_random.random() < 0.5 else RIGHT
         return self._obs(show_cue=True), {}
 
@@ -49,11 +53,13 @@ class TMazeEnv(gym.Env):
         action = int(action)
         if action not in (FORWARD, LEFT, RIGHT):
             raise ValueError(f"T-maze action must be 0, 1 or 2, got {action}")
-        if self._position < self.corridor_length:
-            if action == FORWARD:
+        self._t += 1
+        at_junction = self._position == self.corridor_length
+        if not at_junction or action == FORWARD:
+            if action == FORWARD and not at_junction:
                 self._position += 1
-            return self._obs(show_cue=False), 0.0, False, False, {}
-        if action == FORWARD:
+            if self._t >= self.max_steps:
+                return self._obs(show_cue=False), 0.0, False, True, {"is_success": False}
             return self._obs(show_cue=False), 0.0, False, False, {}
         success = action == self._goal
         return self._obs(show_cue=False), 1.0 if success else -1.0, True, False, {"is_success": success}

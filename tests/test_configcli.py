@@ -1,0 +1,54 @@
+import argparse
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+
+from rnnpolicy.configcli import add_dataclass_arguments, dataclass_from_args, field_docs
+
+
+@dataclass
+class Example:
+    name: str
+    """What to call it."""
+    rate: float = 0.5
+    """How fast it goes."""
+    mode: Literal["a", "b"] = "a"
+    """Which way."""
+    fast: bool = False
+    """Go fast."""
+    limit: int | None = None
+    """An optional cap."""
+
+
+def test_field_docstrings_become_help():
+    assert field_docs(Example) == {
+        "name": "What to call it.",
+        "rate": "How fast it goes.",
+        "mode": "Which way.",
+        "fast": "Go fast.",
+        "limit": "An optional cap.",
+    }
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, Example)
+    text = parser.format_help()
+    assert "How fast it goes. (default: 0.5)" in text
+    assert "--no-fast" in text
+
+
+def test_parse_types_choices_and_required():
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, Example)
+    args = parser.parse_args(["--name", "x", "--rate", "2", "--mode", "b", "--fast", "--limit", "3"])
+    assert dataclass_from_args(Example, args) == Example("x", 2.0, "b", True, 3)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--name", "x", "--mode", "c"])
+    with pytest.raises(SystemExit):
+        parser.parse_args([])
+
+
+def test_unset_options_take_the_base_values():
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, Example, unset_default=True)
+    args = parser.parse_args(["--rate", "3"])
+    assert dataclass_from_args(Example, args, base={"name": "n", "rate": 1.0, "limit": 7}) == Example("n", 3.0, limit=7)

@@ -1,0 +1,115 @@
+import pytest
+import torch
+
+from rnnpolicy import ActionSpec, ObsEncoding, ObsNormSpec, PolicySpec
+from rnnpolicy.train.models import ActorCritic, QNetwork, RecurrentState, build_model, initial_state
+
+OBS_DIM = 4
+DISCRETE = ActionSpec("discrete", n=3)
+BOX = ActionSpec("box", shape=(2,), low=(-1.0, -1.0), high=(1.0, 1.0))
+CASES = [
+    ("q", DISCRETE, 1),
+    ("policy", DISCRETE, 1),
+    ("policy", DISCRETE, 2),
+    ("policy", BOX, 1),
+    ("policy", BOX, 2),
+]
+
+
+def make_spec(kind, action, cores, cell, layers=2, norm=False):
+    return PolicySpec(
+        kind=kind,
+        cell=cell,
+        num_layers=layers,
+        hidden_size=8,
+        obs_encoding=ObsEncoding.flat(OBS_DIM),
+        action=action,
+        num_cores=cores,
+        obs_norm=ObsNormSpec(mean=(0.1,) * OBS_DIM, var=(2.0,) * OBS_DIM) if norm else None,
+    )
+
+
+def sequence_outputs(model, obs, state, episode_start):
+    """The head outputs of a whole-sequence call, packed like ``step``'s first output."""
+    out = model(obs, state, episode_start)
+    return out[0], out[-1]
+
+
+@pytest.mark.parametrize("kind, action, cores", CASES)
+@pytest.mark.parametrize("cell", ["lstm", "gru", "ff"])
+def test_step_by_step_equals_whole_sequence_with_episode_starts_inside(kind, action, cores, cell):
+    torch.manual_seed(0)
+    spec = make_spec(kind, action, cores, cell, norm=True)
+    model = build_model(spec)
+    T, B = 9, 4
+    obs = torch.randn(T, B, OBS_DIM)
+    episode_start = torch.zeros(T, B)
+    episode_start[0] = 1
+    episode_start[4, 1] = 1
+    episode_start[6, 3] = 1
+    start = RecurrentState(*(torch.randn_like(t) if t is not None else None for t in initial_state(spec, B)))
+    seq_head, seq_state = sequence_outputs(model, obs, start, episode_start)
+    state, heads = start, []
+    for t in range(T):
+        outputs, state = model.step(obs[t], state, episode_start[t])
+        heads.append(outputs[0])
+    torch.testing.assert_close(torch.stack(heads), seq_head, rtol=0, atol=1e-5)
+    torch.testing.assert_close(state.h, seq_state.h, rtol=0, atol=1e-5)
+    if cell == "lstm":
+        torch.testing.assert_close(state.c, seq_state.c, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_episode_start_equals_a_fresh_start(cell):
+    torch.manual_seed(1)
+    spec = make_spec("q", DISCRETE, 1, cell)
+    model = QNetwork(spec)
+    obs = torch.randn(5, 3, OBS_DIM)
+    warm = RecurrentState(*(torch.randn_like(t) if t is not None else None for t in initial_state(spec, 3)))
+    reset_out, reset_state = model(obs, warm, torch.ones(5, 3) * torch.tensor([1, 0, 0, 0, 0.0]).view(5, 1))
+    fresh_out, fresh_state = model(obs, initial_state(spec, 3), torch.zeros(5, 3))
+    torch.testing.assert_close(reset_out, fresh_out)
+    torch.testing.assert_close(reset_state.h, fresh_state.h)
+    # and without the reset the warm state changes the output
+    warm_out, _ = model(obs, warm, torch.zeros(5, 3))
+    assert not torch.allclose(warm_out, fresh_out)
+
+
+def test_reset_only_touches_its_row():
+    torch.manual_seed(2)
+    spec = make_spec("policy", DISCRETE, 2, "lstm")
+    model = ActorCritic(spec)
+    state = RecurrentState(*(torch.randn_like(t) for t in initial_state(spec, 3)))
+    obs = torch.randn(3, OBS_DIM)
+    (logits_a, *_), _ = model.step(obs, state, torch.tensor([0.0, 1.0, 0.0]))
+    (logits_b, *_), _ = model.step(obs, state, torch.zeros(3))
+    torch.testing.assert_close(logits_a[[0, 2]], logits_b[[0, 2]])
+    assert not torch.allclose(logits_a[1], logits_b[1])
+
+
+def test_continuous_step_action_is_the_mean_clipped_to_bounds():
+    torch.manual_seed(3)
+    spec = make_spec("policy", BOX, 1, "gru")
+    model = ActorCritic(spec)
+    with torch.no_grad():
+        model.policy_head.bias.fill_(5.0)
+    (mean, log_std, action, value), _ = model.step(torch.randn(4, OBS_DIM), initial_state(spec, 4), torch.ones(4))
+    assert mean.shape == log_std.shape == action.shape == (4, 2)
+    assert value.shape == (4,)
+    assert torch.all(action == 1.0)
+
+
+def test_obs_normalisation_is_applied_inside_the_model():
+    torch.manual_seed(4)
+    spec = make_spec("q", DISCRETE, 1, "lstm", norm=True)
+    model = QNetwork(spec)
+    x = torch.full((1, OBS_DIM), 0.1)
+    torch.testing.assert_close(model.normalizer(x), torch.zeros(1, OBS_DIM))
+    assert torch.all(model.normalizer(torch.full((1, OBS_DIM), 1e6)) == 10.0)
+
+
+def test_models_refuse_the_wrong_spec_kind():
+    with pytest.raises(ValueError, match="QNetwork needs a spec of kind 'q', got 'policy'"):
+        QNetwork(make_spec("policy", DISCRETE, 1, "lstm"))
+    with pytest.raises(ValueError, match="ActorCritic needs a spec of kind 'policy', got 'q'"):
+        ActorCritic(make_spec("q", DISCRETE, 1, "lstm"))

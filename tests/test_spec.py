@@ -1,0 +1,85 @@
+import json
+
+import pytest
+
+from rnnpolicy import ActionSpec, ObsEncoding, ObsNormSpec, PolicySpec
+from rnnpolicy.spec import FORMAT_VERSION
+
+
+def make_spec(**overrides) -> PolicySpec:
+    values = dict(
+        kind="policy",
+        cell="lstm",
+        num_layers=2,
+        hidden_size=16,
+        obs_encoding=ObsEncoding.flat(3),
+        action=ActionSpec("box", shape=(2,), low=(-1.0, -2.0), high=(1.0, 2.0)),
+        num_cores=2,
+        obs_norm=ObsNormSpec(mean=(0.0, 1.0, 2.0), var=(1.0, 2.0, 3.0)),
+        env_id="rnnpolicy/PendulumNoVel-v0",
+        algo="ppo",
+    )
+    values.update(overrides)
+    return PolicySpec(**values)
+
+
+def test_json_round_trip_keeps_every_field():
+    spec = make_spec()
+    assert PolicySpec.from_json(spec.to_json()) == spec
+
+
+def test_state_tensors_and_io_names_follow_the_cell():
+    lstm = make_spec()
+    assert [s.name for s in lstm.state_tensors] == ["state_h", "state_c"]
+    assert lstm.state_tensors[0].shape == (4, "batch", 16)  # 2 layers x 2 cores
+    assert lstm.input_names == ("obs", "episode_start", "state_h", "state_c")
+    assert lstm.output_names == ("mean", "log_std", "action", "value", "next_state_h", "next_state_c")
+    gru_q = make_spec(kind="q", cell="gru", num_cores=1, action=ActionSpec("discrete", n=3))
+    assert gru_q.input_names == ("obs", "episode_start", "state_h")
+    assert gru_q.output_names == ("q_values", "action", "next_state_h")
+    discrete = make_spec(action=ActionSpec("discrete", n=3))
+    assert discrete.output_names[:3] == ("logits", "action", "value")
+
+
+def test_dict_form_documents_shapes_and_initial_state():
+    data = json.loads(make_spec().to_json())
+    assert data["state_tensors"][0] == {"name": "state_h", "shape": [4, "batch", 16]}
+    assert data["initial_state"] == "zeros"
+    assert data["format_version"] == FORMAT_VERSION
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(kind="value"), "policy kind must be one of"),
+        (dict(cell="rnn"), "cell must be one of"),
+        (dict(hidden_size=0), "hidden_size >= 1"),
+        (dict(kind="q"), "Q-network needs a discrete action space"),
+    ],
+)
+def test_invalid_specs_name_the_bad_value(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_spec(**overrides)
+
+
+def test_foreign_format_version_is_refused():
+    data = json.loads(make_spec().to_json())
+    data["format_version"] = 99
+    with pytest.raises(ValueError, match="format version 99 is not supported"):
+        PolicySpec.from_dict(data)
+
+
+def test_malformed_json_is_refused():
+    with pytest.raises(ValueError, match="not valid JSON"):
+        PolicySpec.from_json("{nope")
+    data = json.loads(make_spec().to_json())
+    del data["action"]
+    with pytest.raises(ValueError, match="missing or has a malformed field"):
+        PolicySpec.from_dict(data)
+
+
+def test_action_spec_validation():
+    with pytest.raises(ValueError, match="n >= 1, got n=0"):
+        ActionSpec("discrete", n=0)
+    with pytest.raises(ValueError, match="equal size"):
+        ActionSpec("box", shape=(2,), low=(0.0,), high=(1.0, 1.0))
