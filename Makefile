@@ -1,0 +1,40 @@
+# Two entry points for a fresh clone: `make demo` (the whole path) and `make test`.
+# Both create .venv and install the package with the pins in constraints.txt
+# (torch==2.13.0: a looser torch spec would pull several GB of CUDA packages).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+NODE_STAMP := clients/node/node_modules/.installed-stamp
+
+.PHONY: setup demo test test-slow bench protos clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,dev]'
+	touch $@
+
+# The Node.js examples' packages; skipped (and their tests skip, saying why) where npm is absent.
+$(NODE_STAMP): clients/node/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd clients/node && ONNXRUNTIME_NODE_INSTALL=skip npm install --no-audit --no-fund --silent && touch node_modules/.installed-stamp; \
+	else echo "npm not found: skipping the Node.js client packages"; fi
+
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+test: $(STAMP) $(NODE_STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+protos: $(STAMP)
+	$(PY) -m rnnpolicy.v1.generate
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache

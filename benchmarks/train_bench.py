@@ -1,0 +1,115 @@
+"""Does memory solve the memory tasks? Train recurrent and feed-forward agents over seeds and evaluate.
+
+For each (algorithm, environment, network, seed) it trains with the per-environment defaults,
+evaluates 100 deterministic episodes, and records success rate, return, wall time and
+environment steps/s. Results go to ``benchmarks/results/train_bench.json`` and ``.md``.
+
+    python benchmarks/train_bench.py                       # the full matrix, 5 seeds (long)
+    python benchmarks/train_bench.py --seeds 2 --algos drqn --envs rnnpolicy/TMaze-v0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MEMORY_ENVS = ("rnnpolicy/TMaze-v0", "rnnpolicy/RepeatFirst-v0", "rnnpolicy/MemoryGrid-v0")
+
+
+def run_one(algo: str, env: str, network: str, seed: int, out: Path) -> dict:
+    from rnnpolicy.train.api import train
+    from rnnpolicy.train.config import TrainConfig
+    from rnnpolicy.train.evaluate import evaluate
+
+    config = TrainConfig(algo=algo, env=env, out=str(out), seed=seed, feedforward=network == "ff", progress=False)
+    start = time.perf_counter()
+    checkpoint = train(config)
+    wall = time.perf_counter() - start
+    rows = (out / "metrics.csv").read_text().splitlines()
+    steps = int(float(rows[-1].split(",")[0]))
+    result = evaluate(checkpoint, episodes=100)
+    return {
+        "algo": algo, "env": env, "network": network, "seed": seed,
+        "env_steps": steps, "wall_s": round(wall, 2), "steps_per_s": round(steps / wall, 1),
+        "mean_return": result.mean_return, "success_rate": result.success_rate,
+    }
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["algo"], row["env"], row["network"]), []).append(row)
+    summary = []
+    for (algo, env, network), runs in groups.items():
+        success = [r["success_rate"] for r in runs if r["success_rate"] is not None]
+        summary.append({
+            "algo": algo, "env": env, "network": network, "seeds": len(runs),
+            "median_success_rate": statistics.median(success) if success else None,
+            "min_success_rate": min(success) if success else None,
+            "seeds_at_0.95": sum(s >= 0.95 for s in success),
+            "median_return": statistics.median(r["mean_return"] for r in runs),
+            "median_wall_s": statistics.median(r["wall_s"] for r in runs),
+            "median_steps_per_s": statistics.median(r["steps_per_s"] for r in runs),
+        })
+    return summary
+
+
+def write_markdown(summary: list[dict], path: Path, command: str) -> None:
+    lines = [
+        "# Memory benchmark: recurrent vs feed-forward",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, one torch thread.",
+        "",
+        "| algo | env | network | seeds | median success | min success | seeds >= 0.95 | median return | median wall s | median steps/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    fmt = lambda v: "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+    for s in summary:
+        lines.append("| " + " | ".join(fmt(s[k]) for k in (
+            "algo", "env", "network", "seeds", "median_success_rate", "min_success_rate",
+            "seeds_at_0.95", "median_return", "median_wall_s", "median_steps_per_s")) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--algos", nargs="+", default=["drqn", "ppo"], help="Algorithms. (default: drqn ppo)")
+    parser.add_argument("--envs", nargs="+", default=list(MEMORY_ENVS), help="Environments. (default: the three memory tasks)")
+    parser.add_argument("--networks", nargs="+", default=["lstm", "ff"], choices=["lstm", "ff"], help="Networks. (default: lstm ff)")
+    parser.add_argument("--seeds", type=int, default=5, help="Seeds 1..N per cell. (default: 5)")
+    parser.add_argument("--name", default="train_bench", help="Result file stem. (default: train_bench)")
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for algo in args.algos:
+            for env in args.envs:
+                for network in args.networks:
+                    for seed in range(1, args.seeds + 1):
+                        out = Path(tmp) / f"{algo}-{env.replace('/', '_')}-{network}-{seed}"
+                        row = run_one(algo, env, network, seed, out)
+                        print(json.dumps(row), flush=True)
+                        rows.append(row)
+    summary = summarise(rows)
+    RESULTS.mkdir(exist_ok=True)
+    command = "python benchmarks/train_bench.py " + " ".join(
+        f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
+    )
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"command": command, "summary": summary, "runs": rows}, indent=2))
+    write_markdown(summary, RESULTS / f"{args.name}.md", command)
+    print((RESULTS / f"{args.name}.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
