@@ -34,7 +34,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 protos: $(STAMP)
-	$(PY) -m rnnpolicy.v1.generate
+	$(PY) -m rnnpolicy.v1.regenerate
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache
