@@ -1,0 +1,333 @@
+"""Serving benchmark: PolicyService vs a bare gRPC echo server with the same messages, same machine.
+
+Measures throughput and p50/p99 latency of unary and streaming steps at 1, 16 and 128
+concurrent sessions and of StepBatch with 256 sessions, against ``rnnpolicy serve`` (a 128-unit
+LSTM Q-network, random weights) and against an echo server that answers the same messages
+without a model: the ceiling for Python gRPC here. Also the resident memory of 10,000 sessions
+and, with ``--soak N``, memory over N steps with sessions opening and closing.
+
+Servers run as subprocesses; the load comes from one asyncio client process (this one).
+Results: benchmarks/results/serve_bench.json and serve_bench.md.
+
+    python benchmarks/serve_bench.py [--seconds 3] [--soak 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from rnnpolicy.v1 import policy_pb2 as pb
+from rnnpolicy.v1 import policy_pb2_grpc
+
+OBS_DIM, ACTIONS, HIDDEN = 16, 6, 128
+RESULTS = Path(__file__).parent / "results"
+SERVICE = "/rnnpolicy.v1.PolicyService/"
+
+
+# ------------------------------------------------------------------ the echo server (a subprocess)
+
+
+def run_echo_server() -> None:
+    """Answer Step/StepStream/StepBatch/CreateSession with same-shaped responses and no model."""
+    from concurrent import futures
+
+    q_values = [0.5] * ACTIONS
+
+    def step(request, context):
+        return pb.StepResponse(session_id=request.session_id, seq=request.seq, discrete_action=1,
+                               q_values=q_values, model_version="echo")
+
+    def stream(requests, context):
+        for request in requests:
+            yield pb.StepResponse(session_id=request.session_id, seq=request.seq, discrete_action=1,
+                                  q_values=q_values, model_version="echo")
+
+    def batch(request, context):
+        n = len(request.session_ids)
+        obs = np.array(request.obs, dtype=np.float32)  # the same decode work the real server does
+        return pb.StepBatchResponse(seqs=request.seqs, discrete_actions=[1] * n, q_values=(np.zeros((n, ACTIONS), np.float32) + obs.sum() * 0).ravel().tolist(),
+                                    model_version="echo")
+
+    def create(request, context):
+        return pb.CreateSessionResponse(session_id=os.urandom(12).hex())
+
+    handlers = {
+        "Step": grpc.unary_unary_rpc_method_handler(step, pb.StepRequest.FromString, pb.StepResponse.SerializeToString),
+        "StepStream": grpc.stream_stream_rpc_method_handler(stream, pb.StepRequest.FromString, pb.StepResponse.SerializeToString),
+        "StepBatch": grpc.unary_unary_rpc_method_handler(batch, pb.StepBatchRequest.FromString, pb.StepBatchResponse.SerializeToString),
+        "CreateSession": grpc.unary_unary_rpc_method_handler(create, pb.CreateSessionRequest.FromString, pb.CreateSessionResponse.SerializeToString),
+    }
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=256), maximum_concurrent_rpcs=256)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("rnnpolicy.v1.PolicyService", handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(f"echo serving on 127.0.0.1:{port};", file=sys.stderr, flush=True)
+    server.wait_for_termination()
+
+
+# ------------------------------------------------------------------ servers
+
+
+def export_bench_model(root: Path) -> Path:
+    import torch
+
+    from rnnpolicy.encoding import ObsEncoding
+    from rnnpolicy.export import export_checkpoint
+    from rnnpolicy.spec import ActionSpec, PolicySpec
+    from rnnpolicy.train.checkpoint import save_checkpoint
+    from rnnpolicy.train.models import build_model
+
+    spec = PolicySpec(kind="q", cell="lstm", num_layers=1, hidden_size=HIDDEN,
+                      obs_encoding=ObsEncoding.flat(OBS_DIM), action=ActionSpec("discrete", n=ACTIONS))
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(root / "checkpoint.pt", spec, build_model(spec), {})
+    export_checkpoint(ckpt, root / "export", verify=False)
+    return root / "export"
+
+
+def start(cmd: list[str]) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    while True:
+        line = proc.stderr.readline()
+        if not line:
+            raise RuntimeError(f"server {cmd} exited before serving")
+        if "serving" in line:
+            return proc, int(line.split("127.0.0.1:")[1].split(";")[0])
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+# ------------------------------------------------------------------ load
+
+
+class Load:
+    def __init__(self, port: int) -> None:
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self.stub = policy_pb2_grpc.PolicyServiceStub(self.channel)
+        self.obs = np.random.default_rng(0).normal(size=OBS_DIM).astype(np.float32).tolist()
+
+    async def sessions(self, n: int) -> list[str]:
+        return [(await self.stub.CreateSession(pb.CreateSessionRequest(model="bench"))).session_id for _ in range(n)]
+
+    async def unary(self, sid: str, stop_at: float, lat: list[float], seq0: int) -> int:
+        seq = seq0
+        while time.perf_counter() < stop_at:
+            seq += 1
+            t = time.perf_counter()
+            await self.stub.Step(pb.StepRequest(session_id=sid, seq=seq, obs=self.obs, deterministic=True))
+            lat.append(time.perf_counter() - t)
+        return seq
+
+    async def stream(self, sid: str, stop_at: float, lat: list[float], seq0: int) -> int:
+        call = self.stub.StepStream()
+        seq = seq0
+        while time.perf_counter() < stop_at:
+            seq += 1
+            t = time.perf_counter()
+            await call.write(pb.StepRequest(session_id=sid, seq=seq, obs=self.obs, deterministic=True))
+            response = await call.read()
+            lat.append(time.perf_counter() - t)
+            if response.HasField("error"):
+                raise RuntimeError(response.error.message)
+        await call.done_writing()
+        return seq
+
+    async def batch(self, ids: list[str], stop_at: float, lat: list[float], seq0: int) -> int:
+        n = len(ids)
+        obs = np.tile(np.asarray(self.obs, np.float32), n).tolist()
+        seq = seq0
+        while time.perf_counter() < stop_at:
+            seq += 1
+            t = time.perf_counter()
+            response = await self.stub.StepBatch(pb.StepBatchRequest(session_ids=ids, seqs=[seq] * n, obs=obs, deterministic=True))
+            lat.append(time.perf_counter() - t)
+            if response.errors:
+                raise RuntimeError(response.errors[0].message)
+        return seq
+
+
+async def scenario(port: int, kind: str, sessions: int, seconds: float) -> dict:
+    load = Load(port)
+    ids = await load.sessions(sessions)
+    lat: list[float] = []
+    # warm-up, then measure
+    for phase, length in (("warm", min(1.0, seconds / 3)), ("measure", seconds)):
+        lat.clear()
+        stop_at = time.perf_counter() + length
+        t0 = time.perf_counter()
+        if kind == "batch":
+            seqs = [await load.batch(ids, stop_at, lat, getattr(load, "_seq", 0))]
+            load._seq = seqs[0]
+            steps = len(lat) * sessions
+        else:
+            fn = load.unary if kind == "unary" else load.stream
+            seq0 = getattr(load, "_seqs", [0] * sessions)
+            load._seqs = await asyncio.gather(*(fn(sid, stop_at, lat, s) for sid, s in zip(ids, seq0)))
+            steps = len(lat)
+        elapsed = time.perf_counter() - t0
+    await load.channel.close()
+    ms = np.asarray(lat) * 1e3
+    return {"kind": kind, "sessions": sessions, "calls": len(lat), "steps": steps, "seconds": round(elapsed, 3),
+            "steps_per_s": round(steps / elapsed, 1), "p50_ms": round(float(np.percentile(ms, 50)), 4),
+            "p99_ms": round(float(np.percentile(ms, 99)), 4)}
+
+
+async def resident_memory(port: int, pid: int, count: int = 10_000) -> dict:
+    load = Load(port)
+    await asyncio.sleep(0.5)
+    idle = rss_mb(pid)
+    ids = []
+    for start_ in range(0, count, 500):
+        ids += await asyncio.gather(*(load.stub.CreateSession(pb.CreateSessionRequest(model="bench")) for _ in range(min(500, count - start_))))
+    ids = [r.session_id for r in ids]
+    obs = np.tile(np.asarray(load.obs, np.float32), 256).tolist()
+    for lo in range(0, count, 256):
+        chunk = ids[lo:lo + 256]
+        await load.stub.StepBatch(pb.StepBatchRequest(session_ids=chunk, seqs=[1] * len(chunk), obs=obs[:len(chunk) * OBS_DIM]))
+    await asyncio.sleep(0.5)
+    full = rss_mb(pid)
+    await load.channel.close()
+    return {"sessions": count, "idle_rss_mb": round(idle, 1), "rss_mb": round(full, 1), "delta_mb": round(full - idle, 1)}
+
+
+async def soak(port: int, pid: int, total_steps: int) -> dict:
+    """Open 256 sessions, step them 50 times in StepBatches, close them; repeat until total_steps."""
+    load = Load(port)
+    obs = np.tile(np.asarray(load.obs, np.float32), 256).tolist()
+    done, samples, t0 = 0, [], time.perf_counter()
+    while done < total_steps:
+        ids = [r.session_id for r in await asyncio.gather(*(load.stub.CreateSession(pb.CreateSessionRequest(model="bench")) for _ in range(256)))]
+        for seq in range(1, 51):
+            await load.stub.StepBatch(pb.StepBatchRequest(session_ids=ids, seqs=[seq] * 256, obs=obs))
+        await asyncio.gather(*(load.stub.CloseSession(pb.CloseSessionRequest(session_id=s)) for s in ids))
+        done += 256 * 50
+        samples.append((done, rss_mb(pid)))
+    await load.channel.close()
+    tenth = samples[max(0, len(samples) // 10 - 1)][1]
+    return {"steps": done, "seconds": round(time.perf_counter() - t0, 1), "rss_mb_at_10pct": round(tenth, 1),
+            "rss_mb_end": round(samples[-1][1], 1), "growth_mb": round(samples[-1][1] - tenth, 1),
+            "rss_mb_max": round(max(s[1] for s in samples), 1)}
+
+
+# ------------------------------------------------------------------ main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per scenario")
+    parser.add_argument("--soak", type=int, default=0, help="also run N steps with sessions opening and closing")
+    parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--max-wait-us", type=int, default=0)
+    args = parser.parse_args()
+    if args.echo_server:
+        run_echo_server()
+        return 0
+    plan = [("unary", 1), ("unary", 16), ("unary", 128), ("stream", 1), ("stream", 16), ("stream", 128), ("batch", 256)]
+    results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "grpcio": grpc.__version__},
+                     "model": f"q-network, LSTM {HIDDEN} units, obs_dim {OBS_DIM}, {ACTIONS} actions",
+                     "seconds_per_scenario": args.seconds, "max_wait_us": args.max_wait_us}
+    with tempfile.TemporaryDirectory() as tmp:
+        export = export_bench_model(Path(tmp))
+        serve_cmd = [sys.executable, "-m", "rnnpolicy.cli", "serve", "--model", f"bench={export}", "--port", "0",
+                     "--max-sessions", "20000", "--max-wait-us", str(args.max_wait_us)]
+        for name, cmd in (("echo", [sys.executable, __file__, "--echo-server"]), ("serve", serve_cmd)):
+            proc, port = start(cmd)
+            try:
+                results[name] = []
+                for kind, n in plan:
+                    row = asyncio.run(scenario(port, kind, n, args.seconds))
+                    print(name, row, flush=True)
+                    results[name].append(row)
+            finally:
+                stop(proc)
+        proc, port = start(serve_cmd)
+        try:
+            results["memory_10k_sessions"] = asyncio.run(resident_memory(port, proc.pid))
+            print("memory", results["memory_10k_sessions"], flush=True)
+        finally:
+            stop(proc)
+        if args.soak:
+            proc, port = start(serve_cmd)
+            try:
+                results["soak"] = asyncio.run(soak(port, proc.pid, args.soak))
+                print("soak", results["soak"], flush=True)
+            finally:
+                stop(proc)
+    results["targets"] = targets(results)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "serve_bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "serve_bench.md").write_text(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+def _row(results: dict, server: str, kind: str, n: int) -> dict:
+    return next(r for r in results[server] if r["kind"] == kind and r["sessions"] == n)
+
+
+def targets(results: dict) -> list[dict]:
+    s1, e1 = _row(results, "serve", "stream", 1), _row(results, "echo", "stream", 1)
+    s128, e128 = _row(results, "serve", "stream", 128), _row(results, "echo", "stream", 128)
+    batch = _row(results, "serve", "batch", 256)
+    out = [
+        {"target": "1 streaming session p50 <= 1.3x echo", "value": round(s1["p50_ms"] / e1["p50_ms"], 3), "limit": 1.3,
+         "met": s1["p50_ms"] <= 1.3 * e1["p50_ms"]},
+        {"target": "128 streaming sessions throughput >= 0.7x echo", "value": round(s128["steps_per_s"] / e128["steps_per_s"], 3),
+         "limit": 0.7, "met": s128["steps_per_s"] >= 0.7 * e128["steps_per_s"]},
+        {"target": "StepBatch(256) >= 50,000 session-steps/s", "value": batch["steps_per_s"], "limit": 50000,
+         "met": batch["steps_per_s"] >= 50000},
+    ]
+    mem = results.get("memory_10k_sessions")
+    if mem:
+        out.append({"target": "10,000 sessions <= 100 MB above idle", "value": mem["delta_mb"], "limit": 100,
+                    "met": mem["delta_mb"] <= 100})
+    if "soak" in results:
+        out.append({"target": "no memory growth with sessions opening and closing (MB, 10% mark to end)",
+                    "value": results["soak"]["growth_mb"], "limit": 5, "met": results["soak"]["growth_mb"] <= 5})
+    return out
+
+
+def markdown(results: dict) -> str:
+    lines = ["# Serving benchmark", "", f"Machine: {results['machine']}; model: {results['model']}; "
+             f"{results['seconds_per_scenario']} s per scenario; max_wait_us={results['max_wait_us']}.", "",
+             "| mode | sessions | echo steps/s | serve steps/s | ratio | echo p50 ms | serve p50 ms | echo p99 ms | serve p99 ms |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for e, s in zip(results["echo"], results["serve"]):
+        lines.append(f"| {s['kind']} | {s['sessions']} | {e['steps_per_s']:.0f} | {s['steps_per_s']:.0f} | "
+                     f"{s['steps_per_s'] / e['steps_per_s']:.2f} | {e['p50_ms']:.3f} | {s['p50_ms']:.3f} | "
+                     f"{e['p99_ms']:.3f} | {s['p99_ms']:.3f} |")
+    lines += ["", "| target | measured | limit | met |", "|---|---|---|---|"]
+    lines += [f"| {t['target']} | {t['value']} | {t['limit']} | {'yes' if t['met'] else 'NO'} |" for t in results["targets"]]
+    for key in ("memory_10k_sessions", "soak"):
+        if key in results:
+            lines += ["", f"{key}: {results[key]}"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The asyncio client: ``AsyncPolicyClient`` and ``AsyncSession`` over ``grpc.aio``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import numpy as np
+
+from rnnpolicy.clients._client import CHANNEL_OPTIONS
+from rnnpolicy.clients._convert import (
+    ModelInfo,
+    StepResult,
+    encode_obs,
+    model_info,
+    state_message,
+    state_tensors,
+    step_request,
+    step_result,
+)
+from rnnpolicy.clients._errors import RETRYABLE, PolicyError
+from rnnpolicy.v1 import policy_pb2 as pb
+from rnnpolicy.v1 import policy_pb2_grpc
+
+__all__ = ["AsyncPolicyClient", "AsyncSession"]
+
+
+class AsyncPolicyClient:
+    """``PolicyClient`` for asyncio: ``async with AsyncPolicyClient(target) as client``."""
+
+    def __init__(self, target: str, *, timeout: float = 10.0, retries: int = 3, backoff: float = 0.05) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.stub = policy_pb2_grpc.PolicyServiceStub(self._channel)
+
+    async def __aenter__(self) -> AsyncPolicyClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def call(self, method: str, request: Any, timeout: float | None = None, retry: bool = False) -> Any:
+        rpc = getattr(self.stub, method)
+        attempts = self.retries + 1 if retry else 1
+        for attempt in range(attempts):
+            try:
+                return await rpc(request, timeout=self.timeout if timeout is None else timeout)
+            except grpc.RpcError as exc:
+                if attempt + 1 < attempts and exc.code() in RETRYABLE:
+                    await asyncio.sleep(self.backoff * (2 ** attempt))
+                    continue
+                raise PolicyError.from_rpc_error(exc) from None
+        raise AssertionError("unreachable")
+
+    async def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
+        response = await self.call("ListModels", pb.ListModelsRequest(), timeout, retry=True)
+        return [model_info(m) for m in response.models]
+
+    async def session(self, model: str = "", *, seed: int | None = None, deterministic: bool = True,
+                      timeout: float | None = None) -> AsyncSession:
+        """Open a session; use ``async with await client.session(...)`` or call ``await session.close()``."""
+        request = pb.CreateSessionRequest(model=model, seed=seed) if seed is not None else pb.CreateSessionRequest(model=model)
+        response = await self.call("CreateSession", request, timeout)
+        return AsyncSession(self, response.session_id, model_info(response.model), deterministic)
+
+
+class AsyncSession:
+    """The asyncio twin of :class:`~rnnpolicy.clients.Session`."""
+
+    def __init__(self, client: AsyncPolicyClient, session_id: str, model: ModelInfo, deterministic: bool) -> None:
+        self.client = client
+        self.session_id = session_id
+        self.model = model
+        self.spec = model.spec
+        self.deterministic = deterministic
+        self.seq = 0
+        self._discrete = model.spec.action.is_discrete
+        self._closed = False
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def step(self, obs: Any, episode_start: bool = False, *, deterministic: bool | None = None,
+                   timeout: float | None = None) -> StepResult:
+        det = self.deterministic if deterministic is None else deterministic
+        request = step_request(self.session_id, self.seq + 1, encode_obs(self.spec, obs), episode_start, det)
+        result = step_result(await self.client.call("Step", request, timeout, retry=True), self._discrete)
+        self.seq = result.seq
+        return result
+
+    async def reset(self, timeout: float | None = None) -> None:
+        await self.client.call("ResetSession", pb.ResetSessionRequest(session_id=self.session_id), timeout, retry=True)
+
+    async def get_state(self, timeout: float | None = None) -> dict[str, np.ndarray]:
+        return state_tensors(await self.client.call(
+            "GetSessionState", pb.GetSessionStateRequest(session_id=self.session_id), timeout, retry=True))
+
+    async def set_state(self, state: dict[str, np.ndarray], timeout: float | None = None) -> None:
+        await self.client.call("SetSessionState", state_message(self.spec, self.session_id, state), timeout, retry=True)
+
+    async def close(self, timeout: float | None = None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.client.call("CloseSession", pb.CloseSessionRequest(session_id=self.session_id), timeout)
+        except PolicyError as exc:
+            if exc.code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                raise

@@ -1,0 +1,186 @@
+"""The synchronous client: ``PolicyClient`` (a channel) and its sessions, unary and streaming."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Any, Iterator
+
+import grpc
+import numpy as np
+
+from rnnpolicy.clients._convert import (
+    ModelInfo,
+    StepResult,
+    encode_obs,
+    model_info,
+    state_message,
+    state_tensors,
+    step_request,
+    step_result,
+)
+from rnnpolicy.clients._errors import RETRYABLE, PolicyError
+from rnnpolicy.v1 import policy_pb2 as pb
+from rnnpolicy.v1 import policy_pb2_grpc
+
+__all__ = ["PolicyClient", "Session", "StreamSession"]
+
+CHANNEL_OPTIONS = (("grpc.max_receive_message_length", 64 * 1024 * 1024),)
+
+
+class PolicyClient:
+    """A connection to a PolicyService. Use as a context manager; every call has a ``timeout`` in seconds."""
+
+    def __init__(self, target: str, *, timeout: float = 10.0, retries: int = 3, backoff: float = 0.05,
+                 channel: grpc.Channel | None = None) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self._channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self.stub = policy_pb2_grpc.PolicyServiceStub(self._channel)
+
+    def __enter__(self) -> PolicyClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def call(self, method: str, request: Any, timeout: float | None = None, retry: bool = False) -> Any:
+        """Call ``method`` of the stub; ``PolicyError`` on failure, retrying transient ones when ``retry``."""
+        rpc = getattr(self.stub, method)
+        attempts = self.retries + 1 if retry else 1
+        for attempt in range(attempts):
+            try:
+                return rpc(request, timeout=self.timeout if timeout is None else timeout)
+            except grpc.RpcError as exc:
+                if attempt + 1 < attempts and exc.code() in RETRYABLE:
+                    time.sleep(self.backoff * (2 ** attempt))
+                    continue
+                raise PolicyError.from_rpc_error(exc) from None
+        raise AssertionError("unreachable")
+
+    def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
+        return [model_info(m) for m in self.call("ListModels", pb.ListModelsRequest(), timeout, retry=True).models]
+
+    def session(self, model: str = "", *, seed: int | None = None, deterministic: bool = True,
+                timeout: float | None = None) -> Session:
+        """Open a session on ``model`` (empty: the server's only model); close it with ``with`` or ``close()``."""
+        request = pb.CreateSessionRequest(model=model, seed=seed) if seed is not None else pb.CreateSessionRequest(model=model)
+        response = self.call("CreateSession", request, timeout)
+        return Session(self, response.session_id, model_info(response.model), deterministic)
+
+    def stream_session(self, model: str = "", *, seed: int | None = None, deterministic: bool = True,
+                       timeout: float | None = None) -> StreamSession:
+        """Open a session stepped over a dedicated bidirectional stream (lowest latency)."""
+        session = self.session(model, seed=seed, deterministic=deterministic, timeout=timeout)
+        return StreamSession(self, session.session_id, session.model, deterministic)
+
+
+class Session:
+    """One server-side session: ``step`` numbers seq itself and retries transient failures with the same seq."""
+
+    def __init__(self, client: PolicyClient, session_id: str, model: ModelInfo, deterministic: bool) -> None:
+        self.client = client
+        self.session_id = session_id
+        self.model = model
+        self.spec = model.spec
+        self.deterministic = deterministic
+        self.seq = 0
+        """The last seq the server applied."""
+        self._discrete = model.spec.action.is_discrete
+        self._closed = False
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def step(self, obs: Any, episode_start: bool = False, *, deterministic: bool | None = None,
+             timeout: float | None = None) -> StepResult:
+        """Send one observation (raw, as the environment returns it); get the action.
+
+        After a ``PolicyError`` with a transient code, step again with the same observation:
+        the same seq is reused and the server answers it at most once.
+        """
+        det = self.deterministic if deterministic is None else deterministic
+        request = step_request(self.session_id, self.seq + 1, encode_obs(self.spec, obs), episode_start, det)
+        result = step_result(self._send(request, timeout), self._discrete)
+        self.seq = result.seq
+        return result
+
+    def _send(self, request: pb.StepRequest, timeout: float | None) -> pb.StepResponse:
+        return self.client.call("Step", request, timeout, retry=True)
+
+    def reset(self, timeout: float | None = None) -> None:
+        """Zero the state; seq numbering carries on."""
+        self.client.call("ResetSession", pb.ResetSessionRequest(session_id=self.session_id), timeout, retry=True)
+
+    def get_state(self, timeout: float | None = None) -> dict[str, np.ndarray]:
+        """This session's hidden state by tensor name, each ``(layers, hidden)``."""
+        return state_tensors(self.client.call("GetSessionState", pb.GetSessionStateRequest(session_id=self.session_id),
+                                              timeout, retry=True))
+
+    def set_state(self, state: dict[str, np.ndarray], timeout: float | None = None) -> None:
+        self.client.call("SetSessionState", state_message(self.spec, self.session_id, state), timeout, retry=True)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Close the session on the server (once; errors closing are ignored when the server is gone)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.client.call("CloseSession", pb.CloseSessionRequest(session_id=self.session_id), timeout)
+        except PolicyError as exc:
+            if exc.code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                raise
+
+
+class StreamSession(Session):
+    """A session stepped over its own StepStream; a broken stream is reopened and the step resent with its seq."""
+
+    def __init__(self, client: PolicyClient, session_id: str, model: ModelInfo, deterministic: bool) -> None:
+        super().__init__(client, session_id, model, deterministic)
+        self._lock = threading.Lock()
+        self._open()
+
+    def _open(self) -> None:
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._responses: Iterator[pb.StepResponse] = self.client.stub.StepStream(_drain(self._requests))
+
+    def _send(self, request: pb.StepRequest, timeout: float | None) -> pb.StepResponse:
+        with self._lock:
+            for attempt in range(self.client.retries + 1):
+                try:
+                    self._requests.put(request)
+                    return next(self._responses)
+                except grpc.RpcError as exc:
+                    if attempt < self.client.retries and exc.code() in RETRYABLE:
+                        time.sleep(self.client.backoff * (2 ** attempt))
+                        self._open()
+                        continue
+                    raise PolicyError.from_rpc_error(exc) from None
+                except StopIteration:
+                    raise PolicyError(grpc.StatusCode.UNAVAILABLE, "the server ended the step stream") from None
+            raise AssertionError("unreachable")
+
+    def close(self, timeout: float | None = None) -> None:
+        if not self._closed:
+            self._requests.put(None)
+            cancel = getattr(self._responses, "cancel", None)
+            if cancel is not None:
+                cancel()
+        super().close(timeout)
+
+
+def _drain(requests: queue.SimpleQueue) -> Iterator[pb.StepRequest]:
+    while True:
+        request = requests.get()
+        if request is None:
+            return
+        yield request

@@ -1,0 +1,66 @@
+"""``rnnpolicy play``: drive a gymnasium environment through a server and print the episodes' returns."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from rnnpolicy.clients._client import PolicyClient
+from rnnpolicy.clients._errors import PolicyError
+
+__all__ = ["add_play_arguments", "play_episodes", "run_play"]
+
+
+def add_play_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
+    parser.add_argument("--target", default="127.0.0.1:50051", help="server HOST:PORT (default %(default)s)")
+    parser.add_argument("--model", default="", help="served model name (default: the server's only model)")
+    parser.add_argument("--env", required=True, help="gymnasium environment id, e.g. rnnpolicy/TMaze-v0")
+    parser.add_argument("--episodes", type=int, default=10, help="episodes to play (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="episode i resets the env with seed+i (default %(default)s)")
+    parser.add_argument("--stochastic", action="store_true", help="sample actions instead of the greedy ones")
+    parser.add_argument("--stream", action="store_true", help="step over a bidirectional stream")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default %(default)s)")
+
+
+def play_episodes(client: PolicyClient, model: str, env_id: str, episodes: int, seed: int = 0,
+                  deterministic: bool = True, stream: bool = False) -> list[float]:
+    """Play ``episodes`` of ``env_id`` through one server session; return each episode's return."""
+    from rnnpolicy.envs import make_env
+
+    env = make_env(env_id)
+    opener = client.stream_session if stream else client.session
+    returns = []
+    try:
+        with opener(model, seed=seed, deterministic=deterministic) as session:
+            discrete = session.spec.action.is_discrete
+            for episode in range(episodes):
+                obs, _ = env.reset(seed=seed + episode)
+                start, done, total = True, False, 0.0
+                while not done:
+                    action = session.step(obs, episode_start=start).action
+                    start = False
+                    obs, reward, terminated, truncated, _ = env.step(int(action) if discrete else np.asarray(action))
+                    total += float(reward)
+                    done = terminated or truncated
+                returns.append(total)
+    finally:
+        env.close()
+    return returns
+
+
+def run_play(args: argparse.Namespace) -> int:
+    if args.episodes < 1:
+        raise ValueError(f"--episodes {args.episodes}: expected >= 1")
+    if ":" not in args.target:
+        raise ValueError(f"--target {args.target!r}: expected HOST:PORT")
+    with PolicyClient(args.target, timeout=args.timeout) as client:
+        try:
+            returns = play_episodes(client, args.model, args.env, args.episodes, args.seed,
+                                    not args.stochastic, args.stream)
+        except PolicyError as exc:
+            raise ValueError(f"server {args.target}: {exc}") from None
+    for i, total in enumerate(returns):
+        print(f"episode {i}: return {total:g}")
+    print(f"mean return over {len(returns)} episodes: {float(np.mean(returns)):g}")
+    return 0

@@ -1,0 +1,180 @@
+"""Cross-session batching: steps that arrive together run as one onnxruntime call.
+
+A :class:`Chunk` is some rows of one :class:`Job` (a Step, one stream message, or a StepBatch)
+whose sessions are ready to step. :meth:`Batcher.submit` queues chunks for the model's one
+worker thread, which takes everything queued (up to ``max_batch`` rows, waiting up to
+``max_wait_us`` for a batch to fill) and hands it to the model's runner. With ``max_wait_us``
+0 (the default) a step that finds the model idle and nothing queued runs at once on the
+calling thread, skipping two thread hand-offs; steps arriving meanwhile queue for the worker
+and run together in its next batch. Batches of one model never run concurrently.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["Batcher", "Chunk", "Job"]
+
+
+class Job:
+    """The answer to one request: a packed output row per step, or an error per failed row."""
+
+    __slots__ = ("out", "errors", "_remaining", "_lock", "_event")
+
+    def __init__(self, rows: int, width: int) -> None:
+        self.out = np.zeros((rows, width), dtype=np.float32)
+        self.errors: dict[int, tuple[object, str]] | None = None
+        self._remaining = rows
+        self._lock = threading.Lock()
+        self._event: threading.Event | None = None
+
+    def resolve(self, rows: np.ndarray | list[int], values: np.ndarray) -> None:
+        """Rows ``rows`` of this job finished with packed outputs ``values``."""
+        self.out[rows] = values
+        self._done(len(rows))
+
+    def fail(self, row: int, code: object, message: str) -> None:
+        """Row ``row`` was refused with status ``code``; its state is untouched."""
+        with self._lock:
+            if self.errors is None:
+                self.errors = {}
+            self.errors[row] = (code, message)
+        self._done(1)
+
+    def _done(self, count: int) -> None:
+        with self._lock:
+            self._remaining -= count
+            finished = self._remaining == 0
+            event = self._event
+        if finished and event is not None:
+            event.set()
+
+    @property
+    def finished(self) -> bool:
+        return self._remaining == 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every row finished; False on timeout."""
+        with self._lock:
+            if self._remaining == 0:
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(timeout)
+
+
+class Chunk:
+    """Rows of one job whose sessions are admitted and ready to step."""
+
+    __slots__ = ("job", "rows", "sessions", "slots", "seqs", "obs", "starts", "deterministic")
+
+    def __init__(self, job: Job, rows: np.ndarray, sessions: list, slots: np.ndarray, seqs: list[int],
+                 obs: np.ndarray, starts: np.ndarray, deterministic: bool) -> None:
+        self.job = job
+        self.rows = rows                    # indices into job.out
+        self.sessions = sessions            # the Session of each row
+        self.slots = slots                  # (k,) state slot of each row
+        self.seqs = seqs
+        self.obs = obs                      # (k, obs_dim) float32
+        self.starts = starts                # (k,) float32, 1.0 zeroes the row's state first
+        self.deterministic = deterministic
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+
+class Batcher:
+    """One model's queue of ready chunks and the worker thread that runs them in batches."""
+
+    def __init__(self, runner: Callable[[list[Chunk]], None], *, max_batch: int = 256,
+                 max_wait_us: int = 0, name: str = "model") -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if max_wait_us < 0:
+            raise ValueError(f"max_wait_us must be >= 0, got {max_wait_us}")
+        self._runner = runner
+        self.max_batch = max_batch
+        self.max_wait = max_wait_us / 1e6
+        self._queue: deque[Chunk] = deque()
+        self._queued_rows = 0
+        self._busy = False
+        self._closed = False
+        self._cond = threading.Condition(threading.Lock())
+        self.batches = 0
+        self.rows = 0
+        self._thread = threading.Thread(target=self._work, name=f"rnnpolicy-batcher-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, chunk: Chunk) -> None:
+        """Queue ``chunk`` (or, when the model is idle and nothing waits, run it now on this thread)."""
+        with self._cond:
+            inline = not self._busy and not self._queue and self.max_wait == 0.0
+            if inline:
+                self._busy = True
+            else:
+                self._queue.append(chunk)
+                self._queued_rows += len(chunk)
+                self._cond.notify()
+        if inline:
+            try:
+                self._run([chunk])
+            finally:
+                with self._cond:
+                    self._busy = False
+                    if self._queue:
+                        self._cond.notify()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Run what is queued, then stop the worker."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def _take(self) -> list[Chunk] | None:
+        with self._cond:
+            while not self._closed and (self._busy or not self._queue):
+                self._cond.wait()
+            if not self._queue:
+                return None  # closed and drained
+            if self.max_wait and self._queued_rows < self.max_batch:
+                deadline = time.monotonic() + self.max_wait
+                while self._queued_rows < self.max_batch and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+            while self._busy:  # an inline run started while we waited
+                self._cond.wait()
+            taken: list[Chunk] = []
+            rows = 0
+            while self._queue and rows < self.max_batch:
+                chunk = self._queue.popleft()
+                taken.append(chunk)
+                rows += len(chunk)
+            self._queued_rows -= rows
+            self._busy = True
+            return taken
+
+    def _work(self) -> None:
+        while True:
+            chunks = self._take()
+            if chunks is None:
+                return
+            try:
+                self._run(chunks)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _run(self, chunks: list[Chunk]) -> None:
+        self.batches += 1
+        self.rows += sum(len(c) for c in chunks)
+        self._runner(chunks)

@@ -1,0 +1,18 @@
+"""The one error type the serving code raises: a gRPC status code and a message naming the problem."""
+
+from __future__ import annotations
+
+import grpc
+
+__all__ = ["ServeError"]
+
+
+class ServeError(Exception):
+    """A refused request: ``code`` and ``message`` go to the client as the call's status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, trailing: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.trailing = trailing
+        """Trailing metadata sent with the status, e.g. ``(("retry-after-ms", "250"),)``."""

@@ -1,0 +1,108 @@
+"""A served model: its onnxruntime backend, state slots, batcher, and the batched step itself."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import numpy as np
+
+from rnnpolicy.serve.backend import OnnxBackend
+from rnnpolicy.serve.batcher import Batcher, Chunk
+from rnnpolicy.serve.layout import OutputLayout
+from rnnpolicy.serve.sessions import Session, SessionRegistry, SlotArrays
+from rnnpolicy.spec import ACTION, LOG_STD, LOGITS, MEAN
+
+__all__ = ["ServedModel"]
+
+_log = logging.getLogger("rnnpolicy.serve")
+
+
+class ServedModel:
+    """One named model: runs admitted steps in batches, gathering and scattering state by slot."""
+
+    def __init__(self, name: str, backend: OnnxBackend, registry: SessionRegistry, *, capacity: int,
+                 max_batch: int = 256, max_wait_us: int = 0) -> None:
+        self.name = name
+        self.backend = backend
+        self.spec = backend.spec
+        self.version = backend.version
+        self.registry = registry
+        self.layout = OutputLayout(self.spec, backend.head_names)
+        self.slots = SlotArrays([(s.layers, s.hidden) for s in self.spec.state_tensors], self.layout.width, capacity)
+        self.obs_dim = self.spec.obs_dim
+        self.max_batch = max_batch
+        self._sampled = self.spec.kind == "policy"
+        self.batcher = Batcher(self._run, max_batch=max_batch, max_wait_us=max_wait_us, name=name)
+
+    def close(self) -> None:
+        self.batcher.close()
+
+    # ------------------------------------------------------------------ the batched step
+
+    def _run(self, chunks: list[Chunk]) -> None:
+        try:
+            self._step(chunks)
+        except Exception as exc:  # never leave a caller waiting: fail the rows, advance nothing
+            _log.exception("model %r: batched step failed", self.name)
+            for chunk in chunks:
+                for row in chunk.rows:
+                    chunk.job.fail(int(row), grpc.StatusCode.INTERNAL, f"model {self.name!r} failed to step: {exc}")
+                for ready in self.registry.finish(chunk.sessions, None):
+                    self.batcher.submit(ready)
+
+    def _step(self, chunks: list[Chunk]) -> None:
+        if len(chunks) == 1:
+            c = chunks[0]
+            slots, obs, starts = c.slots, c.obs, c.starts
+        else:
+            slots = np.concatenate([c.slots for c in chunks])
+            obs = np.concatenate([c.obs for c in chunks])
+            starts = np.concatenate([c.starts for c in chunks])
+        total = len(slots)
+        state_arrays = self.slots.state
+        parts = []
+        for lo in range(0, total, self.max_batch):
+            hi = min(total, lo + self.max_batch)
+            rows = slots[lo:hi]
+            state = tuple(a[:, rows, :] for a in state_arrays)  # (layers, batch, hidden) each
+            out = self.backend.run(obs[lo:hi], starts[lo:hi], state)
+            for array, nxt in zip(state_arrays, out.state):
+                array[:, rows, :] = nxt
+            parts.append(self.layout.pack(out.head, hi - lo))
+        packed = parts[0] if len(parts) == 1 else np.concatenate(parts)  # (total, width)
+        offset = 0
+        for chunk in chunks:
+            k = len(chunk)
+            if self._sampled and not chunk.deterministic:
+                self._sample(packed[offset:offset + k], chunk.sessions)
+            offset += k
+        self.slots.last_out[slots] = packed
+        offset = 0
+        for chunk in chunks:
+            k = len(chunk)
+            ready = self.registry.finish(chunk.sessions, chunk.seqs)
+            chunk.job.resolve(chunk.rows, packed[offset:offset + k])
+            offset += k
+            for follow in ready:
+                self.batcher.submit(follow)
+
+    def _sample(self, rows: np.ndarray, sessions: list[Session]) -> None:
+        """Replace the greedy action in ``rows`` by one drawn with each session's own generator."""
+        cols = self.layout.columns
+        action = cols[ACTION]
+        if self.spec.action.is_discrete:
+            logits = rows[:, cols[LOGITS]].astype(np.float64)
+            probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+            cdf = np.cumsum(probs, axis=1)
+            for i, session in enumerate(sessions):
+                u = session.generator().random() * cdf[i, -1]
+                rows[i, action.start] = min(int(np.searchsorted(cdf[i], u, side="right")), cdf.shape[1] - 1)
+        else:
+            mean = rows[:, cols[MEAN]]
+            std = np.exp(rows[:, cols[LOG_STD]])
+            low = np.asarray(self.spec.action.low, dtype=np.float32)
+            high = np.asarray(self.spec.action.high, dtype=np.float32)
+            for i, session in enumerate(sessions):
+                noise = session.generator().standard_normal(mean.shape[1]).astype(np.float32)
+                rows[i, action] = np.clip(mean[i] + std[i] * noise, low, high)

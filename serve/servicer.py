@@ -1,0 +1,293 @@
+"""PolicyService RPC logic: check requests, admit steps, wait for their batch, build responses.
+
+Errors are :class:`ServeError` (a status code and a message naming the bad value) and reach
+the client through ``context.abort``; an unexpected exception is logged and answered INTERNAL,
+never with a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Callable, Iterator, Mapping
+
+import grpc
+import numpy as np
+
+from rnnpolicy.serve.batcher import Chunk, Job
+from rnnpolicy.serve.errors import ServeError
+from rnnpolicy.serve.model import ServedModel
+from rnnpolicy.serve.sessions import Session, SessionRegistry
+from rnnpolicy.v1 import policy_pb2 as pb
+from rnnpolicy.v1 import policy_pb2_grpc
+
+__all__ = ["PolicyServicer", "model_info"]
+
+_log = logging.getLogger("rnnpolicy.serve")
+_ROW0 = np.zeros(1, dtype=np.intp)
+_START = (np.zeros(1, dtype=np.float32), np.ones(1, dtype=np.float32))
+_INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+def model_info(model: ServedModel) -> pb.ModelInfo:
+    """The ModelInfo message describing ``model``."""
+    spec = model.spec
+    action = spec.action
+    return pb.ModelInfo(
+        name=model.name,
+        version=model.version,
+        obs_shape=[spec.obs_dim],
+        action=pb.ActionSpace(kind=action.kind, n=action.n, shape=list(action.shape),
+                              low=list(action.low), high=list(action.high)),
+        state=[pb.StateTensorSpec(name=s.name, layers=s.layers, hidden=s.hidden) for s in spec.state_tensors],
+        kind=spec.kind,
+        cell=spec.cell,
+        outputs=list(spec.output_names),
+        spec_json=spec.to_json(),
+    )
+
+
+def _rpc(method: Callable) -> Callable:
+    """Turn ServeError into the call's status and anything unexpected into INTERNAL, logged here."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except ServeError as exc:
+            if exc.trailing:
+                context.set_trailing_metadata(exc.trailing)
+            context.abort(exc.code, exc.message)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence before the wire
+            _log.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__} failed inside the server: {exc}")
+
+    return wrapper
+
+
+class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
+    """The rnnpolicy.v1.PolicyService implementation over served models and one session registry."""
+
+    def __init__(self, models: Mapping[str, ServedModel], registry: SessionRegistry, *, max_batch_rows: int = 4096) -> None:
+        if not models:
+            raise ValueError("a server needs at least one model")
+        self.models = dict(models)
+        self.registry = registry
+        self.max_batch_rows = max_batch_rows
+        self._infos = {name: model_info(m) for name, m in self.models.items()}
+
+    # ------------------------------------------------------------------ models and sessions
+
+    @_rpc
+    def ListModels(self, request, context):
+        return pb.ListModelsResponse(models=list(self._infos.values()))
+
+    @_rpc
+    def CreateSession(self, request, context):
+        model = self._model(request.model)
+        session = self.registry.create(model, request.seed if request.HasField("seed") else None)
+        return pb.CreateSessionResponse(session_id=session.session_id, model=self._infos[model.name],
+                                        ttl_seconds=self.registry.ttl)
+
+    @_rpc
+    def CloseSession(self, request, context):
+        self.registry.close(request.session_id)
+        return pb.CloseSessionResponse()
+
+    @_rpc
+    def ResetSession(self, request, context):
+        self.registry.with_idle_session(request.session_id, lambda s: s.model.slots.zero(s.slot))
+        return pb.ResetSessionResponse()
+
+    @_rpc
+    def GetSessionState(self, request, context):
+        def read(session: Session) -> pb.GetSessionStateResponse:
+            names = [s.name for s in session.model.spec.state_tensors]
+            tensors = [pb.Tensor(shape=[a.shape[0], a.shape[2]], data=a[:, session.slot, :].ravel().tolist())
+                       for a in session.model.slots.state]
+            return pb.GetSessionStateResponse(names=names, state=tensors, seq=session.last_seq)
+
+        return self.registry.with_idle_session(request.session_id, read)
+
+    @_rpc
+    def SetSessionState(self, request, context):
+        session = self.registry.get(request.session_id)
+        arrays = _check_state(request, session.model)
+
+        def write(live: Session) -> None:
+            for target, value in zip(live.model.slots.state, arrays):
+                target[:, live.slot, :] = value
+
+        self.registry.with_idle_session(request.session_id, write)
+        return pb.SetSessionStateResponse()
+
+    # ------------------------------------------------------------------ steps
+
+    @_rpc
+    def Step(self, request, context):
+        session, row = self._step(request)
+        return self._response(session, request.seq, row)
+
+    def StepStream(self, request_iterator, context):
+        for request in request_iterator:
+            try:
+                session, row = self._step(request)
+                yield self._response(session, request.seq, row)
+            except ServeError as exc:
+                yield pb.StepResponse(session_id=request.session_id, seq=request.seq,
+                                      error=pb.StepError(code=exc.code.value[0], message=exc.message))
+            except Exception as exc:  # noqa: BLE001
+                _log.exception("StepStream step failed")
+                yield pb.StepResponse(session_id=request.session_id, seq=request.seq, error=pb.StepError(
+                    code=grpc.StatusCode.INTERNAL.value[0], message=f"step failed inside the server: {exc}"))
+
+    @_rpc
+    def StepBatch(self, request, context):
+        ids = list(request.session_ids)
+        n = len(ids)
+        seqs = list(request.seqs)
+        if n > self.max_batch_rows:
+            raise ServeError(_INVALID, f"StepBatch has {n} sessions, more than this server's limit of {self.max_batch_rows}")
+        if len(seqs) != n:
+            raise ServeError(_INVALID, f"StepBatch has {n} session_ids but {len(seqs)} seqs, expected one seq per session")
+        if len(request.episode_start) not in (0, n):
+            raise ServeError(_INVALID, f"StepBatch has {n} session_ids but {len(request.episode_start)} "
+                                       f"episode_start flags, expected {n} or none")
+        if len(set(ids)) != n:
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise ServeError(_INVALID, f"session {dup!r} appears more than once in one StepBatch; "
+                                       f"expected each session at most once (send its next step in the next batch)")
+        if n == 0:
+            return pb.StepBatchResponse()
+        model = self._first_model(ids)
+        if model is None:  # no live session: every row fails with its own reason
+            job = Job(n, 0)
+            self.registry.admit_rows(ids, seqs, None, job, None)
+            return pb.StepBatchResponse(seqs=seqs, errors=[
+                pb.BatchRowError(index=i, session_id=ids[i], code=code.value[0], message=message)
+                for i, (code, message) in sorted(job.errors.items())])
+        dim = model.obs_dim
+        obs = np.array(request.obs, dtype=np.float32)
+        if obs.size != n * dim:
+            raise ServeError(_INVALID, f"StepBatch obs has {obs.size} values, expected {n} sessions x "
+                                       f"obs_dim {dim} = {n * dim} (model {model.name!r}, observation shape [{dim}])")
+        obs = obs.reshape(n, dim)
+        starts = (np.array(request.episode_start, dtype=np.float32) if len(request.episode_start)
+                  else np.zeros(n, dtype=np.float32))
+        det = request.deterministic
+        job = Job(n, model.layout.width)
+        finite = np.isfinite(obs).all(axis=1)
+        if not finite.all():
+            bad = [int(i) for i in np.flatnonzero(~finite)]
+            for i in bad:
+                job.fail(i, _INVALID, f"obs of session {ids[i]!r} (row {i}) contains NaN or Inf; expected finite values")
+            keep = np.flatnonzero(finite)
+            ids_k = [ids[i] for i in keep]
+            seqs_k = [seqs[i] for i in keep]
+        else:
+            keep = None
+            ids_k, seqs_k = ids, seqs
+
+        def pending(row: int, session: Session) -> Chunk:
+            r = row if keep is None else int(keep[row])
+            return Chunk(job, np.array([r], dtype=np.intp), [session], np.array([session.slot], dtype=np.intp),
+                         [seqs[r]], obs[r:r + 1], starts[r:r + 1], det)
+
+        # admit_rows reports rows relative to ids_k; remap failures onto the job's rows.
+        sub = job if keep is None else _RowMap(job, keep)
+        model, rows, sessions = self.registry.admit_rows(ids_k, seqs_k, model, sub, pending)
+        if rows:
+            idx = np.asarray(rows, dtype=np.intp) if keep is None else keep[np.asarray(rows, dtype=np.intp)]
+            model.batcher.submit(Chunk(job, idx, sessions, np.array([s.slot for s in sessions], dtype=np.intp),
+                                       [seqs[i] for i in idx], obs[idx], starts[idx], det))
+        job.wait()
+        response = pb.StepBatchResponse(seqs=seqs, model_version=model.version, **model.layout.batch_fields(job.out))
+        if job.errors:
+            response.errors.extend(
+                pb.BatchRowError(index=i, session_id=ids[i], code=code.value[0], message=message)
+                for i, (code, message) in sorted(job.errors.items())
+            )
+        return response
+
+    # ------------------------------------------------------------------ helpers
+
+    def _model(self, name: str) -> ServedModel:
+        model = self.models.get(name)
+        if model is None:
+            if not name and len(self.models) == 1:
+                return next(iter(self.models.values()))
+            raise ServeError(grpc.StatusCode.NOT_FOUND,
+                             f"unknown model {name!r}; this server runs {sorted(self.models)}")
+        return model
+
+    def _first_model(self, ids: list[str]) -> ServedModel | None:
+        for session_id in ids:
+            try:
+                return self.registry.get(session_id).model
+            except ServeError:
+                continue
+        return None
+
+    def _step(self, request) -> tuple[Session, np.ndarray]:
+        """Run one step; return its session and packed output row."""
+        session = self.registry.get(request.session_id)
+        model = session.model
+        n = len(request.obs)
+        if n != model.obs_dim:
+            raise ServeError(_INVALID, f"obs has {n} values, expected obs_dim={model.obs_dim} "
+                                       f"(model {model.name!r}, observation shape [{model.obs_dim}])")
+        obs = np.array(request.obs, dtype=np.float32).reshape(1, n)
+        if not np.isfinite(obs).all():
+            raise ServeError(_INVALID, f"obs contains NaN or Inf at index {int(np.flatnonzero(~np.isfinite(obs))[0])}; "
+                                       f"expected finite float32 values")
+        job = Job(1, model.layout.width)
+        chunk = Chunk(job, _ROW0, [session], np.array([session.slot], dtype=np.intp), [request.seq], obs,
+                      _START[1] if request.episode_start else _START[0], request.deterministic)
+        admission, cached = self.registry.admit(session, request.seq, chunk)
+        if admission == "cached":
+            return session, cached
+        if admission == "ready":
+            model.batcher.submit(chunk)
+        job.wait()
+        if job.errors:
+            code, message = job.errors[0]
+            raise ServeError(code, message)
+        return session, job.out[0]
+
+    @staticmethod
+    def _response(session: Session, seq: int, row: np.ndarray) -> pb.StepResponse:
+        model = session.model
+        return pb.StepResponse(session_id=session.session_id, seq=seq, model_version=model.version,
+                               **model.layout.step_fields(row))
+
+
+class _RowMap:
+    """A view of a Job whose row numbers are positions in ``keep`` (the finite rows)."""
+
+    def __init__(self, job: Job, keep: np.ndarray) -> None:
+        self._job = job
+        self._keep = keep
+
+    def fail(self, row: int, code, message: str) -> None:
+        self._job.fail(int(self._keep[row]), code, message)
+
+    def resolve(self, rows, values) -> None:
+        self._job.resolve([int(self._keep[r]) for r in rows], values)
+
+
+def _check_state(request, model: ServedModel) -> list[np.ndarray]:
+    specs = model.spec.state_tensors
+    if len(request.state) != len(specs):
+        raise ServeError(_INVALID, f"SetSessionState got {len(request.state)} state tensors, expected "
+                                   f"{len(specs)}: {[s.name for s in specs]}")
+    arrays = []
+    for spec, tensor in zip(specs, request.state):
+        expected = [spec.layers, spec.hidden]
+        data = np.array(tensor.data, dtype=np.float32)
+        if list(tensor.shape) != expected or data.size != spec.layers * spec.hidden:
+            raise ServeError(_INVALID, f"state tensor {spec.name!r} has shape {list(tensor.shape)} and "
+                                       f"{data.size} values, expected shape {expected} (layers, hidden)")
+        if not np.isfinite(data).all():
+            raise ServeError(_INVALID, f"state tensor {spec.name!r} contains NaN or Inf; expected finite values")
+        arrays.append(data.reshape(spec.layers, spec.hidden))
+    return arrays

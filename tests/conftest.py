@@ -1,0 +1,49 @@
+"""Shared pytest fixtures."""
+
+import pytest
+
+
+# ---------------------------------------------------------------- serving fixtures (serve/clients tests)
+
+
+def _serve_specs():
+    from rnnpolicy.encoding import ObsEncoding
+    from rnnpolicy.envs import make_env
+    from rnnpolicy.spec import ActionSpec, PolicySpec
+
+    env = make_env("rnnpolicy/TMaze-v0")
+    return {
+        "tmaze": PolicySpec(kind="q", cell="lstm", num_layers=1, hidden_size=16,
+                            obs_encoding=ObsEncoding.from_space(env.observation_space),
+                            action=ActionSpec("discrete", n=int(env.action_space.n)), env_id="rnnpolicy/TMaze-v0"),
+        "q_lstm": PolicySpec(kind="q", cell="lstm", num_layers=1, hidden_size=16,
+                             obs_encoding=ObsEncoding.flat(5), action=ActionSpec("discrete", n=3)),
+        "pg_gru": PolicySpec(kind="policy", cell="gru", num_layers=2, hidden_size=8,
+                             obs_encoding=ObsEncoding.flat(4), action=ActionSpec("discrete", n=4)),
+        "box_lstm": PolicySpec(kind="policy", cell="lstm", num_layers=1, hidden_size=8, num_cores=2,
+                               obs_encoding=ObsEncoding.flat(3),
+                               action=ActionSpec("box", shape=(2,), low=(-1.0, -1.0), high=(1.0, 1.0))),
+    }
+
+
+@pytest.fixture(scope="session")
+def serve_export_dirs(tmp_path_factory):
+    """Exported random-weight models for serving tests: name -> export directory (model.onnx, spec.json)."""
+    import torch
+
+    from rnnpolicy.export import export_checkpoint
+    from rnnpolicy.train.checkpoint import save_checkpoint
+    from rnnpolicy.train.models import build_model
+
+    root = tmp_path_factory.mktemp("serve_models")
+    dirs = {}
+    for i, (name, spec) in enumerate(_serve_specs().items()):
+        torch.manual_seed(100 + i)
+        model = build_model(spec)
+        with torch.no_grad():  # larger weights than the init, so actions vary with the state
+            for param in model.parameters():
+                param.add_(torch.randn_like(param) * 0.5)
+        ckpt = save_checkpoint(root / name / "checkpoint.pt", spec, model, {})
+        export_checkpoint(ckpt, root / name / "export", verify=False)
+        dirs[name] = root / name / "export"
+    return dirs

@@ -1,0 +1,138 @@
+"""rnnpolicy.clients against a real server: sessions, streams, asyncio, errors, retries, play."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+import grpc
+import numpy as np
+import pytest
+
+from rnnpolicy.clients import AsyncPolicyClient, PolicyClient, PolicyError
+from rnnpolicy.clients.cli import add_play_arguments, play_episodes, run_play
+from rnnpolicy.serve import ServeConfig, create_server
+
+
+@pytest.fixture(scope="module")
+def target(serve_export_dirs):
+    srv, port = create_server(serve_export_dirs, "127.0.0.1:0", ServeConfig(max_sessions=100))
+    yield f"127.0.0.1:{port}"
+    srv.stop(None)
+
+
+def test_unary_and_stream_sessions_agree(target):
+    obs = np.random.default_rng(1).normal(size=(15, 5)).astype(np.float32)
+    with PolicyClient(target) as client:
+        assert {m.name for m in client.list_models()} >= {"q_lstm", "box_lstm"}
+        with client.session("q_lstm") as unary, client.stream_session("q_lstm") as stream:
+            for i, o in enumerate(obs):
+                a, b = unary.step(o, episode_start=i == 0), stream.step(o, episode_start=i == 0)
+                assert a.action == b.action and a.seq == b.seq == i + 1
+                np.testing.assert_array_equal(a.q_values, b.q_values)
+            state = unary.get_state()
+            assert state["state_h"].shape == (1, 16)
+            stream.set_state(state)
+            unary.reset()
+            assert not unary.get_state()["state_h"].any()
+
+
+def test_continuous_result_and_value(target):
+    with PolicyClient(target) as client, client.session("box_lstm") as session:
+        result = session.step([0.1, 0.2, 0.3], episode_start=True)
+        assert result.action.shape == (2,) and result.value is not None and result.mean is not None
+
+
+def test_errors_are_one_exception_with_code_and_message(target):
+    with PolicyClient(target) as client:
+        with pytest.raises(PolicyError, match="unknown model 'nope'") as err:
+            client.session("nope")
+        assert err.value.code == grpc.StatusCode.NOT_FOUND
+        with client.session("q_lstm") as session:
+            with pytest.raises(PolicyError, match="expected obs_dim=5") as err:
+                session.step([1.0, 2.0])
+            assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            with pytest.raises(PolicyError, match="dtype"):
+                session.step(np.array(["a"] * 5))
+            assert session.step([0.0] * 5).seq == 1  # nothing was consumed by the failures
+
+
+def test_step_retries_transient_failures_with_the_same_seq(target):
+    with PolicyClient(target, backoff=0.001) as client, client.session("q_lstm") as session:
+        real = client.stub.Step
+        seen = []
+
+        class Unavailable(grpc.RpcError):
+            def code(self):
+                return grpc.StatusCode.UNAVAILABLE
+
+            def details(self):
+                return "connection reset"
+
+            def trailing_metadata(self):
+                return ()
+
+        def flaky(request, timeout=None):
+            seen.append(request.seq)
+            response = real(request, timeout=timeout)
+            if len(seen) == 1:
+                raise Unavailable()  # applied on the server, answer lost
+            return response
+
+        client.stub.Step = flaky
+        first = session.step([0.5] * 5, episode_start=True)
+        assert seen == [1, 1] and first.seq == 1
+        assert session.step([0.5] * 5).seq == 2
+
+
+def test_asyncio_client(target):
+    async def run():
+        async with AsyncPolicyClient(target) as client:
+            models = await client.list_models()
+            async with await client.session("pg_gru", seed=1) as session:
+                results = [await session.step([0.2] * 4, episode_start=i == 0) for i in range(5)]
+            with pytest.raises(PolicyError) as err:
+                await client.session("nope")
+            return models, results, err.value.code
+
+    models, results, code = asyncio.run(run())
+    assert [r.seq for r in results] == [1, 2, 3, 4, 5] and code == grpc.StatusCode.NOT_FOUND
+    assert all(r.logits.shape == (4,) for r in results)
+
+
+def test_play_episodes_and_cli(target, capsys):
+    with PolicyClient(target) as client:
+        unary = play_episodes(client, "tmaze", "rnnpolicy/TMaze-v0", 3, seed=5)
+        stream = play_episodes(client, "tmaze", "rnnpolicy/TMaze-v0", 3, seed=5, stream=True)
+    assert unary == stream and len(unary) == 3
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_play_arguments(parser)
+    args = parser.parse_args(["--target", target, "--model", "tmaze", "--env", "rnnpolicy/TMaze-v0", "--episodes", "2"])
+    assert run_play(args) == 0
+    assert "mean return over 2 episodes" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--episodes 0"):
+        run_play(parser.parse_args(["--env", "x", "--episodes", "0"]))
+
+
+def test_serve_command_starts_logs_and_stops_on_sigterm(serve_export_dirs):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rnnpolicy.cli", "serve", "--model", f"tm={serve_export_dirs['tmaze']}",
+         "--port", "0", "--max-sessions", "10", "--session-ttl", "5"],
+        stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stderr.readline()
+        assert "serving tm=q/lstm" in line and "max_sessions=10" in line, line
+        port = int(line.split("127.0.0.1:")[1].split(";")[0])
+        with PolicyClient(f"127.0.0.1:{port}") as client, client.session("tm") as session:
+            session.step(np.zeros(session.spec.obs_dim), episode_start=True)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

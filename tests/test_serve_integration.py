@@ -1,0 +1,353 @@
+"""PolicyService against a real in-process server on port 0: ordering, isolation, limits, bad input."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from rnnpolicy.serve import ServeConfig, create_server
+from rnnpolicy.v1 import policy_pb2 as pb
+from rnnpolicy.v1 import policy_pb2_grpc
+
+OBS_DIM = {"q_lstm": 5, "pg_gru": 4, "box_lstm": 3}
+
+
+@pytest.fixture(scope="module")
+def server(serve_export_dirs):
+    srv, port = create_server(serve_export_dirs, "127.0.0.1:0", ServeConfig(max_sessions=500, session_ttl=60))
+    yield srv, port
+    srv.stop(None)
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    channel = grpc.insecure_channel(f"127.0.0.1:{server[1]}")
+    yield policy_pb2_grpc.PolicyServiceStub(channel)
+    channel.close()
+
+
+def _open(stub, model, **kw):
+    return stub.CreateSession(pb.CreateSessionRequest(model=model, **kw)).session_id
+
+
+class OfflineRollout:
+    """One session's reference: the same ONNX file stepped alone with batch 1."""
+
+    def __init__(self, path):
+        self.sess = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.sess.get_inputs()]
+        self.outputs = [o.name for o in self.sess.get_outputs()]
+        self.state = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
+                      for i in self.sess.get_inputs() if i.name.startswith("state_")}
+
+    def step(self, obs, start):
+        feeds = {"obs": obs[None].astype(np.float32), "episode_start": np.array([float(start)], np.float32), **self.state}
+        out = dict(zip(self.outputs, self.sess.run(None, feeds)))
+        for name in self.state:
+            self.state[name] = out["next_" + name]
+        return out
+
+
+def _check_same(response, ref, model):
+    if model == "box_lstm":
+        np.testing.assert_allclose(response.continuous_action, ref["action"][0], atol=1e-5)
+        np.testing.assert_allclose(response.mean, ref["mean"][0], atol=1e-5)
+    else:
+        assert response.discrete_action == int(ref["action"][0])
+        head = "q_values" if model == "q_lstm" else "logits"
+        np.testing.assert_allclose(getattr(response, head), ref[head][0], atol=1e-5)
+    if "value" in ref:
+        assert response.value == pytest.approx(float(ref["value"][0]), abs=1e-5)
+
+
+@pytest.mark.parametrize("model", ["q_lstm", "pg_gru", "box_lstm"])
+def test_32_interleaved_sessions_match_independent_offline_rollouts(server, stub, serve_export_dirs, model):
+    rng = random.Random(7)
+    ids = [_open(stub, model) for _ in range(32)]
+    refs = [OfflineRollout(serve_export_dirs[model]) for _ in ids]
+    seqs = [0] * 32
+    plan = [i for i in range(32) for _ in range(12)]
+    rng.shuffle(plan)
+    work = [plan[t::4] for t in range(4)]  # 4 threads, each a random interleaving; sessions shared across threads
+    locks = [threading.Lock() for _ in ids]
+    errors = []
+
+    def drive(items, seed):
+        local = np.random.default_rng(seed)
+        for i in items:
+            with locks[i]:
+                seqs[i] += 1
+                obs = local.normal(size=OBS_DIM[model]).astype(np.float32)
+                start = seqs[i] == 1 or local.random() < 0.15
+                mode = local.integers(3)
+                try:
+                    if mode == 0:
+                        r = stub.Step(pb.StepRequest(session_id=ids[i], seq=seqs[i], obs=obs, episode_start=start,
+                                                     deterministic=True))
+                    elif mode == 1:
+                        r = next(stub.StepStream(iter([pb.StepRequest(session_id=ids[i], seq=seqs[i], obs=obs,
+                                                                      episode_start=start, deterministic=True)])))
+                    else:
+                        b = stub.StepBatch(pb.StepBatchRequest(session_ids=[ids[i]], seqs=[seqs[i]], obs=obs,
+                                                               episode_start=[start], deterministic=True))
+                        r = pb.StepResponse(session_id=ids[i], seq=b.seqs[0])
+                        if b.discrete_actions:
+                            r.discrete_action = b.discrete_actions[0]
+                        r.continuous_action.extend(b.continuous_actions)
+                        r.q_values.extend(b.q_values)
+                        r.logits.extend(b.logits)
+                        r.mean.extend(b.mean)
+                        if b.values:
+                            r.value = b.values[0]
+                    _check_same(r, refs[i].step(obs, start), model)
+                except Exception as exc:  # collected for the main thread
+                    errors.append(exc)
+
+    threads = [threading.Thread(target=drive, args=(w, k)) for k, w in enumerate(work)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+
+
+def test_step_batch_of_many_sessions_matches_offline(server, stub, serve_export_dirs):
+    ids = [_open(stub, "q_lstm") for _ in range(40)]
+    refs = [OfflineRollout(serve_export_dirs["q_lstm"]) for _ in ids]
+    rng = np.random.default_rng(0)
+    for seq in range(1, 6):
+        obs = rng.normal(size=(40, 5)).astype(np.float32)
+        starts = rng.random(40) < 0.2
+        resp = stub.StepBatch(pb.StepBatchRequest(session_ids=ids, seqs=[seq] * 40, obs=obs.ravel(),
+                                                  episode_start=starts.tolist(), deterministic=True))
+        assert not resp.errors
+        q = np.array(resp.q_values).reshape(40, 3)
+        for i in range(40):
+            ref = refs[i].step(obs[i], starts[i])
+            assert resp.discrete_actions[i] == int(ref["action"][0])
+            np.testing.assert_allclose(q[i], ref["q_values"][0], atol=1e-5)
+
+
+def test_repeat_of_last_seq_returns_same_response_without_advancing(stub):
+    sid = _open(stub, "q_lstm")
+    obs = [0.3] * 5
+    first = stub.Step(pb.StepRequest(session_id=sid, seq=1, obs=obs, episode_start=True))
+    state = stub.GetSessionState(pb.GetSessionStateRequest(session_id=sid))
+    again = stub.Step(pb.StepRequest(session_id=sid, seq=1, obs=[9.0] * 5))
+    assert again == first
+    assert stub.GetSessionState(pb.GetSessionStateRequest(session_id=sid)) == state
+    assert stub.Step(pb.StepRequest(session_id=sid, seq=2, obs=obs)).seq == 2
+
+
+def test_seq_gap_is_refused_naming_the_expected_seq(stub):
+    sid = _open(stub, "q_lstm")
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Step(pb.StepRequest(session_id=sid, seq=2, obs=[0.0] * 5))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "expected 1" in err.value.details()
+    stub.Step(pb.StepRequest(session_id=sid, seq=1, obs=[0.0] * 5))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Step(pb.StepRequest(session_id=sid, seq=3, obs=[0.0] * 5))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "expected 2" in err.value.details()
+
+
+def test_concurrent_steps_on_one_session_are_serialised(stub, serve_export_dirs):
+    sid = _open(stub, "q_lstm")
+    ref = OfflineRollout(serve_export_dirs["q_lstm"])
+    obs = np.linspace(-1, 1, 5).astype(np.float32)
+    for seq in range(1, 21):
+        results = []
+
+        def send():
+            results.append(stub.Step(pb.StepRequest(session_id=sid, seq=seq, obs=obs, episode_start=seq == 1)))
+
+        threads = [threading.Thread(target=send) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        expected = ref.step(obs, seq == 1)
+        assert all(r == results[0] for r in results)  # applied once, the others answered from the cache
+        _check_same(results[0], expected, "q_lstm")
+
+
+@pytest.mark.parametrize("model", ["q_lstm", "box_lstm"])
+def test_get_and_set_session_state_transplants_memory(stub, model):
+    a, b = _open(stub, model), _open(stub, model)
+    obs = [0.7] * OBS_DIM[model]
+    for seq in (1, 2, 3):
+        stub.Step(pb.StepRequest(session_id=a, seq=seq, obs=obs, episode_start=seq == 1, deterministic=True))
+    state = stub.GetSessionState(pb.GetSessionStateRequest(session_id=a))
+    assert state.seq == 3 and list(state.names)[0] == "state_h"
+    stub.SetSessionState(pb.SetSessionStateRequest(session_id=b, state=state.state))
+    ra = stub.Step(pb.StepRequest(session_id=a, seq=4, obs=obs, deterministic=True))
+    rb = stub.Step(pb.StepRequest(session_id=b, seq=1, obs=obs, deterministic=True))
+    assert list(ra.mean or ra.q_values) == list(rb.mean or rb.q_values)
+    stub.ResetSession(pb.ResetSessionRequest(session_id=b))
+    zeros = stub.GetSessionState(pb.GetSessionStateRequest(session_id=b))
+    assert all(v == 0.0 for t in zeros.state for v in t.data) and zeros.seq == 1
+
+
+def test_stochastic_actions_follow_the_session_seed(stub):
+    def actions(seed):
+        sid = _open(stub, "pg_gru", seed=seed)
+        return [stub.Step(pb.StepRequest(session_id=sid, seq=s, obs=[0.1] * 4, deterministic=False)).discrete_action
+                for s in range(1, 41)]
+
+    assert actions(3) == actions(3)
+    assert actions(3) != actions(4)
+
+
+def test_list_models_describes_each_spec(stub):
+    models = {m.name: m for m in stub.ListModels(pb.ListModelsRequest()).models}
+    assert set(OBS_DIM) <= set(models)
+    box = models["box_lstm"]
+    assert list(box.obs_shape) == [3] and box.action.kind == "box" and list(box.action.shape) == [2]
+    assert [(s.name, s.layers, s.hidden) for s in box.state] == [("state_h", 2, 8), ("state_c", 2, 8)]
+    assert len(box.version) == 12 and box.cell == "lstm"
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def _code(call):
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value.code(), err.value.details()
+
+
+def test_bad_inputs_name_the_problem_and_leave_state_untouched(stub):
+    sid = _open(stub, "q_lstm")
+    stub.Step(pb.StepRequest(session_id=sid, seq=1, obs=[0.2] * 5, episode_start=True))
+    before = stub.GetSessionState(pb.GetSessionStateRequest(session_id=sid))
+    code, msg = _code(lambda: stub.Step(pb.StepRequest(session_id=sid, seq=2, obs=[0.2] * 4)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "4 values, expected obs_dim=5" in msg
+    code, msg = _code(lambda: stub.Step(pb.StepRequest(session_id=sid, seq=2, obs=[0.2, float("nan"), 0, 0, 0])))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "NaN or Inf at index 1" in msg
+    code, msg = _code(lambda: stub.Step(pb.StepRequest(session_id=sid, seq=2, obs=[float("inf")] * 5)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    code, msg = _code(lambda: stub.CreateSession(pb.CreateSessionRequest(model="nope")))
+    assert code == grpc.StatusCode.NOT_FOUND and "unknown model 'nope'" in msg and "q_lstm" in msg
+    code, msg = _code(lambda: stub.Step(pb.StepRequest(session_id="forged", seq=1, obs=[0.0] * 5)))
+    assert code == grpc.StatusCode.NOT_FOUND and "unknown session 'forged'" in msg
+    code, msg = _code(lambda: stub.SetSessionState(pb.SetSessionStateRequest(
+        session_id=sid, state=[pb.Tensor(shape=[1, 3], data=[0, 0, 0])])))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "expected 2" in msg
+    code, msg = _code(lambda: stub.StepBatch(pb.StepBatchRequest(session_ids=[sid], seqs=[2], obs=[0.0] * 7)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "expected 1 sessions x obs_dim 5 = 5" in msg
+    code, msg = _code(lambda: stub.StepBatch(pb.StepBatchRequest(session_ids=[sid, sid], seqs=[2, 3], obs=[0.0] * 10)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "more than once" in msg
+    assert stub.GetSessionState(pb.GetSessionStateRequest(session_id=sid)) == before
+    assert stub.Step(pb.StepRequest(session_id=sid, seq=2, obs=[0.2] * 5)).seq == 2
+
+
+def test_step_batch_rows_fail_alone(stub):
+    good, gap = _open(stub, "q_lstm"), _open(stub, "q_lstm")
+    resp = stub.StepBatch(pb.StepBatchRequest(
+        session_ids=[good, gap, "forged", _open(stub, "q_lstm")], seqs=[1, 5, 1, 1],
+        obs=[0.1] * 15 + [float("nan")] * 5))
+    errors = {e.index: e for e in resp.errors}
+    assert sorted(errors) == [1, 2, 3]
+    assert errors[1].code == grpc.StatusCode.FAILED_PRECONDITION.value[0] and "expected 1" in errors[1].message
+    assert errors[2].code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert errors[3].code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "NaN" in errors[3].message
+    assert stub.GetSessionState(pb.GetSessionStateRequest(session_id=good)).seq == 1
+    assert stub.GetSessionState(pb.GetSessionStateRequest(session_id=gap)).seq == 0
+
+
+def test_stream_answers_errors_in_band_and_carries_on(stub):
+    a, b = _open(stub, "q_lstm"), _open(stub, "pg_gru")
+    requests = [pb.StepRequest(session_id=a, seq=1, obs=[0.0] * 5), pb.StepRequest(session_id=b, seq=1, obs=[0.0] * 5),
+                pb.StepRequest(session_id=b, seq=1, obs=[0.0] * 4), pb.StepRequest(session_id=a, seq=2, obs=[0.0] * 5)]
+    responses = list(stub.StepStream(iter(requests)))
+    assert [r.HasField("error") for r in responses] == [False, True, False, False]
+    assert responses[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert [r.seq for r in responses] == [1, 1, 1, 2]
+
+
+def test_oversize_message_is_refused(serve_export_dirs):
+    srv, port = create_server({"q_lstm": serve_export_dirs["q_lstm"]}, "127.0.0.1:0",
+                              ServeConfig(max_message_bytes=1024, max_batch_rows=8))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = policy_pb2_grpc.PolicyServiceStub(channel)
+            code, msg = _code(lambda: stub.Step(pb.StepRequest(session_id="x", seq=1, obs=[0.0] * 1000)))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in msg
+            code, msg = _code(lambda: stub.StepBatch(pb.StepBatchRequest(session_ids=[str(i) for i in range(9)],
+                                                                         seqs=[1] * 9)))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "limit of 8" in msg
+    finally:
+        srv.stop(None)
+
+
+# ------------------------------------------------------------------------------ limits
+
+
+def test_session_limit_refuses_with_a_retry_hint(serve_export_dirs):
+    srv, port = create_server({"q_lstm": serve_export_dirs["q_lstm"]}, "127.0.0.1:0",
+                              ServeConfig(max_sessions=3, session_ttl=30))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = policy_pb2_grpc.PolicyServiceStub(channel)
+            ids = [_open(stub, "q_lstm") for _ in range(3)]
+            with pytest.raises(grpc.RpcError) as err:
+                _open(stub, "q_lstm")
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "maximum of 3 sessions" in err.value.details() and "retry in" in err.value.details()
+            assert dict(err.value.trailing_metadata())["retry-after-ms"].isdigit()
+            stub.CloseSession(pb.CloseSessionRequest(session_id=ids[0]))
+            _open(stub, "q_lstm")
+            code, msg = _code(lambda: stub.Step(pb.StepRequest(session_id=ids[0], seq=1, obs=[0.0] * 5)))
+            assert code == grpc.StatusCode.NOT_FOUND and "was closed at" in msg
+    finally:
+        srv.stop(None)
+
+
+def test_idle_sessions_expire_and_say_when(serve_export_dirs):
+    srv, port = create_server({"q_lstm": serve_export_dirs["q_lstm"]}, "127.0.0.1:0",
+                              ServeConfig(max_sessions=2, session_ttl=0.3))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = policy_pb2_grpc.PolicyServiceStub(channel)
+            keep, idle = _open(stub, "q_lstm"), _open(stub, "q_lstm")
+            for seq in range(1, 6):
+                time.sleep(0.1)
+                stub.Step(pb.StepRequest(session_id=keep, seq=seq, obs=[0.0] * 5))
+            code, msg = _code(lambda: stub.Step(pb.StepRequest(session_id=idle, seq=1, obs=[0.0] * 5)))
+            assert code == grpc.StatusCode.NOT_FOUND
+            assert "expired at 20" in msg and "0.3 s idle" in msg
+            _open(stub, "q_lstm")  # the expired session's slot is free again
+    finally:
+        srv.stop(None)
+
+
+# ------------------------------------------------------------------------------ standard services
+
+
+def test_health_and_reflection_answer(server):
+    with grpc.insecure_channel(f"127.0.0.1:{server[1]}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "rnnpolicy.v1.PolicyService"):
+            status = health.Check(health_pb2.HealthCheckRequest(service=service)).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+        refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+        answer = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        names = {s.name for s in answer.list_services_response.service}
+        assert {"rnnpolicy.v1.PolicyService", "grpc.health.v1.Health"} <= names
+
+
+def test_server_and_clients_never_import_torch():
+    code = ("import sys, rnnpolicy.serve, rnnpolicy.clients, rnnpolicy.serve.cli, rnnpolicy.clients.cli; "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
