@@ -1,6 +1,9 @@
 """The ``rnnpolicy`` command: ``train``, ``eval``, ``export``, ``verify``, ``serve``, ``play``.
 
 Only the chosen command's module is imported, so ``serve`` and ``play`` run without torch.
+Each command module provides ``add_<command>_arguments(parser, argv)`` (``argv``: the
+arguments after the command name, for options that depend on others, such as ``--algo``)
+and ``run_<command>(args) -> int``.
 """
 
 from __future__ import annotations

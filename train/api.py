@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import random
 from dataclasses import asdict
 from pathlib import Path
@@ -21,8 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from rnnpolicy.envs import make_env
 from rnnpolicy.train.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from rnnpolicy.train.config import TrainConfig
+from rnnpolicy.train.envs import action_spec, observation_encoding
 from rnnpolicy.train.runlog import RunLog
 
 ALGORITHMS: dict[str, str] = {"ppo": "rnnpolicy.train.ppo", "drqn": "rnnpolicy.train.drqn"}
@@ -47,6 +50,7 @@ def resolve(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -
     Precedence: what the user gave, then ``ENV_DEFAULTS[env]``, then the dataclasses' own defaults.
     """
     module = algorithm(config.algo)
+    _check_env(config.env)
     defaults = env_defaults(config.algo, config.env)
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     filled = {
@@ -58,6 +62,16 @@ def resolve(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -
     algo_values = {k: v for k, v in defaults.items() if k not in train_fields}
     algo_values.update({k: v for k, v in (algo_overrides or {}).items() if v is not None})
     return config, module.Config(**algo_values)
+
+
+def _check_env(env_id: str) -> None:
+    """Fail before training starts on an environment that cannot be made, encoded or acted in."""
+    env = make_env(env_id)
+    try:
+        observation_encoding(env)
+        action_spec(env)
+    finally:
+        env.close()
 
 
 def resolve_device(device: str) -> torch.device:
@@ -77,6 +91,8 @@ def seed_everything(seed: int) -> None:
 def train(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -> Path:
     """Train as ``config`` says and write the run directory; returns the checkpoint's path."""
     config, algo_config = resolve(config, algo_overrides)
+    if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install 'rnnpolicy[tensorboard]'")
     torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     assert config.total_steps is not None

@@ -11,14 +11,14 @@ from rnnpolicy.configcli import add_dataclass_arguments, dataclass_from_args
 from rnnpolicy.train.config import TrainConfig
 
 
-def _algo_in(argv: list[str]) -> str | None:
+def _algo_in(argv: list[str] | None) -> str | None:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--algo")
-    known, _ = pre.parse_known_args(argv)
+    known, _ = pre.parse_known_args(argv or [])
     return known.algo
 
 
-def add_train_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+def add_train_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
     add_dataclass_arguments(parser, TrainConfig, unset_default=False)
     algo = _algo_in(argv)
     from rnnpolicy.train.api import ALGORITHMS, algorithm
@@ -50,7 +50,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_eval_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+def add_eval_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
     parser.add_argument("checkpoint", help="Path to a checkpoint.pt written by rnnpolicy train.")
     parser.add_argument("--episodes", type=int, default=100, help="Episodes to run. (default: 100)")
     parser.add_argument("--seed", type=int, default=10_000, help="Seed of the first evaluation episode. (default: 10000)")

@@ -10,7 +10,8 @@ import torch
 
 from rnnpolicy.envs import make_env
 from rnnpolicy.train.checkpoint import load_checkpoint
-from rnnpolicy.train.models import initial_state
+from rnnpolicy.spec import PolicySpec
+from rnnpolicy.train.models import ActorCritic, QNetwork, initial_state
 
 
 @dataclass
@@ -35,14 +36,18 @@ class EvalResult:
 @torch.no_grad()
 def evaluate(checkpoint_path: str | Path, episodes: int = 100, seed: int = 10_000, env_id: str | None = None, batch: int = 16) -> EvalResult:
     """Run ``episodes`` deterministic episodes, ``batch`` environments side by side, one model call per step."""
-    if episodes < 1:
-        raise ValueError(f"episodes must be >= 1, got {episodes}")
     checkpoint = load_checkpoint(checkpoint_path)
-    spec = checkpoint.spec
-    model = checkpoint.build()
-    env_id = env_id or spec.env_id
+    env_id = env_id or checkpoint.spec.env_id
     if not env_id:
         raise ValueError("the checkpoint names no environment; pass one with --env")
+    return evaluate_model(checkpoint.build(), checkpoint.spec, env_id, episodes=episodes, seed=seed, batch=batch)
+
+
+@torch.no_grad()
+def evaluate_model(model: QNetwork | ActorCritic, spec: PolicySpec, env_id: str, episodes: int = 100, seed: int = 10_000, batch: int = 16) -> EvalResult:
+    """:func:`evaluate` for a model in memory (a trainer's in-process evaluation)."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
     width = min(batch, episodes)
     envs = [make_env(env_id) for _ in range(width)]
     obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]

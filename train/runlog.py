@@ -59,25 +59,31 @@ class RunLog:
 
     def __init__(self, out_dir: str | Path, total_steps: int, *, progress: bool = True, tensorboard: bool = False) -> None:
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.total_steps = total_steps
+        self.progress = progress
+        self.tensorboard = tensorboard
         self.start = time.perf_counter()
-        self._file = open(self.out_dir / METRICS_NAME, "w", newline="")
-        self._writer: csv.DictWriter | None = None
         self.rows: list[dict[str, float]] = []
+        self._file = None
+        self._writer: csv.DictWriter | None = None
         self._bar = None
-        if progress:
+        self._tb = None
+        self._last_step = 0
+
+    def _open(self, fieldnames: list[str]) -> None:
+        """Create the outputs on the first row, so a run that fails to start leaves no half-drawn bar."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.out_dir / METRICS_NAME, "w", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=fieldnames, extrasaction="ignore")
+        self._writer.writeheader()
+        if self.progress:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, smoothing=0.1)
-        self._tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ValueError("--tensorboard needs the tensorboard package: pip install 'rnnpolicy[tensorboard]'") from None
+            self._bar = tqdm(total=self.total_steps, unit="step", dynamic_ncols=True, smoothing=0.1)
+        if self.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
             self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
-        self._last_step = 0
 
     def log(self, step: int, tracker: EpisodeTracker, **metrics: float) -> None:
         row = {
@@ -89,8 +95,8 @@ class RunLog:
             **{k: float(v) for k, v in metrics.items()},
         }
         if self._writer is None:
-            self._writer = csv.DictWriter(self._file, fieldnames=list(row), extrasaction="ignore")
-            self._writer.writeheader()
+            self._open(list(row))
+        assert self._writer is not None and self._file is not None
         self._writer.writerow(row)
         self._file.flush()
         self.rows.append(row)
@@ -112,8 +118,9 @@ class RunLog:
             self._bar.close()
         if self._tb is not None:
             self._tb.close()
-        self._file.close()
-        plot_learning_curve(self.rows, self.out_dir / CURVE_NAME)
+        if self._file is not None:
+            self._file.close()
+            plot_learning_curve(self.rows, self.out_dir / CURVE_NAME)
 
 
 def plot_learning_curve(rows: list[dict[str, float]], path: Path) -> None:

@@ -1,0 +1,199 @@
+"""Per-step latency and throughput of an exported policy: onnxruntime vs TorchScript vs eager PyTorch.
+
+    python benchmarks/export_bench.py [--quick]
+
+Q-networks with one recurrent layer of 64, 128 (the target) and 256 LSTM and GRU units, batch
+1 and 256, one thread everywhere. Each call feeds the previous call's state back, as a client
+does. Medians and ratios come from one run and are written to
+benchmarks/results/export_bench.json and .md. Targets: onnxruntime batch-1 step of the 128-unit
+LSTM <= 50 us median; export of a small model < 10 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from rnnpolicy.encoding import ObsEncoding
+from rnnpolicy.export.exporter import export_checkpoint
+from rnnpolicy.export.runtime import load_onnx_policy, zero_state
+from rnnpolicy.export.step_module import step_module
+from rnnpolicy.export.torchscript import load_torchscript
+from rnnpolicy.spec import ActionSpec, ObsNormSpec, PolicySpec
+from rnnpolicy.train.checkpoint import load_checkpoint, save_checkpoint
+from rnnpolicy.train.models import build_model
+
+RESULTS = Path(__file__).resolve().parent / "results"
+OBS_DIM = 16
+N_ACTIONS = 4
+MODELS = (("lstm", 64), ("lstm", 128), ("lstm", 256), ("gru", 64), ("gru", 256))
+BATCHES = (1, 256)
+TARGET_US = 50.0
+
+Step = Callable[[np.ndarray, list[Any]], list[Any]]
+"""One policy step: ``(obs, state) -> next state``, in a runtime's own array type."""
+
+
+def _spec(cell: str, hidden: int) -> PolicySpec:
+    return PolicySpec(
+        kind="q",
+        cell=cell,  # type: ignore[arg-type]
+        num_layers=1,
+        hidden_size=hidden,
+        obs_encoding=ObsEncoding.flat(OBS_DIM),
+        action=ActionSpec("discrete", n=N_ACTIONS),
+        obs_norm=ObsNormSpec(mean=(0.0,) * OBS_DIM, var=(1.0,) * OBS_DIM),
+    )
+
+
+def _medians_us(runs: dict[str, tuple[Step, list[Any]]], obs: np.ndarray, calls: int, rounds: int = 10) -> dict[str, float]:
+    """Median wall time of one call of each runtime, feeding each call's state to the next.
+
+    The runtimes take turns in ``rounds`` blocks, so that load from other processes hits all alike.
+    """
+    states = {name: state for name, (_, state) in runs.items()}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, (step, _) in runs.items():
+            state = states[name]
+            for _ in range(max(10, calls // (5 * rounds))):  # warm-up
+                state = step(obs, state)
+            for _ in range(calls // rounds):
+                start = time.perf_counter()
+                state = step(obs, state)
+                times[name].append(time.perf_counter() - start)
+            states[name] = state
+    return {name: float(np.median(t) * 1e6) for name, t in times.items()}
+
+
+def _bench_model(cell: str, hidden: int, workdir: Path, calls: int) -> list[dict[str, Any]]:
+    spec = _spec(cell, hidden)
+    checkpoint = save_checkpoint(workdir / f"{cell}{hidden}" / "checkpoint.pt", spec, build_model(spec), {})
+    started = time.perf_counter()
+    report = export_checkpoint(checkpoint, workdir / f"{cell}{hidden}" / "export", verify=False)
+    export_s = time.perf_counter() - started
+    session, _ = load_onnx_policy(report.onnx_path, threads=1)
+    scripted, _ = load_torchscript(report.torchscript_path)
+    eager = step_module(load_checkpoint(checkpoint).build())
+    n_state = len(spec.state_tensors)
+    names = spec.input_names
+
+    def run_onnx(obs: np.ndarray, state: list[Any]) -> list[Any]:  # as the server calls it
+        start = np.zeros(obs.shape[0], np.float32)
+        return session.run(None, dict(zip(names, (obs, start, *state))))[-n_state:]
+
+    def run_torch(module: Callable[..., Any]) -> Step:
+        def run(obs: np.ndarray, state: list[Any]) -> list[Any]:
+            x = torch.from_numpy(obs)
+            return list(module(x, torch.zeros(x.shape[0]), *state)[-n_state:])
+
+        return run
+
+    rows = []
+    for batch in BATCHES:
+        obs = np.random.default_rng(0).standard_normal((batch, OBS_DIM), dtype=np.float32)
+        n = calls if batch == 1 else max(50, calls // 20)
+        state_np = list(zero_state(spec, batch).values())
+        state_t = [torch.from_numpy(s) for s in state_np]
+        runs = {
+            "onnxruntime": (run_onnx, state_np),
+            "torchscript": (run_torch(scripted), state_t),
+            "eager": (run_torch(eager), state_t),
+        }
+        with torch.inference_mode():
+            medians = _medians_us(runs, obs, n)
+        rows.append(
+            {
+                "cell": cell,
+                "hidden": hidden,
+                "batch": batch,
+                "export_s": round(export_s, 3),
+                "median_us": {k: round(v, 1) for k, v in medians.items()},
+                "rows_per_s": {k: round(batch / v * 1e6) for k, v in medians.items()},
+                "eager_over_onnxruntime": round(medians["eager"] / medians["onnxruntime"], 2),
+                "torchscript_over_onnxruntime": round(medians["torchscript"] / medians["onnxruntime"], 2),
+            }
+        )
+        print(_md_row(rows[-1]), flush=True)
+    return rows
+
+
+def _md_row(r: dict[str, Any]) -> str:
+    m, t = r["median_us"], r["rows_per_s"]
+    return (
+        f"| {r['cell']} {r['hidden']} | {r['batch']} | {m['onnxruntime']:.1f} | {m['torchscript']:.1f} | {m['eager']:.1f} "
+        f"| {r['eager_over_onnxruntime']:.1f}x | {r['torchscript_over_onnxruntime']:.1f}x "
+        f"| {t['onnxruntime']:,} | {t['torchscript']:,} | {t['eager']:,} | {r['export_s']:.2f} |"
+    )
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    header = (
+        "| model | batch | onnxruntime us | TorchScript us | eager us | eager/ort | TS/ort "
+        "| ort rows/s | TS rows/s | eager rows/s | export s |\n|" + "---|" * 11
+    )
+    target = result["target"]
+    return "\n".join(
+        [
+            "# Export benchmark: per-step latency (median) and throughput",
+            "",
+            f"`python benchmarks/export_bench.py` on {result['machine']}; torch {result['torch']}, "
+            f"onnxruntime {result['onnxruntime']}; one thread everywhere; Q-network, 1 recurrent layer, "
+            f"obs {OBS_DIM}, {N_ACTIONS} actions; each call carries the state of the previous one. "
+            f"{result['cpu_count']} CPUs, 1-min load average {result['load_average_1min'][0]} before and "
+            f"{result['load_average_1min'][1]} after the run (other work on the machine inflates latencies).",
+            "",
+            header,
+            *(_md_row(r) for r in result["rows"]),
+            "",
+            f"Target: onnxruntime batch-1 step of the 128-unit LSTM <= {TARGET_US:g} us median: "
+            f"**{target['onnxruntime_us']:.1f} us, {'met' if target['met'] else 'NOT met'}** "
+            f"(eager {target['eager_us']:.1f} us, {target['eager_us'] / target['onnxruntime_us']:.1f}x slower).",
+            "",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer calls per measurement (a smoke run)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    load_before = os.getloadavg()[0]
+    calls = 300 if args.quick else 3000
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [row for cell, hidden in MODELS for row in _bench_model(cell, hidden, Path(tmp), calls)]
+    target_row = next(r for r in rows if (r["cell"], r["hidden"], r["batch"]) == ("lstm", 128, 1))
+    result = {
+        "machine": f"{platform.machine()} {platform.processor() or platform.system()}",
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "calls_per_batch1_measurement": calls,
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "cpu_count": os.cpu_count(),
+        "rows": rows,
+        "target": {
+            "onnxruntime_us": target_row["median_us"]["onnxruntime"],
+            "eager_us": target_row["median_us"]["eager"],
+            "limit_us": TARGET_US,
+            "met": target_row["median_us"]["onnxruntime"] <= TARGET_US,
+        },
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "export_bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "export_bench.md").write_text(_markdown(result))
+    print(_markdown(result))
+
+
+if __name__ == "__main__":
+    main()

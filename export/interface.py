@@ -1,0 +1,74 @@
+"""The exported graph's interface, derived from the spec alone (torch-free): names, dtypes, shapes.
+
+``"batch"`` marks the dynamic batch axis. ONNX, TorchScript and every client use this order.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from rnnpolicy.spec import (
+    ACTION,
+    EPISODE_START,
+    LOG_STD,
+    LOGITS,
+    MEAN,
+    OBS,
+    Q_VALUES,
+    VALUE,
+    PolicySpec,
+)
+
+__all__ = ["DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "TensorInfo", "graph_inputs", "graph_outputs"]
+
+DEFAULT_OPSET = 17
+"""ONNX opset written unless ``--opset`` says otherwise (onnxruntime >= 1.12 runs it)."""
+MIN_OPSET = 9
+"""Oldest opset accepted; 9 to 21 all pass the parity check for LSTM and GRU policies."""
+MAX_OPSET = 21
+"""Newest opset accepted (torch's TorchScript-based exporter writes up to 21 for these graphs)."""
+
+
+class TensorInfo(NamedTuple):
+    """One graph input or output: ``name``, numpy ``dtype`` name, ``shape`` with ``"batch"`` for the free axis."""
+
+    name: str
+    dtype: str
+    shape: tuple[str | int, ...]
+    doc: str
+
+    def describe(self) -> str:
+        """``name dtype [d0, d1]``, as the export summary prints it."""
+        return f"{self.name} {self.dtype} [{', '.join(str(d) for d in self.shape)}]"
+
+
+def graph_inputs(spec: PolicySpec) -> tuple[TensorInfo, ...]:
+    """``obs``, ``episode_start`` and the state tensors, in graph order."""
+    return (
+        TensorInfo(OBS, "float32", ("batch", spec.obs_dim), "encoded observation; normalised inside the graph"),
+        TensorInfo(EPISODE_START, "float32", ("batch",), "1 zeroes that row's state before this step, 0 keeps it"),
+        *(
+            TensorInfo(s.name, "float32", s.shape, "recurrent state; zeros start an episode")
+            for s in spec.state_tensors
+        ),
+    )
+
+
+def graph_outputs(spec: PolicySpec) -> tuple[TensorInfo, ...]:
+    """The head outputs then ``next_state_h`` (and ``next_state_c``), in graph order."""
+    width = spec.action.n if spec.action.is_discrete else spec.action.dim
+    heads = {
+        Q_VALUES: TensorInfo(Q_VALUES, "float32", ("batch", width), "Q-value of each action"),
+        LOGITS: TensorInfo(LOGITS, "float32", ("batch", width), "unnormalised log-probability of each action"),
+        MEAN: TensorInfo(MEAN, "float32", ("batch", width), "mean of the Gaussian policy (before bounds)"),
+        LOG_STD: TensorInfo(LOG_STD, "float32", ("batch", width), "log standard deviation of the Gaussian policy"),
+        VALUE: TensorInfo(VALUE, "float32", ("batch",), "state value estimate"),
+    }
+    if spec.action.is_discrete:
+        heads[ACTION] = TensorInfo(ACTION, "int64", ("batch",), "greedy (most likely) action")
+    else:
+        heads[ACTION] = TensorInfo(ACTION, "float32", ("batch", width), "mean mapped into the action bounds")
+    states = tuple(
+        TensorInfo("next_" + s.name, "float32", s.shape, "state to feed to the next step") for s in spec.state_tensors
+    )
+    return tuple(heads[name] for name in spec.output_names[: -len(states)]) + states

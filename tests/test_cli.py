@@ -1,0 +1,86 @@
+"""The ``rnnpolicy`` command: help, and one-line errors for bad input (no tracebacks)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rnnpolicy.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("train", "eval", "export", "verify", "serve", "play"):
+        assert command in out
+
+
+def test_train_help_shows_the_algorithm_hyperparameters(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--algo", "ppo", "--help"])
+    out = capsys.readouterr().out
+    assert "ppo hyperparameters" in out and "--total-steps" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--algo", "ppo", "--env", "NoSuchEnv-v0", "--out", "{tmp}/x"], "unknown environment 'NoSuchEnv-v0'"),
+        (["train", "--algo", "drqn", "--env", "fake_envs:FakeText-v0", "--out", "{tmp}/x"], "cannot encode observation space Text"),
+        (["train", "--algo", "drqn", "--env", "rnnpolicy/PendulumNoVel-v0", "--out", "{tmp}/x"], "drqn needs a discrete action space"),
+        (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--total-steps", "0", "--out", "{tmp}/x"], "total_steps must be >= 1, got 0"),
+        (["eval", "{tmp}/missing.pt"], "missing.pt' does not exist"),
+    ],
+)
+def test_bad_input_gets_one_line_and_exit_code_2(capsys, tmp_path, argv, message):
+    code, out, err = run_cli(capsys, *(a.replace("{tmp}", str(tmp_path)) for a in argv))
+    assert code == 2
+    assert message in err.strip().splitlines()[-1]
+    assert "Traceback" not in err
+
+
+def test_unknown_algorithm_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--algo", "a2c", "--env", "rnnpolicy/TMaze-v0", "--out", "x"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'a2c'" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_gets_one_line(capsys, tmp_path):
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_text("garbage")
+    code, _, err = run_cli(capsys, "eval", str(bad))
+    assert code == 2 and "is not a readable torch file" in err and "Traceback" not in err
+
+
+def test_train_then_eval_through_the_command_on_dict_observations(capsys, tmp_path):
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "--algo", "ppo", "--env", "fake_envs:FakeDict-v0", "--total-steps", "512", "--no-progress", "--out", str(run))
+    assert code == 0, err
+    for name in ("checkpoint.pt", "metrics.csv", "learning_curve.png"):
+        assert (run / name).is_file()
+    code, out, err = run_cli(capsys, "eval", str(run / "checkpoint.pt"), "--episodes", "5", "--env", "fake_envs:FakeDict-v0", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["episodes"] == 5 and 0.0 <= result["success_rate"] <= 1.0
+
+
+def test_serve_and_play_commands_do_not_import_torch():
+    code = (
+        "import sys; from rnnpolicy.cli import main\n"
+        "for argv in (['serve', '--help'], ['play', '--help']):\n"
+        "    try: main(argv)\n"
+        "    except SystemExit: pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
