@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from rnnpolicy.clients._client import PolicyClient
 from rnnpolicy.clients._errors import PolicyError
 
-__all__ = ["add_play_arguments", "play_episodes", "run_play"]
+__all__ = ["PlayResult", "add_play_arguments", "play_episodes", "run_play"]
 
 
 def add_play_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
@@ -23,14 +25,26 @@ def add_play_arguments(parser: argparse.ArgumentParser, argv: list[str] | None =
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default %(default)s)")
 
 
+@dataclass
+class PlayResult:
+    """What :func:`play_episodes` saw: each episode's return and success, each step's round trip."""
+
+    returns: list[float] = field(default_factory=list)
+    successes: list[bool] = field(default_factory=list)
+    step_latencies_s: list[float] = field(default_factory=list)
+
+    def latency_percentiles_ms(self, percentiles: tuple[float, ...] = (50, 90, 99)) -> dict[float, float]:
+        return {p: float(np.percentile(self.step_latencies_s, p)) * 1e3 for p in percentiles}
+
+
 def play_episodes(client: PolicyClient, model: str, env_id: str, episodes: int, seed: int = 0,
-                  deterministic: bool = True, stream: bool = False) -> list[float]:
-    """Play ``episodes`` of ``env_id`` through one server session; return each episode's return."""
+                  deterministic: bool = True, stream: bool = False) -> PlayResult:
+    """Play ``episodes`` of ``env_id`` through one server session, timing every step's round trip."""
     from rnnpolicy.envs import make_env
 
     env = make_env(env_id)
     opener = client.stream_session if stream else client.session
-    returns = []
+    result = PlayResult()
     try:
         with opener(model, seed=seed, deterministic=deterministic) as session:
             discrete = session.spec.action.is_discrete
@@ -38,15 +52,19 @@ def play_episodes(client: PolicyClient, model: str, env_id: str, episodes: int, 
                 obs, _ = env.reset(seed=seed + episode)
                 start, done, total = True, False, 0.0
                 while not done:
+                    sent = time.perf_counter()
                     action = session.step(obs, episode_start=start).action
+                    result.step_latencies_s.append(time.perf_counter() - sent)
                     start = False
-                    obs, reward, terminated, truncated, _ = env.step(int(action) if discrete else np.asarray(action))
+                    obs, reward, terminated, truncated, info = env.step(int(action) if discrete else np.asarray(action))
                     total += float(reward)
                     done = terminated or truncated
-                returns.append(total)
+                result.returns.append(total)
+                if "is_success" in info:
+                    result.successes.append(bool(info["is_success"]))
     finally:
         env.close()
-    return returns
+    return result
 
 
 def run_play(args: argparse.Namespace) -> int:
@@ -56,11 +74,19 @@ def run_play(args: argparse.Namespace) -> int:
         raise ValueError(f"--target {args.target!r}: expected HOST:PORT")
     with PolicyClient(args.target, timeout=args.timeout) as client:
         try:
-            returns = play_episodes(client, args.model, args.env, args.episodes, args.seed,
-                                    not args.stochastic, args.stream)
+            result = play_episodes(client, args.model, args.env, args.episodes, args.seed,
+                                   not args.stochastic, args.stream)
         except PolicyError as exc:
             raise ValueError(f"server {args.target}: {exc}") from None
-    for i, total in enumerate(returns):
+    for i, total in enumerate(result.returns):
         print(f"episode {i}: return {total:g}")
-    print(f"mean return over {len(returns)} episodes: {float(np.mean(returns)):g}")
+    summary = f"mean return over {len(result.returns)} episodes: {float(np.mean(result.returns)):g}"
+    if result.successes:
+        summary += f", success rate {float(np.mean(result.successes)):g}"
+    print(summary)
+    latency = result.latency_percentiles_ms()
+    print(
+        f"{len(result.step_latencies_s)} steps, round-trip latency p50 {latency[50]:.3f} ms, "
+        f"p90 {latency[90]:.3f} ms, p99 {latency[99]:.3f} ms"
+    )
     return 0

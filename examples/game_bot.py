@@ -49,7 +49,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     with PolicyClient(args.target) as client:
-        served = play_episodes(client, args.model, args.env, args.episodes, args.seed)
+        served = play_episodes(client, args.model, args.env, args.episodes, args.seed).returns
     offline = offline_returns(args.export, args.env, args.episodes, args.seed)
     for i, (a, b) in enumerate(zip(served, offline)):
         print(f"episode {i}: server {a:g}  offline {b:g}")

@@ -107,14 +107,18 @@ def test_play_episodes_and_cli(target, capsys):
     with PolicyClient(target) as client:
         unary = play_episodes(client, "tmaze", "rnnpolicy/TMaze-v0", 3, seed=5)
         stream = play_episodes(client, "tmaze", "rnnpolicy/TMaze-v0", 3, seed=5, stream=True)
-    assert unary == stream and len(unary) == 3
+    assert unary.returns == stream.returns and len(unary.returns) == 3
+    assert len(unary.successes) == 3
+    assert len(unary.step_latencies_s) == len(stream.step_latencies_s) > 3
     import argparse
 
     parser = argparse.ArgumentParser()
     add_play_arguments(parser)
     args = parser.parse_args(["--target", target, "--model", "tmaze", "--env", "rnnpolicy/TMaze-v0", "--episodes", "2"])
     assert run_play(args) == 0
-    assert "mean return over 2 episodes" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "mean return over 2 episodes" in out and "success rate" in out
+    assert "round-trip latency p50" in out
     with pytest.raises(ValueError, match="--episodes 0"):
         run_play(parser.parse_args(["--env", "x", "--episodes", "0"]))
 
