@@ -1,6 +1,22 @@
 """Shared pytest fixtures."""
 
+import importlib.util
+
 import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Small recurrent nets run fastest on one thread; more only contend for the 2 cores (30x slower here)."""
+    if importlib.util.find_spec("torch") is None:
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- serving fixtures (serve/clients tests)

@@ -25,7 +25,12 @@ class EpisodeTracker:
         self.episodes = 0
 
     def update(self, rewards: np.ndarray, dones: np.ndarray, infos: dict[str, Any]) -> list[float]:
-        """Add one vector step; returns the returns of the episodes that ended on it."""
+        """Add one vector step; returns the returns of the episodes that ended on it.
+
+        ``infos`` is the vector env's info dict; with same-step autoreset the ended episodes'
+        infos (``is_success``) are under ``final_info``.
+        """
+        infos = infos.get("final_info", infos)
         self._returns += rewards
         self._lengths += 1
         finished = []
