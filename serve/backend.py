@@ -43,17 +43,26 @@ class OnnxBackend:
         self._state_names = tuple(s.name for s in self.spec.state_tensors)
         self._head_names = tuple(n for n in self.spec.output_names if not n.startswith("next_"))
         self._output_names = list(self._head_names) + ["next_" + n for n in self._state_names]
-
     @property
     def head_names(self) -> tuple[str, ...]:
         """The non-state outputs in graph order, e.g. ``("logits", "action", "value")``."""
         return self._head_names
 
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """The state inputs in graph order, e.g. ``("state_h", "state_c")``."""
+        return self._state_names
+
+    def run_values(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """One step from complete ``feeds`` (``obs``, ``episode_start`` and every state input): the head
+        outputs in :attr:`head_names` order, then the next state tensors. The serving hot path."""
+        return self._session.run(self._output_names, feeds)
+
     def run(self, obs: np.ndarray, episode_start: np.ndarray, state: tuple[np.ndarray, ...]) -> StepOutputs:
         """One step for ``batch`` rows: ``obs`` ``[batch, obs_dim]`` float32, ``episode_start`` ``[batch]``."""
         feeds = {"obs": obs, "episode_start": episode_start}
         feeds.update(zip(self._state_names, state))
-        values = self._session.run(self._output_names, feeds)
+        values = self.run_values(feeds)
         n_head = len(self._head_names)
         return StepOutputs(dict(zip(self._head_names, values[:n_head])), tuple(values[n_head:]))
 

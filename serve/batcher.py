@@ -22,12 +22,16 @@ __all__ = ["Batcher", "Chunk", "Job"]
 
 
 class Job:
-    """The answer to one request: a packed output row per step, or an error per failed row."""
+    """The answer to one request: a packed output row per step, or an error per failed row.
+
+    ``width`` 0 (single-row jobs only) allocates nothing up front: ``out`` stays None until the
+    row resolves and is then a copy of its packed row ``(1, width)``.
+    """
 
     __slots__ = ("out", "errors", "_remaining", "_lock", "_event")
 
     def __init__(self, rows: int, width: int) -> None:
-        self.out = np.zeros((rows, width), dtype=np.float32)
+        self.out = np.zeros((rows, width), dtype=np.float32) if width else None
         self.errors: dict[int, tuple[object, str]] | None = None
         self._remaining = rows
         self._lock = threading.Lock()
@@ -35,7 +39,10 @@ class Job:
 
     def resolve(self, rows: np.ndarray | list[int], values: np.ndarray) -> None:
         """Rows ``rows`` of this job finished with packed outputs ``values``."""
-        self.out[rows] = values
+        if self.out is None:
+            self.out = np.array(values, dtype=np.float32)  # a copy: values may be a view of the row cache
+        else:
+            self.out[rows] = values
         self._done(len(rows))
 
     def fail(self, row: int, code: object, message: str) -> None:

@@ -31,6 +31,18 @@ class OutputLayout:
             start += widths[name]
         self.width = start
         self.discrete = spec.action.is_discrete
+        # (column slice, head index) per head output, and (field, how, slice) per StepResponse field,
+        # worked out once so the per-step code only slices.
+        self._pack_plan = [(self.columns[name], i) for i, name in enumerate(head_names)]
+        self._step_plan: list[tuple[str, str, slice]] = []
+        for name, cols in self.columns.items():
+            if name == ACTION:
+                self._step_plan.append(("discrete_action", "int", cols) if self.discrete
+                                       else ("continuous_action", "list", cols))
+            elif name == VALUE:
+                self._step_plan.append(("value", "float", cols))
+            else:
+                self._step_plan.append((name, "list", cols))
 
     def pack(self, head: dict[str, np.ndarray], batch: int) -> np.ndarray:
         """The graph's head outputs ``{name: [batch, ...]}`` as rows ``[batch, width]`` float32."""
@@ -38,20 +50,24 @@ class OutputLayout:
             [np.asarray(head[n], dtype=np.float32).reshape(batch, -1) for n in self.names], axis=1
         )
 
+    def pack_values(self, values: list[np.ndarray], batch: int) -> np.ndarray:
+        """Like :meth:`pack`, from the head outputs as a list in ``names`` order (state outputs may follow)."""
+        out = np.empty((batch, self.width), dtype=np.float32)
+        for cols, i in self._pack_plan:
+            out[:, cols] = values[i].reshape(batch, -1)
+        return out
+
     def step_fields(self, row: np.ndarray) -> dict[str, object]:
         """Keyword fields of a ``StepResponse`` for one packed row."""
+        values = row.tolist()  # one conversion; the fields are slices of it
         fields: dict[str, object] = {}
-        for name, cols in self.columns.items():
-            part = row[cols]
-            if name == ACTION:
-                if self.discrete:
-                    fields["discrete_action"] = int(part[0])
-                else:
-                    fields["continuous_action"] = part.tolist()
-            elif name == VALUE:
-                fields["value"] = float(part[0])
+        for field, how, cols in self._step_plan:
+            if how == "list":
+                fields[field] = values[cols]
+            elif how == "int":
+                fields[field] = int(values[cols.start])
             else:
-                fields[name] = part.tolist()
+                fields[field] = values[cols.start]
         return fields
 
     def batch_fields(self, rows: np.ndarray) -> dict[str, object]:

@@ -33,6 +33,12 @@ class ServedModel:
         self.obs_dim = self.spec.obs_dim
         self.max_batch = max_batch
         self._sampled = self.spec.kind == "policy"
+        self._state_names = backend.state_names
+        self._n_head = len(backend.head_names)
+        # A slot's state as a slice (layers, 1, hidden) is contiguous only for one layer; otherwise copy it.
+        self._contiguous_slices = all(s.layers == 1 for s in self.spec.state_tensors)
+        # The single-step feeds, refilled per call: batches of one model never run concurrently.
+        self._feeds: dict[str, np.ndarray] = {}
         self.batcher = Batcher(self._run, max_batch=max_batch, max_wait_us=max_wait_us, name=name)
 
     def close(self) -> None:
@@ -52,6 +58,9 @@ class ServedModel:
                     self.batcher.submit(ready)
 
     def _step(self, chunks: list[Chunk]) -> None:
+        if len(chunks) == 1 and len(chunks[0]) == 1:
+            self._step_one(chunks[0])
+            return
         if len(chunks) == 1:
             c = chunks[0]
             slots, obs, starts = c.slots, c.obs, c.starts
@@ -66,10 +75,12 @@ class ServedModel:
             hi = min(total, lo + self.max_batch)
             rows = slots[lo:hi]
             state = tuple(a[:, rows, :] for a in state_arrays)  # (layers, batch, hidden) each
-            out = self.backend.run(obs[lo:hi], starts[lo:hi], state)
-            for array, nxt in zip(state_arrays, out.state):
+            feeds = {"obs": obs[lo:hi], "episode_start": starts[lo:hi]}
+            feeds.update(zip(self._state_names, state))
+            values = self.backend.run_values(feeds)
+            for array, nxt in zip(state_arrays, values[self._n_head:]):
                 array[:, rows, :] = nxt
-            parts.append(self.layout.pack(out.head, hi - lo))
+            parts.append(self.layout.pack_values(values, hi - lo))
         packed = parts[0] if len(parts) == 1 else np.concatenate(parts)  # (total, width)
         offset = 0
         for chunk in chunks:
@@ -86,6 +97,30 @@ class ServedModel:
             offset += k
             for follow in ready:
                 self.batcher.submit(follow)
+
+    def _step_one(self, chunk: Chunk) -> None:
+        """One row: the same as :meth:`_step` with slot slices instead of gathers and scatters."""
+        session = chunk.sessions[0]
+        slot = session.slot
+        rows = slice(slot, slot + 1)
+        state_arrays = self.slots.state
+        feeds = self._feeds
+        feeds["obs"] = chunk.obs
+        feeds["episode_start"] = chunk.starts
+        for name, array in zip(self._state_names, state_arrays):
+            view = array[:, rows, :]  # (layers, 1, hidden)
+            feeds[name] = view if self._contiguous_slices else np.ascontiguousarray(view)
+        values = self.backend.run_values(feeds)
+        for array, nxt in zip(state_arrays, values[self._n_head:]):
+            array[:, rows, :] = nxt
+        packed = self.layout.pack_values(values, 1)  # (1, width)
+        if self._sampled and not chunk.deterministic:
+            self._sample(packed, chunk.sessions)
+        self.slots.last_out[slot] = packed[0]
+        ready = self.registry.finish(chunk.sessions, chunk.seqs)
+        chunk.job.resolve(chunk.rows, packed)
+        for follow in ready:
+            self.batcher.submit(follow)
 
     def _sample(self, rows: np.ndarray, sessions: list[Session]) -> None:
         """Replace the greedy action in ``rows`` by one drawn with each session's own generator."""

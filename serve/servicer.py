@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from typing import Callable, Iterator, Mapping
 
 import grpc
@@ -167,7 +168,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 pb.BatchRowError(index=i, session_id=ids[i], code=code.value[0], message=message)
                 for i, (code, message) in sorted(job.errors.items())])
         dim = model.obs_dim
-        obs = np.array(request.obs, dtype=np.float32)
+        obs = np.array(request.obs[:], dtype=np.float32)  # via a list: several times faster than the repeated field
         if obs.size != n * dim:
             raise ServeError(_INVALID, f"StepBatch obs has {obs.size} values, expected {n} sessions x "
                                        f"obs_dim {dim} = {n * dim} (model {model.name!r}, observation shape [{dim}])")
@@ -230,20 +231,23 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
 
     def _step(self, request) -> tuple[Session, np.ndarray]:
         """Run one step; return its session and packed output row."""
-        session = self.registry.get(request.session_id)
+        session = self.registry.peek(request.session_id)
         model = session.model
-        n = len(request.obs)
+        values = request.obs[:]  # a list: converting it is several times faster than the repeated field
+        n = len(values)
         if n != model.obs_dim:
             raise ServeError(_INVALID, f"obs has {n} values, expected obs_dim={model.obs_dim} "
                                        f"(model {model.name!r}, observation shape [{model.obs_dim}])")
-        obs = np.array(request.obs, dtype=np.float32).reshape(1, n)
-        if not np.isfinite(obs).all():
-            raise ServeError(_INVALID, f"obs contains NaN or Inf at index {int(np.flatnonzero(~np.isfinite(obs))[0])}; "
-                                       f"expected finite float32 values")
-        job = Job(1, model.layout.width)
-        chunk = Chunk(job, _ROW0, [session], np.array([session.slot], dtype=np.intp), [request.seq], obs,
+        # float32 values sum without overflow in float64; the sum is NaN or Inf iff some value is.
+        if not math.isfinite(sum(values)):
+            bad = next(i for i, v in enumerate(values) if not math.isfinite(v))
+            raise ServeError(_INVALID, f"obs contains NaN or Inf at index {bad}; expected finite float32 values")
+        obs = np.array(values, dtype=np.float32).reshape(1, n)
+        seq = request.seq
+        job = Job(1, 0)
+        chunk = Chunk(job, _ROW0, [session], session.rows, [seq], obs,
                       _START[1] if request.episode_start else _START[0], request.deterministic)
-        admission, cached = self.registry.admit(session, request.seq, chunk)
+        admission, cached = self.registry.admit(session, seq, chunk)
         if admission == "cached":
             return session, cached
         if admission == "ready":

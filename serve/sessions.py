@@ -9,6 +9,12 @@ Ordering: :meth:`SessionRegistry.admit` checks a step's seq against the session'
 (repeat: answer from the cache; next: admit; other: FAILED_PRECONDITION) and marks the
 session busy, so a session has at most one step in flight; a step that arrives while its
 session is busy waits in that session's queue and is admitted when the step before it ends.
+
+Tombstones: the ids of the latest closed or expired sessions are remembered, each as one wall
+time in a ``closed`` or ``expired`` dict (about 150 bytes per id, the message is formatted only
+when a call names the id), so a later call can say "was closed at ..." or "expired at ...".
+They are capped at :func:`tombstone_cap` ``(max_sessions)`` = 4 x max_sessions, at least 4,096
+and at most 100,000 (about 15 MB); the oldest are forgotten first and then answer "unknown session".
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from typing import TYPE_CHECKING, Literal
 
 import grpc
@@ -28,12 +34,18 @@ from rnnpolicy.serve.errors import ServeError
 if TYPE_CHECKING:
     from rnnpolicy.serve.model import ServedModel
 
-__all__ = ["Admission", "Session", "SessionRegistry", "SlotArrays"]
+__all__ = ["Admission", "Session", "SessionRegistry", "SlotArrays", "tombstone_cap"]
 
 Admission = Literal["ready", "cached", "queued"]
 
 _TOMBSTONES_MIN = 4096
 _TOMBSTONES_MAX = 100_000
+_TOMBSTONES_PER_SESSION = 4
+
+
+def tombstone_cap(max_sessions: int) -> int:
+    """How many closed or expired session ids a registry of ``max_sessions`` remembers (oldest forgotten first)."""
+    return min(_TOMBSTONES_MAX, max(_TOMBSTONES_MIN, _TOMBSTONES_PER_SESSION * max_sessions))
 
 
 class SlotArrays:
@@ -62,12 +74,13 @@ class SlotArrays:
 class Session:
     """One session's bookkeeping (its state lives in the model's :class:`SlotArrays`)."""
 
-    __slots__ = ("session_id", "model", "slot", "last_seq", "busy", "pending", "last_used", "seed", "rng")
+    __slots__ = ("session_id", "model", "slot", "rows", "last_seq", "busy", "pending", "last_used", "seed", "rng")
 
     def __init__(self, session_id: str, model: ServedModel, slot: int, seed: int | None, now: float) -> None:
         self.session_id = session_id
         self.model = model
         self.slot = slot
+        self.rows = np.array([slot], dtype=np.intp)  # (1,) the slot as an index array, made once
         self.last_seq = 0
         self.busy = False
         self.pending: deque[Chunk] | None = None
@@ -97,11 +110,20 @@ class SessionRegistry:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._sessions: dict[str, Session] = {}
-        self._gone: OrderedDict[str, str] = OrderedDict()
-        self._gone_cap = min(_TOMBSTONES_MAX, max(_TOMBSTONES_MIN, 4 * max_sessions))
+        self._waiters = 0  # threads in _wait_idle: finish() notifies only when there are some
+        # Tombstones: id -> wall time it was closed / expired; _gone_order is their FIFO for the cap.
+        self._closed: dict[str, float] = {}
+        self._expired: dict[str, float] = {}
+        self._gone_order: deque[str] = deque()
+        self.tombstone_cap = tombstone_cap(max_sessions)
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    @property
+    def tombstones(self) -> int:
+        """How many closed or expired session ids are remembered (at most ``tombstone_cap``)."""
+        return len(self._gone_order)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -121,14 +143,21 @@ class SessionRegistry:
         with self._lock:
             session = self._lookup(session_id, self._clock())
             while session.busy:
-                self._idle.wait()
+                self._wait_idle()
             if self._sessions.get(session_id) is session:
-                self._remove(session, f"was closed at {self._stamp(self._wall())}")
+                self._remove(session, self._closed, self._wall())
 
     def expire_idle(self) -> int:
         """Expire every session idle for longer than the TTL; return how many."""
         with self._lock:
             return self._expire_idle(self._clock())
+
+    def peek(self, session_id: str) -> Session:
+        """The session ``session_id`` without taking the lock (a dict read), for the step path:
+        :meth:`admit` re-checks under the lock that it is still open and not expired. An id
+        not open answers as :meth:`get` does."""
+        session = self._sessions.get(session_id)
+        return session if session is not None else self.get(session_id)
 
     def get(self, session_id: str) -> Session:
         """The live session ``session_id``: NOT_FOUND (saying expired or closed, and when) otherwise."""
@@ -140,7 +169,7 @@ class SessionRegistry:
         with self._lock:
             session = self._lookup(session_id, self._clock())
             while session.busy:
-                self._idle.wait()
+                self._wait_idle()
             session.last_used = self._clock()
             return action(session)
 
@@ -153,8 +182,10 @@ class SessionRegistry:
         Raises NOT_FOUND when the session is gone and FAILED_PRECONDITION for a seq out of order.
         """
         with self._lock:
-            if self._sessions.get(session.session_id) is not session:
-                self._lookup(session.session_id, self._clock())
+            now = self._clock()
+            if (self._sessions.get(session.session_id) is not session
+                    or (self.ttl and not session.busy and now - session.last_used > self.ttl)):
+                self._lookup(session.session_id, now)  # NOT_FOUND: closed meanwhile, or expired by now
             admission = self._admit(session, seq, None)
             if admission == "cached":
                 return admission, session.model.slots.last_out[session.slot].copy()
@@ -223,10 +254,19 @@ class SessionRegistry:
                     break
                 if not session.pending:
                     session.pending = None
-            self._idle.notify_all()
+            if self._waiters:
+                self._idle.notify_all()
         return ready
 
     # ----------------------------------------------------------------- internals
+
+    def _wait_idle(self) -> None:
+        """Wait (lock held) until some step finishes."""
+        self._waiters += 1
+        try:
+            self._idle.wait()
+        finally:
+            self._waiters -= 1
 
     def _admit(self, session: Session, seq: int, model: ServedModel | None) -> Admission:
         if model is not None and session.model is not model:
@@ -253,9 +293,12 @@ class SessionRegistry:
     def _lookup(self, session_id: str, now: float) -> Session:
         session = self._sessions.get(session_id)
         if session is None:
-            fate = self._gone.get(session_id)
-            if fate is not None:
-                raise ServeError(grpc.StatusCode.NOT_FOUND, f"session {session_id!r} {fate}")
+            closed_at = self._closed.get(session_id)
+            if closed_at is not None:
+                raise ServeError(grpc.StatusCode.NOT_FOUND, f"session {session_id!r} {self._closed_fate(closed_at)}")
+            expired_at = self._expired.get(session_id)
+            if expired_at is not None:
+                raise ServeError(grpc.StatusCode.NOT_FOUND, f"session {session_id!r} {self._expired_fate(expired_at)}")
             raise ServeError(
                 grpc.StatusCode.NOT_FOUND,
                 f"unknown session {session_id!r}: expected an id returned by CreateSession",
@@ -267,10 +310,14 @@ class SessionRegistry:
 
     def _expire(self, session: Session, now: float) -> str:
         expired_at = self._wall() - (now - session.last_used - self.ttl)
-        fate = (f"expired at {self._stamp(expired_at)} after {self.ttl:g} s idle (session TTL); "
-                f"create a new session")
-        self._remove(session, fate)
-        return fate
+        self._remove(session, self._expired, expired_at)
+        return self._expired_fate(expired_at)
+
+    def _closed_fate(self, wall: float) -> str:
+        return f"was closed at {self._stamp(wall)}"
+
+    def _expired_fate(self, wall: float) -> str:
+        return f"expired at {self._stamp(wall)} after {self.ttl:g} s idle (session TTL); create a new session"
 
     def _expire_idle(self, now: float) -> int:
         if not self.ttl:
@@ -280,12 +327,17 @@ class SessionRegistry:
             self._expire(session, now)
         return len(stale)
 
-    def _remove(self, session: Session, fate: str) -> None:
-        del self._sessions[session.session_id]
+    def _remove(self, session: Session, tombstones: dict[str, float], wall: float) -> None:
+        session_id = session.session_id
+        del self._sessions[session_id]
         session.model.slots.give_back(session.slot)
-        self._gone[session.session_id] = fate
-        if len(self._gone) > self._gone_cap:
-            self._gone.popitem(last=False)
+        order = self._gone_order
+        if len(order) >= self.tombstone_cap:
+            oldest = order.popleft()
+            if self._closed.pop(oldest, None) is None:
+                self._expired.pop(oldest, None)
+        tombstones[session_id] = wall
+        order.append(session_id)
 
     def _full(self, now: float) -> ServeError:
         if self.ttl and self._sessions:
