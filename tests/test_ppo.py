@@ -1,0 +1,182 @@
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rnnpolicy.cli import main
+from rnnpolicy.train import ppo
+from rnnpolicy.train.api import resolve, seed_everything, train
+from rnnpolicy.train.checkpoint import load_checkpoint
+from rnnpolicy.train.config import TrainConfig
+from rnnpolicy.train.envs import make_vector_env
+from rnnpolicy.train.evaluate import evaluate
+from rnnpolicy.train.models import initial_state
+from rnnpolicy.train.normalize import RunningMeanStd
+from rnnpolicy.train.runlog import EpisodeTracker, RunLog
+from rnnpolicy.train.sequences import split_sequences
+
+
+def test_gae_matches_a_hand_computed_case_with_truncation_and_termination():
+    gamma, lam = 0.9, 0.5
+    rewards = np.ones((3, 2))
+    values = np.full((3, 2), 0.5)
+    terminated = np.array([[0, 0], [0, 1], [0, 0]], dtype=bool)
+    truncated = np.array([[0, 0], [1, 0], [0, 0]], dtype=bool)
+    # Env 0 is truncated at t=1 with V(final_obs) = 2; env 1 terminates there (its final value is ignored).
+    final_values = np.array([[0.0, 0.0], [2.0, 7.0], [0.0, 0.0]])
+    advantages, returns = ppo.compute_gae(rewards, values, terminated, truncated, final_values, np.array([0.5, 0.5]), gamma, lam)
+    a2 = 1 + gamma * 0.5 - 0.5  # 0.95, bootstrapped from last_value
+    env0 = [a2 + gamma * lam * (1 + gamma * 2.0 - 0.5), 1 + gamma * 2.0 - 0.5, a2]
+    env1 = [a2 + gamma * lam * (1 - 0.5), 1 - 0.5, a2]
+    np.testing.assert_allclose(advantages, np.array([env0, env1]).T)
+    np.testing.assert_allclose(returns, advantages + values)
+
+
+def test_split_sequences_cuts_at_chunk_and_episode_starts_and_pads():
+    episode_start = np.zeros((8, 2), dtype=bool)
+    episode_start[2, 0] = True
+    episode_start[5, 1] = True
+    seqs = split_sequences(episode_start, seq_len=4)
+    # env 0: t 0-1, 2-3, 4-7; env 1: t 0-3, 4, 5-7
+    np.testing.assert_array_equal(seqs.lengths, [2, 2, 4, 4, 1, 3])
+    np.testing.assert_array_equal(seqs.chunk, [0, 0, 2, 1, 3, 3])
+    first_steps = [(t, b) for t, b in [(0, 0), (2, 0), (4, 0), (0, 1), (4, 1), (5, 1)]]
+    np.testing.assert_array_equal(seqs.index[0], [t * 2 + b for t, b in first_steps])
+    np.testing.assert_array_equal(seqs.mask.sum(0), seqs.lengths)
+    np.testing.assert_array_equal(seqs.index[:3, 5], [5 * 2 + 1, 6 * 2 + 1, 7 * 2 + 1])
+    small = seqs.select(np.array([0, 4]))
+    assert small.index.shape == (2, 2) and small.mask.tolist() == [[True, True], [True, False]]
+    with pytest.raises(ValueError, match="seq_len must divide the rollout's 8 steps, got 3"):
+        split_sequences(episode_start, seq_len=3)
+
+
+def _rollout(cell="lstm", shared_core=True, env="rnnpolicy/CartPoleNoVel-v0"):
+    torch.manual_seed(0)
+    config = TrainConfig(algo="ppo", env=env, out="unused", hidden_size=16, cell=cell)
+    algo = ppo.Config(num_envs=3, rollout_steps=48, seq_len=16, num_minibatches=2, shared_core=shared_core)
+    envs = make_vector_env(env, algo.num_envs, seed=0)
+    spec, model = ppo._build(config, algo, envs, None)
+    obs, _ = envs.reset(seed=0)
+    state = initial_state(spec, algo.num_envs)
+    next_obs = torch.as_tensor(spec.obs_encoding.encode_batch(obs))
+    rollout, *_ = ppo._collect(model, envs, algo, EpisodeTracker(algo.num_envs), next_obs, torch.ones(algo.num_envs), state)
+    return model, rollout, algo
+
+
+@pytest.mark.parametrize("cell,shared_core", [("lstm", True), ("lstm", False), ("gru", True)])
+def test_padded_sequence_pass_equals_the_per_step_loop(cell, shared_core):
+    model, rollout, algo = _rollout(cell, shared_core)
+    steps, envs = algo.rollout_steps, algo.num_envs
+    starts = rollout.episode_start.view(steps, envs)
+    assert starts[1:].sum() > 0, "the rollout should contain episode starts inside chunks"
+    chunk0 = type(rollout.chunk_states)(*(s[:, :envs] if s is not None else None for s in rollout.chunk_states))
+    with torch.no_grad():
+        # The model's per-step path (episode starts inside the sequence) over the whole rollout.
+        params, log_std, values, _ = model(rollout.obs.view(steps, envs, -1), chunk0, starts)
+        step_logprobs = torch.log_softmax(params, -1).gather(-1, rollout.actions.view(steps, envs, 1)).squeeze(-1)
+        logprob, _, value, index = ppo.evaluate_sequences(model, rollout, rollout.sequences)
+    mask = torch.as_tensor(rollout.sequences.mask)
+    torch.testing.assert_close(logprob[mask], step_logprobs.flatten()[index][mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(value[mask], values.flatten()[index][mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logprob[mask], rollout.logprobs[index][mask], atol=1e-5, rtol=1e-5)
+    assert int(mask.sum()) == steps * envs
+
+
+def test_running_mean_std_matches_numpy():
+    data = np.random.default_rng(0).normal(3.0, 2.0, size=(1000, 2))
+    rms = RunningMeanStd(2, epsilon=0.0)
+    rms.count = 0.0
+    rms.mean[:] = 0.0
+    for batch in np.array_split(data, 7):
+        rms.update(batch)
+    np.testing.assert_allclose(rms.mean, data.mean(0))
+    np.testing.assert_allclose(rms.var, data.var(0))
+
+
+def _learn(tmp_path, env, seed=3, total_steps=512, **algo):
+    config, algo_config = resolve(
+        TrainConfig(algo="ppo", env=env, out=str(tmp_path), total_steps=total_steps, hidden_size=16, seed=seed, progress=False),
+        dict(num_envs=4, rollout_steps=32, seq_len=16, num_minibatches=2, update_epochs=2, **algo),
+    )
+    seed_everything(seed)
+    run = RunLog(tmp_path, total_steps, progress=False)
+    spec, model = ppo.learn(config, algo_config, run)
+    run.close()
+    return spec, model, run.rows
+
+
+def test_learn_smoke_discrete(tmp_path):
+    spec, model, rows = _learn(tmp_path, "rnnpolicy/TMaze-v0", eval_every=256, eval_episodes=4)
+    assert (spec.action.kind, spec.algo, spec.num_cores, spec.obs_norm) == ("discrete", "ppo", 1, None)
+    assert [r["step"] for r in rows] == [128, 256, 384, 512]
+    assert {"policy_loss", "value_loss", "entropy", "approx_kl", "steps_per_s", "eval_return"} <= set(rows[0])
+    assert np.isnan(rows[0]["eval_return"]) and not np.isnan(rows[1]["eval_return"])
+
+
+def test_learn_smoke_continuous_with_obs_norm(tmp_path):
+    spec, model, rows = _learn(tmp_path, "rnnpolicy/PendulumNoVel-v0", normalize_obs=True, shared_core=False)
+    assert spec.action.kind == "box" and spec.num_cores == 2
+    assert spec.obs_norm is not None and spec.obs_norm.var != (1.0, 1.0)
+    # The returned model's normaliser holds exactly the statistics the spec carries.
+    np.testing.assert_allclose(model.normalizer.mean.numpy(), spec.obs_norm.mean, rtol=1e-6)
+    np.testing.assert_allclose(model.normalizer.var.numpy(), spec.obs_norm.var, rtol=1e-6)
+    assert all(np.isfinite(r["value_loss"]) for r in rows)
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    timing = {"wall_time", "steps_per_s", "eval_time"}
+    runs = [_learn(tmp_path / str(i), "rnnpolicy/CartPoleNoVel-v0", seed=5, total_steps=256)[2] for i in range(2)]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
+    np.testing.assert_equal(strip(runs[0]), strip(runs[1]))  # NaN-aware
+    other = _learn(tmp_path / "other", "rnnpolicy/CartPoleNoVel-v0", seed=6, total_steps=256)[2]
+    assert strip(other)[-1]["policy_loss"] != strip(runs[0])[-1]["policy_loss"]
+
+
+def test_early_stop_at_target_return(tmp_path):
+    # T-maze returns lie in [-1, 1]: a target of -1 is met by the first evaluation.
+    _, _, rows = _learn(tmp_path, "rnnpolicy/TMaze-v0", total_steps=2048, eval_every=256, eval_episodes=2, target_return=-1.0)
+    assert rows[-1]["step"] == 256 and rows[-1]["eval_return"] >= -1.0
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("seq_len", 5, "seq_len must divide rollout_steps \\(64\\), got 5"),
+        ("num_envs", 0, "num_envs must be >= 1, got 0"),
+        ("gamma", 1.5, "gamma must lie in \\[0, 1\\], got 1.5"),
+        ("num_minibatches", 100, "num_minibatches must be at most .* got 100"),
+        ("target_return", 1.0, "needs eval_every > 0"),
+    ],
+)
+def test_config_rejects_bad_values(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        ppo.Config(**{field: value})
+
+
+def test_env_defaults_build_valid_configs():
+    from rnnpolicy.envs import BUILTIN_ENV_IDS
+
+    for env_id in BUILTIN_ENV_IDS:
+        config, algo = resolve(TrainConfig(algo="ppo", env=env_id, out="unused"))
+        assert config.total_steps and config.hidden_size
+        assert dataclasses.is_dataclass(algo)
+
+
+def test_cli_train_then_eval(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--total-steps", "2000", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    assert (out / "checkpoint.pt").is_file() and (out / "metrics.csv").is_file()
+    capsys.readouterr()
+    assert main(["eval", str(out / "checkpoint.pt"), "--episodes", "5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["episodes"] == 5 and "success_rate" in result
+
+
+@pytest.mark.slow
+def test_ppo_learns_tmaze(tmp_path):
+    path = train(TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out=str(tmp_path), progress=False))
+    assert evaluate(path, episodes=100).success_rate >= 0.95
+    assert load_checkpoint(path).spec.cell == "lstm"

@@ -1,0 +1,402 @@
+"""Recurrent PPO: GAE, truncated BPTT over rollout chunks, minibatches of whole padded sequences.
+
+Read top to bottom: ``Config``, ``ENV_DEFAULTS``, :func:`compute_gae`, then :func:`learn`, whose
+loop is rollout -> advantages -> update epochs. The rollout steps every environment one step
+per model call and stores the recurrent state at the start of each ``seq_len`` chunk. The
+update cuts each chunk at episode starts (:mod:`rnnpolicy.train.sequences`), pads the pieces
+to equal length and runs them through the recurrent core in one fused call per minibatch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor
+
+from rnnpolicy.spec import ObsNormSpec, PolicySpec
+from rnnpolicy.train.api import resolve_device
+from rnnpolicy.train.config import TrainConfig
+from rnnpolicy.train.envs import action_spec, make_vector_env, observation_encoding
+from rnnpolicy.train.evaluate import evaluate_model
+from rnnpolicy.train.models import ActorCritic, RecurrentState, initial_state
+from rnnpolicy.train.normalize import RunningMeanStd
+from rnnpolicy.train.runlog import EpisodeTracker, RunLog
+from rnnpolicy.train.sequences import PaddedSequences, split_sequences
+
+EVAL_SEED = 10_000
+
+
+@dataclass
+class Config:
+    """Recurrent PPO hyperparameters."""
+
+    num_envs: int = 8
+    """Environments stepped side by side."""
+    rollout_steps: int = 64
+    """Steps per environment between updates."""
+    seq_len: int = 16
+    """BPTT chunk length: the rollout is cut into chunks of this many steps, each starting from its stored state."""
+    num_minibatches: int = 4
+    """Minibatches per epoch; each holds whole sequences."""
+    update_epochs: int = 4
+    """Passes over each rollout."""
+    learning_rate: float = 1e-3
+    """Adam step size."""
+    anneal_lr: bool = True
+    """Decay the learning rate linearly to 0 over training."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    clip_coef: float = 0.2
+    """PPO ratio clipping."""
+    ent_coef: float = 0.0
+    """Entropy bonus weight."""
+    vf_coef: float = 0.5
+    """Value loss weight."""
+    max_grad_norm: float = 0.5
+    """Gradient norm clipping."""
+    reward_scale: float = 1.0
+    """Multiply rewards by this before learning (returns are logged unscaled)."""
+    shared_core: bool = True
+    """Actor and critic share one recurrent core; False gives each its own (num_cores=2)."""
+    normalize_obs: bool = False
+    """Normalise observations by running statistics, stored in the spec so the exported graph does it too."""
+    normalize_advantages: bool = True
+    """Standardise advantages within each minibatch."""
+    target_return: float | None = None
+    """Stop once the deterministic evaluation's mean return reaches this (needs eval_every > 0)."""
+    eval_every: int = 0
+    """Evaluate in-process every this many environment steps (0: never)."""
+    eval_episodes: int = 10
+    """Episodes per in-process evaluation."""
+
+    def __post_init__(self) -> None:
+        positive = ("num_envs", "rollout_steps", "seq_len", "num_minibatches", "update_epochs", "eval_episodes")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.rollout_steps % self.seq_len != 0:
+            raise ValueError(f"seq_len must divide rollout_steps ({self.rollout_steps}), got {self.seq_len}")
+        if self.num_minibatches > self.num_envs * (self.rollout_steps // self.seq_len):
+            raise ValueError(
+                f"num_minibatches must be at most the number of sequences per rollout "
+                f"({self.num_envs * (self.rollout_steps // self.seq_len)}), got {self.num_minibatches}"
+            )
+        for name in ("gamma", "gae_lambda"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        for name in ("learning_rate", "clip_coef", "max_grad_norm", "reward_scale"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("ent_coef", "vf_coef", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.target_return is not None and self.eval_every == 0:
+            raise ValueError(f"target_return={self.target_return} needs eval_every > 0 to be checked, got eval_every=0")
+
+
+# Memory tasks: BPTT over the whole rollout, so the gradient reaches the cue at each episode's start.
+_MEMORY_TASK: dict[str, Any] = dict(rollout_steps=64, seq_len=64, num_minibatches=2, update_epochs=8, learning_rate=3e-3)
+
+# Per-environment defaults that solve the built-in tasks (keys may name TrainConfig fields).
+ENV_DEFAULTS: dict[str, dict[str, Any]] = {
+    "rnnpolicy/CartPoleNoVel-v0": dict(
+        total_steps=100_000, hidden_size=64, num_envs=16, rollout_steps=32, seq_len=32, num_minibatches=2,
+        update_epochs=8, learning_rate=2e-3, gamma=0.98, gae_lambda=0.8, reward_scale=0.1,
+    ),
+    "rnnpolicy/PendulumNoVel-v0": dict(
+        total_steps=300_000, hidden_size=64, num_envs=8, rollout_steps=128, seq_len=32, num_minibatches=4,
+        update_epochs=10, learning_rate=1e-3, gamma=0.9, gae_lambda=0.95, normalize_obs=True, reward_scale=0.1,
+    ),
+    "rnnpolicy/TMaze-v0": {**_MEMORY_TASK, "total_steps": 200_000, "hidden_size": 64, "rollout_steps": 128, "seq_len": 128, "ent_coef": 0.01},
+    "rnnpolicy/RepeatFirst-v0": dict(total_steps=100_000, hidden_size=32, **_MEMORY_TASK),
+    "rnnpolicy/MemoryGrid-v0": dict(total_steps=150_000, hidden_size=64, **_MEMORY_TASK),
+}
+
+
+def compute_gae(
+    rewards: np.ndarray,
+    values: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    final_values: np.ndarray,
+    last_value: np.ndarray,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Advantages and returns ``(T, B)``.
+
+    ``rewards``, ``values``, ``terminated``, ``truncated`` are ``(T, B)``; ``final_values``
+    ``(T, B)`` holds the value of ``info["final_obs"]`` where an episode was truncated, which is
+    bootstrapped into that step's reward (its episode did not really end); ``last_value``
+    ``(B,)`` is the value of the observation after the rollout.
+    """
+    done = terminated | truncated  # (T, B)
+    rewards = rewards + gamma * np.where(truncated & ~terminated, final_values, 0.0)
+    advantages = np.zeros_like(values)
+    next_value, next_advantage = last_value, np.zeros_like(last_value)
+    for t in reversed(range(rewards.shape[0])):
+        alive = 1.0 - done[t]
+        delta = rewards[t] + gamma * next_value * alive - values[t]
+        next_advantage = delta + gamma * gae_lambda * alive * next_advantage
+        advantages[t] = next_advantage
+        next_value = values[t]
+    return advantages, advantages + values
+
+
+@dataclass
+class Rollout:
+    """One rollout, time-major, ready for the update: ``(T, B, ...)`` tensors flattened to ``(T * B, ...)``."""
+
+    obs: Tensor  # (T * B, F)
+    actions: Tensor  # (T * B,) or (T * B, A)
+    logprobs: Tensor  # (T * B,)
+    advantages: Tensor  # (T * B,)
+    returns: Tensor  # (T * B,)
+    episode_start: Tensor  # (T * B,)
+    chunk_states: RecurrentState  # (layers * cores, num_chunks * B, H), chunk c of env b at row c * B + b
+    sequences: PaddedSequences
+
+
+def _sample(model: ActorCritic, outputs: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor]:
+    """From ``model.step``'s outputs: a sampled action, its log-probability and the value, each ``(B, ...)``."""
+    if model.spec.action.is_discrete:
+        logits, _, value = outputs
+        log_probs = torch.log_softmax(logits, dim=-1)  # (B, A)
+        action = torch.multinomial(log_probs.exp(), 1)  # (B, 1)
+        return action.squeeze(1), log_probs.gather(1, action).squeeze(1), value
+    mean, log_std, _, value = outputs
+    dist = model.distribution(mean, log_std)
+    action = dist.sample()  # (B, A)
+    return action, dist.log_prob(action), value
+
+
+def _env_action(model: ActorCritic, action: Tensor) -> np.ndarray:
+    if model.spec.action.is_discrete:
+        return action.numpy()
+    clipped = model.clip_action(action).numpy()
+    return clipped.reshape((clipped.shape[0], *model.spec.action.shape))
+
+
+def _build(config: TrainConfig, algo: Config, envs: gym.vector.VectorEnv, obs_norm: ObsNormSpec | None) -> tuple[PolicySpec, ActorCritic]:
+    """The spec this run trains and a fresh model of it."""
+    assert config.hidden_size is not None
+    spec = PolicySpec(
+        kind="policy",
+        cell=config.cell_kind,
+        num_layers=config.num_layers,
+        hidden_size=config.hidden_size,
+        obs_encoding=observation_encoding(envs),
+        action=action_spec(envs),
+        num_cores=1 if algo.shared_core else 2,
+        obs_norm=obs_norm,
+        env_id=config.env,
+        algo="ppo",
+    )
+    return spec, ActorCritic(spec)
+
+
+def learn(config: TrainConfig, algo: Config, run: RunLog) -> tuple[PolicySpec, ActorCritic]:
+    """Train a recurrent actor-critic with PPO; returns its spec (with final obs_norm) and the model."""
+    assert config.total_steps is not None
+    device = resolve_device(config.device)
+    envs = make_vector_env(config.env, algo.num_envs, config.seed)
+    encoding = observation_encoding(envs)
+    obs_rms = RunningMeanStd(encoding.flat_dim) if algo.normalize_obs else None
+    spec, model = _build(config, algo, envs, obs_rms.to_spec() if obs_rms else None)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=algo.learning_rate, eps=1e-5)
+    rng = np.random.default_rng(config.seed)
+    tracker = EpisodeTracker(algo.num_envs)
+
+    steps_per_update = algo.num_envs * algo.rollout_steps
+    num_updates = max(1, config.total_steps // steps_per_update)
+    raw_obs, _ = envs.reset(seed=config.seed)
+    next_obs = torch.as_tensor(encoding.encode_batch(raw_obs), device=device)  # (B, F)
+    next_start = torch.ones(algo.num_envs, device=device)  # (B,)
+    state = initial_state(spec, algo.num_envs, device)
+    step, eval_time, next_eval = 0, 0.0, algo.eval_every
+    start_time = time.perf_counter()
+
+    for update in range(1, num_updates + 1):
+        if algo.anneal_lr:
+            optimizer.param_groups[0]["lr"] = algo.learning_rate * (1.0 - (update - 1) / num_updates)
+        rollout, next_obs, next_start, state = _collect(model, envs, algo, tracker, next_obs, next_start, state)
+        step += steps_per_update
+        stats = _update(model, optimizer, rollout, algo, rng)
+        if obs_rms is not None:
+            # Statistics stay frozen through a rollout and its update, then take in that rollout.
+            obs_rms.update(rollout.obs.cpu().numpy())
+            model.normalizer.mean.copy_(torch.as_tensor(obs_rms.mean, dtype=torch.float32))
+            model.normalizer.var.copy_(torch.as_tensor(obs_rms.var, dtype=torch.float32))
+
+        eval_return = math.nan
+        if algo.eval_every and step >= next_eval:
+            next_eval += algo.eval_every
+            eval_start = time.perf_counter()
+            eval_return = evaluate_model(model.cpu(), spec, config.env, episodes=algo.eval_episodes, seed=EVAL_SEED).mean_return
+            model.to(device)
+            eval_time += time.perf_counter() - eval_start
+        train_time = time.perf_counter() - start_time - eval_time
+        run.log(step, tracker, **stats, eval_return=eval_return, eval_time=eval_time, steps_per_s=step / train_time)
+        if algo.target_return is not None and eval_return >= algo.target_return:
+            break
+    envs.close()
+
+    # The model's normaliser buffers read spec.obs_norm when built: rebuild from the final spec.
+    final_spec = _final_spec(spec, model)
+    final = ActorCritic(final_spec)
+    final.load_state_dict(model.cpu().state_dict())
+    return final_spec, final
+
+
+def _cat_rows(states: list[RecurrentState]) -> RecurrentState:
+    """Concatenate states along the batch axis: ``(layers, B, H)`` each -> ``(layers, n * B, H)``."""
+    c = None if states[0].c is None else torch.cat([s.c for s in states], dim=1)
+    return RecurrentState(torch.cat([s.h for s in states], dim=1), c)
+
+
+def _final_spec(spec: PolicySpec, model: ActorCritic) -> PolicySpec:
+    """``spec`` with ``obs_norm`` set to the statistics in the model's normaliser buffers."""
+    if spec.obs_norm is None:
+        return spec
+    norm = dataclasses.replace(
+        spec.obs_norm,
+        mean=tuple(float(m) for m in model.normalizer.mean.cpu()),
+        var=tuple(float(v) for v in model.normalizer.var.cpu()),
+    )
+    return dataclasses.replace(spec, obs_norm=norm)
+
+
+@torch.no_grad()
+def _collect(
+    model: ActorCritic,
+    envs: gym.vector.VectorEnv,
+    algo: Config,
+    tracker: EpisodeTracker,
+    next_obs: Tensor,
+    next_start: Tensor,
+    state: RecurrentState,
+) -> tuple[Rollout, Tensor, Tensor, RecurrentState]:
+    """Step the environments ``rollout_steps`` times; returns the rollout and where the next one starts."""
+    encoding = model.spec.obs_encoding
+    device = next_obs.device
+    steps, num_envs = algo.rollout_steps, algo.num_envs
+    obs, starts, actions, logprobs, values, chunk_states = [], [], [], [], [], []
+    rewards = np.zeros((steps, num_envs), dtype=np.float64)
+    terminated = np.zeros((steps, num_envs), dtype=bool)
+    truncated = np.zeros((steps, num_envs), dtype=bool)
+    final_values = np.zeros((steps, num_envs), dtype=np.float32)
+    for t in range(steps):
+        if t % algo.seq_len == 0:
+            chunk_states.append(state)
+        obs.append(next_obs)
+        starts.append(next_start)
+        outputs, state = model.step(next_obs, state, next_start)
+        action, logprob, value = _sample(model, outputs)
+        actions.append(action)
+        logprobs.append(logprob)
+        values.append(value)
+        raw_obs, reward, term, trunc, infos = envs.step(_env_action(model, action.cpu()))
+        rewards[t], terminated[t], truncated[t] = reward, term, trunc
+        done = term | trunc
+        tracker.update(reward, done, infos)
+        cut = np.flatnonzero(trunc & ~term)
+        if cut.size:
+            # Bootstrap a truncated episode from its last observation, with the state it had reached.
+            final_obs = torch.as_tensor(encoding.encode_batch(np.stack(infos["final_obs"][cut])), device=device)
+            rows = torch.as_tensor(cut, device=device)
+            kept = RecurrentState(state.h[:, rows], None if state.c is None else state.c[:, rows])
+            final_outputs, _ = model.step(final_obs, kept, torch.zeros(cut.size, device=device))
+            final_values[t, cut] = final_outputs[-1].cpu().numpy()
+        next_obs = torch.as_tensor(encoding.encode_batch(raw_obs), device=device)
+        next_start = torch.as_tensor(done, dtype=torch.float32, device=device)
+    last_value = model.step(next_obs, state, next_start)[0][-1]  # (B,)
+
+    values_np = torch.stack(values).cpu().numpy()  # (T, B)
+    advantages, returns = compute_gae(
+        rewards * algo.reward_scale, values_np, terminated, truncated, final_values,
+        last_value.cpu().numpy(), algo.gamma, algo.gae_lambda,
+    )
+    starts_t = torch.stack(starts)  # (T, B)
+    rollout = Rollout(
+        obs=torch.stack(obs).flatten(0, 1),
+        actions=torch.stack(actions).flatten(0, 1),
+        logprobs=torch.stack(logprobs).flatten(0, 1),
+        advantages=torch.as_tensor(advantages, dtype=torch.float32, device=device).flatten(),
+        returns=torch.as_tensor(returns, dtype=torch.float32, device=device).flatten(),
+        episode_start=starts_t.flatten(),
+        chunk_states=_cat_rows(chunk_states),
+        sequences=split_sequences(starts_t.cpu().numpy() > 0, algo.seq_len),
+    )
+    return rollout, next_obs, next_start, state
+
+
+def evaluate_sequences(model: ActorCritic, rollout: Rollout, seqs: PaddedSequences) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Log-probabilities, entropies and values ``(L, S)`` of the padded sequences ``seqs``, and the step index ``(L, S)``.
+
+    One recurrent call: each sequence starts from its chunk's stored state, which its first
+    step's ``episode_start`` zeroes when the sequence begins an episode.
+    """
+    index = torch.as_tensor(seqs.index, device=rollout.obs.device)  # (L, S)
+    chunk = torch.as_tensor(seqs.chunk, device=rollout.obs.device)  # (S,)
+    stored = rollout.chunk_states
+    state = RecurrentState(stored.h[:, chunk], None if stored.c is None else stored.c[:, chunk])  # (layers, S, H)
+    episode_start = torch.zeros(index.shape, device=rollout.obs.device)  # (L, S)
+    episode_start[0] = rollout.episode_start[index[0]]
+    params, log_std, value, _ = model(rollout.obs[index], state, episode_start)  # (L, S, A), ..., (L, S)
+    actions = rollout.actions[index]  # (L, S) or (L, S, A)
+    if model.spec.action.is_discrete:
+        # Categorical's arithmetic without its argument checks: this runs every minibatch.
+        log_probs = torch.log_softmax(params, dim=-1)  # (L, S, A)
+        entropy = -(log_probs.exp() * log_probs).sum(-1)  # (L, S)
+        return log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1), entropy, value, index
+    dist = model.distribution(params, log_std)
+    return dist.log_prob(actions), dist.entropy(), value, index
+
+
+def _update(model: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Rollout, algo: Config, rng: np.random.Generator) -> dict[str, float]:
+    """``update_epochs`` passes of clipped PPO over minibatches of whole sequences; returns the last epoch's means."""
+    num_sequences = rollout.sequences.lengths.shape[0]
+    for _ in range(algo.update_epochs):
+        totals: dict[str, Tensor] = {}
+        for rows in np.array_split(rng.permutation(num_sequences), algo.num_minibatches):
+            seqs = rollout.sequences.select(rows)
+            logprob, entropy, value, index = evaluate_sequences(model, rollout, seqs)
+            mask = torch.as_tensor(seqs.mask, dtype=torch.float32, device=logprob.device)  # (L, S)
+            count = mask.sum()
+            masked_mean = lambda x: (x * mask).sum() / count  # noqa: E731
+            advantages = rollout.advantages[index]  # (L, S)
+            if algo.normalize_advantages:
+                mean = masked_mean(advantages)
+                std = torch.sqrt(masked_mean((advantages - mean) ** 2))
+                advantages = (advantages - mean) / (std + 1e-8)
+            log_ratio = logprob - rollout.logprobs[index]
+            ratio = log_ratio.exp()
+            clipped = torch.clamp(ratio, 1.0 - algo.clip_coef, 1.0 + algo.clip_coef)
+            policy_loss = masked_mean(torch.maximum(-advantages * ratio, -advantages * clipped))
+            value_loss = 0.5 * masked_mean((value - rollout.returns[index]) ** 2)
+            entropy_mean = masked_mean(entropy)
+            loss = policy_loss + algo.vf_coef * value_loss - algo.ent_coef * entropy_mean
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), algo.max_grad_norm)
+            optimizer.step()
+            with torch.no_grad():
+                batch_stats = dict(
+                    policy_loss=policy_loss,
+                    value_loss=value_loss,
+                    entropy=entropy_mean,
+                    approx_kl=masked_mean((ratio - 1.0) - log_ratio),
+                    clip_fraction=masked_mean(((ratio - 1.0).abs() > algo.clip_coef).float()),
+                )
+                totals = {k: totals.get(k, 0.0) + v.detach() for k, v in batch_stats.items()}
+    return {k: float(v) / algo.num_minibatches for k, v in totals.items()}
