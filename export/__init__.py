@@ -7,18 +7,20 @@ when called.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from rnnpolicy.export.interface import TensorInfo, graph_inputs, graph_outputs
 from rnnpolicy.export.runtime import load_onnx_policy, session_options, zero_state
 
 if TYPE_CHECKING:
-    from rnnpolicy.export.exporter import ExportReport
-    from rnnpolicy.export.verify import VerifyReport
+    from rnnpolicy.export.exporter import ExportReport, export_checkpoint
+    from rnnpolicy.export.verify import VerifyReport, verify_export
 
 __all__ = [
+    "ExportReport",
     "TensorInfo",
+    "VerifyReport",
     "export_checkpoint",
     "graph_inputs",
     "graph_outputs",
@@ -29,24 +31,16 @@ __all__ = [
 ]
 
 
-def export_checkpoint(
-    checkpoint_path: str | Path, out_dir: str | Path, opset: int | None = None, verify: bool = True
-) -> ExportReport:
-    """Write ``model.onnx``, ``model.ts``, ``spec.json`` and ``verify.json``; see :mod:`rnnpolicy.export.exporter`."""
-    from rnnpolicy.export.exporter import export_checkpoint as _export
+# The torch-using entry points load on first use (PEP 562), so this package stays torch-free.
+_LAZY = {
+    "export_checkpoint": "rnnpolicy.export.exporter",
+    "ExportReport": "rnnpolicy.export.exporter",
+    "verify_export": "rnnpolicy.export.verify",
+    "VerifyReport": "rnnpolicy.export.verify",
+}
 
-    return _export(checkpoint_path, out_dir, opset=opset, verify=verify)
 
-
-def verify_export(
-    export_dir: str | Path,
-    checkpoint: str | Path | None = None,
-    steps: int = 200,
-    batch_sizes: tuple[int, ...] = (1, 3, 64),
-    tolerance: float = 1e-4,
-    seed: int = 0,
-) -> VerifyReport:
-    """Check PyTorch/TorchScript/onnxruntime parity of an export and write ``verify.json``; see :mod:`rnnpolicy.export.verify`."""
-    from rnnpolicy.export.verify import verify_export as _verify
-
-    return _verify(export_dir, checkpoint, steps, batch_sizes, tolerance, seed)
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

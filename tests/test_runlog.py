@@ -33,3 +33,29 @@ def test_runlog_writes_rows_and_curve_only_once_logging_starts(tmp_path):
     assert rows[0]["success_rate"] == "1.0" and rows[1]["loss"] == "0.25"
     assert set(rows[0]) >= {"step", "wall_time", "episodes", "mean_return", "success_rate"}
     assert (out / "learning_curve.png").stat().st_size > 0
+
+
+def test_tensorboard_event_files_are_written(tmp_path):
+    import pytest
+
+    pytest.importorskip("tensorboard")
+    tracker = EpisodeTracker(1)
+    run = RunLog(tmp_path / "run", total_steps=10, progress=False, tensorboard=True)
+    run.log(10, tracker, loss=1.0)
+    run.close()
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents*"))
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
+    import importlib.util
+
+    import pytest
+
+    from rnnpolicy.train.api import train
+    from rnnpolicy.train.config import TrainConfig
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a))
+    config = TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out=str(tmp_path / "run"), tensorboard=True, progress=False)
+    with pytest.raises(ValueError, match=r"--tensorboard needs the tensorboard package"):
+        train(config)

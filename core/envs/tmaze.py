@@ -16,8 +16,9 @@ class TMazeEnv(gym.Env):
 
     Observation (4 floats): ``[cue_left, cue_right, in_corridor, at_junction]``; the cue is
     shown only on the first step. Actions: 0 forward, 1 turn left, 2 turn right (turns do
-    nothing inside the corridor). Reward +1 for the right turn at the junction, -1 for the
-    wrong one; the episode is truncated after ``2 * corridor_length + 10`` steps, and
+    nothing inside the corridor). Reward +1 for the right turn at the junction, -0.1 for the
+    wrong one (so reaching the junction pays even before the cue is remembered, as in
+    Bakker's +4 / -0.1); the episode is truncated after ``2 * corridor_length + 10`` steps, and
     ``info["is_success"]`` comes with the end of every episode. A policy without memory turns
     the right way half the time.
     """
@@ -62,4 +63,4 @@ class TMazeEnv(gym.Env):
                 return self._obs(show_cue=False), 0.0, False, True, {"is_success": False}
             return self._obs(show_cue=False), 0.0, False, False, {}
         success = action == self._goal
-        return self._obs(show_cue=False), 1.0 if success else -1.0, True, False, {"is_success": success}
+        return self._obs(show_cue=False), 1.0 if success else -0.1, True, False, {"is_success": success}
