@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -84,7 +85,9 @@ class RunLog:
         if self.progress:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.total_steps, unit="step", dynamic_ncols=True, smoothing=0.1)
+            # Redraw at most once a second on a terminal, every 10 s into a log file or pipe.
+            interval = 1.0 if sys.stderr.isatty() else 10.0
+            self._bar = tqdm(total=self.total_steps, unit="step", dynamic_ncols=True, smoothing=0.1, mininterval=interval)
         if self.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
