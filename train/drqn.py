@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from rnnpolicy.spec import PolicySpec
 from rnnpolicy.train.api import resolve_device
 from rnnpolicy.train.config import TrainConfig
 from rnnpolicy.train.envs import action_spec, make_vector_env, observation_encoding
-from rnnpolicy.train.models import QNetwork, RecurrentState, initial_state
+from rnnpolicy.train.models import QNetwork, RecurrentState, init_forget_bias, initial_state
 from rnnpolicy.train.replay import SequenceBatch, SequenceCollector, SequenceReplay
 from rnnpolicy.train.runlog import EpisodeTracker, RunLog
 
@@ -109,18 +109,6 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "rnnpolicy/MemoryGrid-v0": {"total_steps": 40_000, "hidden_size": 32, "seq_len": 16, "burn_in": 4},
     "rnnpolicy/RepeatFirst-v0": {"total_steps": 40_000, "hidden_size": 32, "seq_len": 10, "burn_in": 2},
 }
-
-
-def init_forget_bias(model: QNetwork, value: float) -> None:
-    """Set the LSTM forget gates' bias (``bias_ih + bias_hh``) to ``value``; other cells are left alone."""
-    rnn = model.core.rnn
-    if not isinstance(rnn, nn.LSTM):
-        return
-    hidden = rnn.hidden_size
-    with torch.no_grad():
-        for name, bias in rnn.named_parameters():
-            if name.startswith("bias_"):
-                bias[hidden : 2 * hidden] = value / 2  # gates are ordered input, forget, cell, output
 
 
 def epsilon_at(step: int, total_steps: int, config: Config) -> float:

@@ -96,6 +96,20 @@ class RecurrentCore(nn.Module):
         return torch.cat(outputs, dim=0), state
 
 
+def init_forget_bias(module: nn.Module, value: float) -> None:
+    """Set the forget-gate bias (``bias_ih + bias_hh``) of every LSTM in ``module`` to ``value``.
+
+    A bias of 1 keeps memories from fading in the first updates (Jozefowicz et al., 2015);
+    GRU and feed-forward cores are left alone.
+    """
+    with torch.no_grad():
+        for lstm in (m for m in module.modules() if isinstance(m, nn.LSTM)):
+            hidden = lstm.hidden_size
+            for name, bias in lstm.named_parameters():
+                if name.startswith("bias_"):
+                    bias[hidden : 2 * hidden] = value / 2  # gates are ordered input, forget, cell, output
+
+
 class ObsNormalizer(nn.Module):
     """``clip((obs - mean) / sqrt(var + eps))`` with statistics held as buffers (identity when off)."""
 
