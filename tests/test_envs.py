@@ -55,8 +55,10 @@ def test_memory_grid_goal_is_shown_once_and_reachable():
     # corners: 0 (0,0) up-left, 1 (last,0) up-right, 2 (0,last) down-left, 3 (last,last) down-right
     vertical = 0 if goal in (0, 1) else 1
     horizontal = 2 if goal in (0, 2) else 3
+    for _ in range(2):  # held in the middle while waiting: position carries no cue
+        obs, *_ = env.step(vertical)
+        assert obs[:4].sum() == 0 and tuple(obs[4:6]) == (0.0, 0.0)
     obs, *_ = env.step(vertical)
-    assert obs[:4].sum() == 0
     total, success = 0.0, False
     for action in [vertical, horizontal, horizontal]:
         obs, reward, terminated, truncated, info = env.step(action)

@@ -17,19 +17,24 @@ class MemoryGridEnv(gym.Env):
 
     Observation (15 floats): the goal corner one-hot (shown on the first step only, zeros
     after), the agent's position scaled to [-1, 1], and the 3x3 neighbourhood's walls (1 for
-    a wall). Actions: up, down, left, right. Entering the goal corner gives +1 and ends the
-    episode with success; entering another corner ends it with 0; each step costs 0.01; the
-    episode is truncated after ``4 * size`` steps. Without memory a policy finds the goal a
-    quarter of the time.
+    a wall). Actions: up, down, left, right. For the first ``wait_steps`` steps the agent is
+    held in the middle (its actions do nothing), so that it cannot turn the cue into a
+    position and must remember it. Entering the goal corner gives +1 and ends the episode
+    with success; entering another corner ends it with 0; each step costs 0.01; the episode
+    is truncated after ``4 * size + wait_steps`` steps. Without memory a policy finds the
+    goal a quarter of the time.
     """
 
     metadata = {"render_modes": []}
 
-    def __init__(self, size: int = 5) -> None:
+    def __init__(self, size: int = 5, wait_steps: int = 2) -> None:
         if size < 3 or size % 2 == 0:
             raise ValueError(f"grid size must be an odd number >= 3, got {size}")
+        if wait_steps < 0:
+            raise ValueError(f"wait_steps must be >= 0, got {wait_steps}")
         self.size = size
-        self.max_steps = 4 * size
+        self.wait_steps = wait_steps
+        self.max_steps = 4 * size + wait_steps
         self.observation_space = spaces.Box(-1.0, 1.0, shape=(15,), dtype=np.float32)
         self.action_space = spaces.Discrete(4)
         last = size - 1
@@ -61,7 +66,7 @@ class MemoryGridEnv(gym.Env):
         action = int(action)
         if not 0 <= action < 4:
             raise ValueError(f"MemoryGrid action must be in [0, 4), got {action}")
-        dx, dy = _MOVES[action]
+        dx, dy = _MOVES[action] if self._t >= self.wait_steps else (0, 0)
         x = min(max(self._pos[0] + dx, 0), self.size - 1)
         y = min(max(self._pos[1] + dy, 0), self.size - 1)
         self._pos = (x, y)
