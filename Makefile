@@ -28,6 +28,7 @@ demo: $(STAMP)
 	$(PY) examples/demo.py
 
 test: $(STAMP) $(NODE_STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)

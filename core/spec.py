@@ -8,7 +8,7 @@ file (ONNX ``metadata_props`` key ``rnnpolicy.spec``, TorchScript extra file
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from rnnpolicy.encoding import ObsEncoding

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Mapping
 
 import grpc
 import numpy as np
