@@ -146,10 +146,11 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     assert strip(other)[-1]["policy_loss"] != strip(runs[0])[-1]["policy_loss"]
 
 
-def test_early_stop_at_target_return(tmp_path):
-    # T-maze returns lie in [-1, 1]: a target of -1 is met by the first evaluation.
+def test_early_stop_at_target_return(tmp_path, capsys):
+    # T-maze returns lie in [-0.1, 1]: a target of -1 is met by the first evaluation.
     _, _, rows = _learn(tmp_path, "rnnpolicy/TMaze-v0", total_steps=2048, eval_every=256, eval_episodes=2, target_return=-1.0)
     assert rows[-1]["step"] == 256 and rows[-1]["eval_return"] >= -1.0
+    assert "stopping early at step 256" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

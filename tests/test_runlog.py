@@ -19,6 +19,11 @@ def test_tracker_reads_success_from_a_same_step_autoreset_vector_env():
     assert tracker.success_rate == tracker.mean_return  # reward 1 exactly on success
 
 
+def test_note_reaches_stderr(tmp_path, capsys):
+    RunLog(tmp_path, total_steps=10, progress=False).note("stopping early at step 5")
+    assert "stopping early at step 5" in capsys.readouterr().err
+
+
 def test_runlog_writes_rows_and_curve_only_once_logging_starts(tmp_path):
     out = tmp_path / "run"
     tracker = EpisodeTracker(2)

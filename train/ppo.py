@@ -265,6 +265,7 @@ def learn(config: TrainConfig, algo: Config, run: RunLog) -> tuple[PolicySpec, A
         train_time = time.perf_counter() - start_time - eval_time
         run.log(step, tracker, **stats, eval_return=eval_return, eval_time=eval_time, steps_per_s=step / train_time)
         if algo.target_return is not None and eval_return >= algo.target_return:
+            run.note(f"stopping early at step {step}: evaluation return {eval_return:.3f} reached the target {algo.target_return:g}")
             break
     envs.close()
 

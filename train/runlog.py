@@ -120,6 +120,13 @@ class RunLog:
             self._bar.set_postfix(postfix, refresh=False)
         self._last_step = step
 
+    def note(self, message: str) -> None:
+        """Tell the user something about the run on stderr, without breaking the progress bar."""
+        if self._bar is not None:
+            self._bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr)
+
     def close(self) -> None:
         """Close the files and draw ``learning_curve.png`` from the logged rows."""
         if self._bar is not None:
