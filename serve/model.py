@@ -47,19 +47,35 @@ class ServedModel:
     # ------------------------------------------------------------------ the batched step
 
     def _run(self, chunks: list[Chunk]) -> None:
+        finished: list[Chunk] = []
         try:
-            self._step(chunks)
-        except Exception as exc:  # never leave a caller waiting: fail the rows, advance nothing
+            self._step(chunks, finished)
+        except Exception:  # never leave a caller waiting: fail the rows not yet answered, advance nothing
             _log.exception("model %r: batched step failed", self.name)
             for chunk in chunks:
+                if any(chunk is done for done in finished):
+                    continue
                 for row in chunk.rows:
-                    chunk.job.fail(int(row), grpc.StatusCode.INTERNAL, f"model {self.name!r} failed to step: {exc}")
+                    chunk.job.fail(int(row), grpc.StatusCode.INTERNAL, f"model {self.name!r} failed to step (see the server log)")
                 for ready in self.registry.finish(chunk.sessions, None):
                     self.batcher.submit(ready)
 
-    def _step(self, chunks: list[Chunk]) -> None:
+    def _commit(self, chunks: list[Chunk], finished: list[Chunk], packed: np.ndarray) -> None:
+        """Answer each chunk and advance its sessions' seq; the state was written just before."""
+        offset = 0
+        for chunk in chunks:
+            k = len(chunk)
+            ready = self.registry.finish(chunk.sessions, chunk.seqs)
+            finished.append(chunk)
+            chunk.job.resolve(chunk.rows, packed[offset:offset + k])
+            offset += k
+            for follow in ready:
+                self.batcher.submit(follow)
+
+    def _step(self, chunks: list[Chunk], finished: list[Chunk]) -> None:
+        """Run the chunks' rows; nothing (state, last output, seq) changes until every call succeeded."""
         if len(chunks) == 1 and len(chunks[0]) == 1:
-            self._step_one(chunks[0])
+            self._step_one(chunks[0], finished)
             return
         if len(chunks) == 1:
             c = chunks[0]
@@ -70,7 +86,7 @@ class ServedModel:
             starts = np.concatenate([c.starts for c in chunks])
         total = len(slots)
         state_arrays = self.slots.state
-        parts = []
+        parts, next_states = [], []
         for lo in range(0, total, self.max_batch):
             hi = min(total, lo + self.max_batch)
             rows = slots[lo:hi]
@@ -78,8 +94,7 @@ class ServedModel:
             feeds = {"obs": obs[lo:hi], "episode_start": starts[lo:hi]}
             feeds.update(zip(self._state_names, state))
             values = self.backend.run_values(feeds)
-            for array, nxt in zip(state_arrays, values[self._n_head:]):
-                array[:, rows, :] = nxt
+            next_states.append((rows, values[self._n_head:]))
             parts.append(self.layout.pack_values(values, hi - lo))
         packed = parts[0] if len(parts) == 1 else np.concatenate(parts)  # (total, width)
         offset = 0
@@ -88,17 +103,13 @@ class ServedModel:
             if self._sampled and not chunk.deterministic:
                 self._sample(packed[offset:offset + k], chunk.sessions)
             offset += k
+        for rows, nexts in next_states:
+            for array, nxt in zip(state_arrays, nexts):
+                array[:, rows, :] = nxt
         self.slots.last_out[slots] = packed
-        offset = 0
-        for chunk in chunks:
-            k = len(chunk)
-            ready = self.registry.finish(chunk.sessions, chunk.seqs)
-            chunk.job.resolve(chunk.rows, packed[offset:offset + k])
-            offset += k
-            for follow in ready:
-                self.batcher.submit(follow)
+        self._commit(chunks, finished, packed)
 
-    def _step_one(self, chunk: Chunk) -> None:
+    def _step_one(self, chunk: Chunk, finished: list[Chunk]) -> None:
         """One row: the same as :meth:`_step` with slot slices instead of gathers and scatters."""
         session = chunk.sessions[0]
         slot = session.slot
@@ -111,16 +122,13 @@ class ServedModel:
             view = array[:, rows, :]  # (layers, 1, hidden)
             feeds[name] = view if self._contiguous_slices else np.ascontiguousarray(view)
         values = self.backend.run_values(feeds)
-        for array, nxt in zip(state_arrays, values[self._n_head:]):
-            array[:, rows, :] = nxt
         packed = self.layout.pack_values(values, 1)  # (1, width)
         if self._sampled and not chunk.deterministic:
             self._sample(packed, chunk.sessions)
+        for array, nxt in zip(state_arrays, values[self._n_head:]):
+            array[:, rows, :] = nxt
         self.slots.last_out[slot] = packed[0]
-        ready = self.registry.finish(chunk.sessions, chunk.seqs)
-        chunk.job.resolve(chunk.rows, packed)
-        for follow in ready:
-            self.batcher.submit(follow)
+        self._commit([chunk], finished, packed)
 
     def _sample(self, rows: np.ndarray, sessions: list[Session]) -> None:
         """Replace the greedy action in ``rows`` by one drawn with each session's own generator."""

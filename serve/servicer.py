@@ -59,9 +59,9 @@ def _rpc(method: Callable) -> Callable:
             if exc.trailing:
                 context.set_trailing_metadata(exc.trailing)
             context.abort(exc.code, exc.message)
-        except Exception as exc:  # noqa: BLE001 - the last line of defence before the wire
+        except Exception:  # noqa: BLE001 - the last line of defence before the wire
             _log.exception("%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__} failed inside the server: {exc}")
+            context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__} failed inside the server (see the server log)")
 
     return wrapper
 
@@ -137,10 +137,10 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             except ServeError as exc:
                 yield pb.StepResponse(session_id=request.session_id, seq=request.seq,
                                       error=pb.StepError(code=exc.code.value[0], message=exc.message))
-            except Exception as exc:  # noqa: BLE001
+            except Exception:  # noqa: BLE001
                 _log.exception("StepStream step failed")
                 yield pb.StepResponse(session_id=request.session_id, seq=request.seq, error=pb.StepError(
-                    code=grpc.StatusCode.INTERNAL.value[0], message=f"step failed inside the server: {exc}"))
+                    code=grpc.StatusCode.INTERNAL.value[0], message="step failed inside the server (see the server log)"))
 
     @_rpc
     def StepBatch(self, request, context):

@@ -424,3 +424,39 @@ def test_tombstones_say_closed_or_expired_and_forget_the_oldest_beyond_the_cap()
         tracemalloc.stop()
     assert registry.tombstones == cap and len(registry) == 0
     assert grown < 64 * 1024, f"tombstones grew by {grown} bytes past their cap"
+
+
+def test_a_model_call_failing_mid_batch_advances_no_session(serve_export_dirs):
+    """With max_batch=2 a 3-row StepBatch is two onnxruntime calls; the second failing must leave all three untouched."""
+    srv, port = create_server({"q_lstm": serve_export_dirs["q_lstm"]}, "127.0.0.1:0", ServeConfig(max_batch=2))
+    model = srv.models["q_lstm"]
+    real_run = model.backend.run_values
+    calls = []
+
+    def second_call_fails(feeds):
+        calls.append(len(feeds["obs"]))
+        if len(calls) == 2:
+            raise RuntimeError("injected failure")
+        return real_run(feeds)
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = policy_pb2_grpc.PolicyServiceStub(channel)
+            ids = [_open(stub, "q_lstm") for _ in range(3)]
+            obs = [0.3] * 15
+            stub.StepBatch(pb.StepBatchRequest(session_ids=ids, seqs=[1, 1, 1], obs=obs))
+            before = [stub.GetSessionState(pb.GetSessionStateRequest(session_id=i)) for i in ids]
+            model.backend.run_values = second_call_fails
+            failed = stub.StepBatch(pb.StepBatchRequest(session_ids=ids, seqs=[2, 2, 2], obs=obs))
+            assert calls == [2, 1]
+            assert sorted(e.index for e in failed.errors) == [0, 1, 2]
+            assert all(e.code == grpc.StatusCode.INTERNAL.value[0] and "injected" not in e.message for e in failed.errors)
+            after = [stub.GetSessionState(pb.GetSessionStateRequest(session_id=i)) for i in ids]
+            for b, a in zip(before, after):
+                assert a.seq == b.seq == 1
+                assert [list(t.data) for t in a.state] == [list(t.data) for t in b.state]
+            model.backend.run_values = real_run
+            retried = stub.StepBatch(pb.StepBatchRequest(session_ids=ids, seqs=[2, 2, 2], obs=obs))
+            assert not retried.errors and list(retried.seqs) == [2, 2, 2]
+    finally:
+        srv.stop(None)
