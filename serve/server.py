@@ -115,10 +115,15 @@ def create_server(models: Mapping[str, str | Path], address: str = "127.0.0.1:0"
         raise ValueError("create_server needs at least one model (name -> export directory)")
     registry = SessionRegistry(max_sessions=config.max_sessions, ttl=config.session_ttl)
     served: dict[str, ServedModel] = {}
-    for name, path in models.items():
-        backend = load_backend(path, intra_op_threads=config.intra_op_threads)
-        served[name] = ServedModel(name, backend, registry, capacity=config.max_sessions,
-                                   max_batch=config.max_batch, max_wait_us=config.max_wait_us)
+    try:
+        for name, path in models.items():
+            backend = load_backend(path, intra_op_threads=config.intra_op_threads)
+            served[name] = ServedModel(name, backend, registry, capacity=config.max_sessions,
+                                       max_batch=config.max_batch, max_wait_us=config.max_wait_us)
+    except Exception:  # a later model failed to load: stop the workers of those already loaded
+        for model in served.values():
+            model.close()
+        raise
     servicer = PolicyServicer(served, registry, max_batch_rows=config.max_batch_rows)
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -137,7 +142,7 @@ def create_server(models: Mapping[str, str | Path], address: str = "127.0.0.1:0"
     except RuntimeError as exc:
         port = 0
         _log.debug("bind failed: %s", exc)
-    if port == 0 and not address.endswith(":0"):
+    if port == 0:  # a successful bind, even to port 0, returns the port it got
         for model in served.values():
             model.close()
         raise ValueError(f"cannot bind {address!r}: expected a free HOST:PORT")

@@ -460,3 +460,13 @@ def test_a_model_call_failing_mid_batch_advances_no_session(serve_export_dirs):
             assert not retried.errors and list(retried.seqs) == [2, 2, 2]
     finally:
         srv.stop(None)
+
+
+def test_a_bad_second_model_stops_the_first_models_worker(serve_export_dirs, tmp_path):
+    import threading
+
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(ValueError):
+        create_server({"q_lstm": serve_export_dirs["q_lstm"], "broken": tmp_path}, "127.0.0.1:0")
+    leaked = {t.name for t in threading.enumerate() if t.is_alive()} - before
+    assert not leaked, leaked
