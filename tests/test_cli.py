@@ -84,3 +84,12 @@ def test_serve_and_play_commands_do_not_import_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_unwritable_output_gets_one_line(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, _, err = run_cli(capsys, "train", "--algo", "ppo", "--env", "rnnpolicy/RepeatFirst-v0", "--total-steps", "256",
+                           "--no-progress", "--out", str(blocker / "run"))
+    assert code == 2 and "Traceback" not in err
+    assert str(blocker) in err.strip().splitlines()[-1]

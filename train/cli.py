@@ -45,6 +45,7 @@ def run_train(args: argparse.Namespace) -> int:
         f"{resolved.cell_kind} {resolved.num_layers}x{resolved.hidden_size}, seed {resolved.seed}",
         file=sys.stderr,
     )
+    print(f"{resolved.algo} hyperparameters: {dataclasses.asdict(algo_config)}", file=sys.stderr)
     path = train(config, overrides)
     print(f"wrote {path}")
     return 0
