@@ -151,31 +151,54 @@ class StreamSession(Session):
 
     def _open(self) -> None:
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
-        self._responses: Iterator[pb.StepResponse] = self.client.stub.StepStream(_drain(self._requests))
+        self._call = self.client.stub.StepStream(_drain(self._requests))
+        # A reader thread hands answers over, so that each step can wait with its own timeout.
+        self._answers: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=_pump, args=(self._call, self._answers), name="rnnpolicy-stream-reader", daemon=True).start()
+
+    def _reopen(self) -> None:
+        self._requests.put(None)
+        self._call.cancel()
+        self._open()
 
     def _send(self, request: pb.StepRequest, timeout: float | None) -> pb.StepResponse:
+        timeout = self.client.timeout if timeout is None else timeout
         with self._lock:
             for attempt in range(self.client.retries + 1):
+                self._requests.put(request)
                 try:
-                    self._requests.put(request)
-                    return next(self._responses)
-                except grpc.RpcError as exc:
-                    if attempt < self.client.retries and exc.code() in RETRYABLE:
-                        time.sleep(self.client.backoff * (2 ** attempt))
-                        self._open()
-                        continue
-                    raise PolicyError.from_rpc_error(exc) from None
-                except StopIteration:
-                    raise PolicyError(grpc.StatusCode.UNAVAILABLE, "the server ended the step stream") from None
+                    answer = self._answers.get(timeout=timeout)
+                except queue.Empty:
+                    error = PolicyError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer to step seq {request.seq} within {timeout} s")
+                else:
+                    if isinstance(answer, pb.StepResponse):
+                        return answer
+                    if answer is None:
+                        error = PolicyError(grpc.StatusCode.UNAVAILABLE, "the server ended the step stream")
+                    else:
+                        error = PolicyError.from_rpc_error(answer)
+                if attempt < self.client.retries and error.code in RETRYABLE:
+                    time.sleep(self.client.backoff * (2 ** attempt))
+                    self._reopen()  # a fresh stream; the server answers a repeated seq from its cache
+                    continue
+                raise error
             raise AssertionError("unreachable")
 
     def close(self, timeout: float | None = None) -> None:
         if not self._closed:
             self._requests.put(None)
-            cancel = getattr(self._responses, "cancel", None)
-            if cancel is not None:
-                cancel()
+            self._call.cancel()
         super().close(timeout)
+
+
+def _pump(call: Iterator[pb.StepResponse], answers: queue.SimpleQueue) -> None:
+    """Move a stream's answers to ``answers``; then ``None`` at its end, or the error that broke it."""
+    try:
+        for response in call:
+            answers.put(response)
+        answers.put(None)
+    except grpc.RpcError as exc:
+        answers.put(exc)
 
 
 def _drain(requests: queue.SimpleQueue) -> Iterator[pb.StepRequest]:

@@ -140,3 +140,32 @@ def test_serve_command_starts_logs_and_stops_on_sigterm(serve_export_dirs):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_stream_step_times_out_then_retries_with_the_same_seq(serve_export_dirs):
+    import time
+
+    srv, port = create_server({"q_lstm": serve_export_dirs["q_lstm"]}, "127.0.0.1:0")
+    model = srv.models["q_lstm"]
+    real_run = model.backend.run_values
+    stalls = [0.6]  # the first model call stalls longer than the step timeout
+
+    def stalling(feeds):
+        if stalls:
+            time.sleep(stalls.pop())
+        return real_run(feeds)
+
+    model.backend.run_values = stalling
+    try:
+        with PolicyClient(f"127.0.0.1:{port}", retries=0) as client, client.stream_session("q_lstm") as session:
+            with pytest.raises(PolicyError) as info:
+                session.step([0.0] * 5, episode_start=True, timeout=0.2)
+            assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and "within 0.2 s" in info.value.message
+        stalls.append(0.6)
+        with PolicyClient(f"127.0.0.1:{port}", retries=2, backoff=0.01) as client, client.stream_session("q_lstm") as session:
+            first = session.step([0.0] * 5, episode_start=True, timeout=0.4)  # times out once, resent with seq 1
+            second = session.step([0.0] * 5, timeout=2.0)
+            assert (first.seq, second.seq) == (1, 2)
+            assert session.get_state()  # the session is alive and stepped exactly twice
+    finally:
+        srv.stop(None)
