@@ -79,17 +79,17 @@ class Job:
 class Chunk:
     """Rows of one job whose sessions are admitted and ready to step."""
 
-    __slots__ = ("job", "rows", "sessions", "slots", "seqs", "obs", "starts", "deterministic")
+    __slots__ = ("job", "rows", "sessions", "slots", "seqs", "obs", "episode_start", "deterministic")
 
     def __init__(self, job: Job, rows: np.ndarray, sessions: list, slots: np.ndarray, seqs: list[int],
-                 obs: np.ndarray, starts: np.ndarray, deterministic: bool) -> None:
+                 obs: np.ndarray, episode_start: np.ndarray, deterministic: bool) -> None:
         self.job = job
         self.rows = rows                    # indices into job.out
         self.sessions = sessions            # the Session of each row
         self.slots = slots                  # (k,) state slot of each row
         self.seqs = seqs
         self.obs = obs                      # (k, obs_dim) float32
-        self.starts = starts                # (k,) float32, 1.0 zeroes the row's state first
+        self.episode_start = episode_start  # (k,) float32, 1.0 zeroes the row's state first
         self.deterministic = deterministic
 
     def __len__(self) -> int:

@@ -79,11 +79,11 @@ class ServedModel:
             return
         if len(chunks) == 1:
             c = chunks[0]
-            slots, obs, starts = c.slots, c.obs, c.starts
+            slots, obs, episode_start = c.slots, c.obs, c.episode_start
         else:
             slots = np.concatenate([c.slots for c in chunks])
             obs = np.concatenate([c.obs for c in chunks])
-            starts = np.concatenate([c.starts for c in chunks])
+            episode_start = np.concatenate([c.episode_start for c in chunks])
         total = len(slots)
         state_arrays = self.slots.state
         parts, next_states = [], []
@@ -91,7 +91,7 @@ class ServedModel:
             hi = min(total, lo + self.max_batch)
             rows = slots[lo:hi]
             state = tuple(a[:, rows, :] for a in state_arrays)  # (layers, batch, hidden) each
-            feeds = {"obs": obs[lo:hi], "episode_start": starts[lo:hi]}
+            feeds = {"obs": obs[lo:hi], "episode_start": episode_start[lo:hi]}
             feeds.update(zip(self._state_names, state))
             values = self.backend.run_values(feeds)
             next_states.append((rows, values[self._n_head:]))
@@ -117,7 +117,7 @@ class ServedModel:
         state_arrays = self.slots.state
         feeds = self._feeds
         feeds["obs"] = chunk.obs
-        feeds["episode_start"] = chunk.starts
+        feeds["episode_start"] = chunk.episode_start
         for name, array in zip(self._state_names, state_arrays):
             view = array[:, rows, :]  # (layers, 1, hidden)
             feeds[name] = view if self._contiguous_slices else np.ascontiguousarray(view)

@@ -173,8 +173,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             raise ServeError(_INVALID, f"StepBatch obs has {obs.size} values, expected {n} sessions x "
                                        f"obs_dim {dim} = {n * dim} (model {model.name!r}, observation shape [{dim}])")
         obs = obs.reshape(n, dim)
-        starts = (np.array(request.episode_start, dtype=np.float32) if len(request.episode_start)
-                  else np.zeros(n, dtype=np.float32))
+        episode_start = (np.array(request.episode_start, dtype=np.float32) if len(request.episode_start)
+                         else np.zeros(n, dtype=np.float32))
         det = request.deterministic
         job = Job(n, model.layout.width)
         finite = np.isfinite(obs).all(axis=1)
@@ -192,7 +192,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         def pending(row: int, session: Session) -> Chunk:
             r = row if keep is None else int(keep[row])
             return Chunk(job, np.array([r], dtype=np.intp), [session], np.array([session.slot], dtype=np.intp),
-                         [seqs[r]], obs[r:r + 1], starts[r:r + 1], det)
+                         [seqs[r]], obs[r:r + 1], episode_start[r:r + 1], det)
 
         # admit_rows reports rows relative to ids_k; remap failures onto the job's rows.
         sub = job if keep is None else _RowMap(job, keep)
@@ -200,7 +200,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         if rows:
             idx = np.asarray(rows, dtype=np.intp) if keep is None else keep[np.asarray(rows, dtype=np.intp)]
             model.batcher.submit(Chunk(job, idx, sessions, np.array([s.slot for s in sessions], dtype=np.intp),
-                                       [seqs[i] for i in idx], obs[idx], starts[idx], det))
+                                       [seqs[i] for i in idx], obs[idx], episode_start[idx], det))
         job.wait()
         response = pb.StepBatchResponse(seqs=seqs, model_version=model.version, **model.layout.batch_fields(job.out))
         if job.errors:
