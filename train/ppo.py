@@ -130,7 +130,10 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     # T-maze episodes last at most 30 steps: a 128-step chunk holds several whole ones.
     "rnnpolicy/TMaze-v0": {**_MEMORY_TASK, "total_steps": 150_000, "hidden_size": 64, "rollout_steps": 128, "seq_len": 128, "ent_coef": 0.01},
     "rnnpolicy/RepeatFirst-v0": dict(_MEMORY_TASK, total_steps=100_000, hidden_size=32),
-    "rnnpolicy/MemoryGrid-v0": dict(_MEMORY_TASK, total_steps=150_000, hidden_size=64, target_return=0.95),
+    "rnnpolicy/MemoryGrid-v0": dict(
+        _MEMORY_TASK, total_steps=200_000, hidden_size=128, num_envs=16, update_epochs=4, learning_rate=1e-3,
+        gae_lambda=0.95, ent_coef=0.03, target_return=0.95,
+    ),
 }
 
 
