@@ -90,7 +90,11 @@ def seed_everything(seed: int) -> None:
 
 def train(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -> Path:
     """Train as ``config`` says and write the run directory; returns the checkpoint's path."""
-    config, algo_config = resolve(config, algo_overrides)
+    return train_resolved(*resolve(config, algo_overrides))
+
+
+def train_resolved(config: TrainConfig, algo_config: Any) -> Path:
+    """:func:`train` for a configuration :func:`resolve` already filled in."""
     if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ValueError("--tensorboard needs the tensorboard package: pip install 'rnnpolicy[tensorboard]'")
     torch.set_num_threads(config.threads)

@@ -34,7 +34,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, argv: list[str] | None 
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from rnnpolicy.train.api import algorithm, resolve, train
+    from rnnpolicy.train.api import algorithm, resolve, train_resolved
 
     config = dataclass_from_args(TrainConfig, args)
     algo_fields = {f.name for f in dataclasses.fields(algorithm(config.algo).Config)}
@@ -46,7 +46,7 @@ def run_train(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     print(f"{resolved.algo} hyperparameters: {dataclasses.asdict(algo_config)}", file=sys.stderr)
-    path = train(config, overrides)
+    path = train_resolved(resolved, algo_config)
     print(f"wrote {path}")
     return 0
 

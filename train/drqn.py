@@ -30,7 +30,7 @@ from rnnpolicy.train.models import QNetwork, RecurrentState, init_forget_bias, i
 from rnnpolicy.train.replay import SequenceBatch, SequenceCollector, SequenceReplay
 from rnnpolicy.train.runlog import EpisodeTracker, RunLog
 
-__all__ = ["Config", "ENV_DEFAULTS", "epsilon_at", "init_forget_bias", "learn", "n_step_targets", "sequence_q_values", "td_loss"]
+__all__ = ["Config", "ENV_DEFAULTS", "epsilon_at", "learn", "n_step_targets", "sequence_q_values", "td_loss"]
 
 
 @dataclass
