@@ -8,15 +8,13 @@ from typing import Any
 import grpc
 import numpy as np
 
-from rnnpolicy.clients._client import CHANNEL_OPTIONS
+from rnnpolicy.clients._client import CHANNEL_OPTIONS, SessionBase
 from rnnpolicy.clients._convert import (
     ModelInfo,
     StepResult,
-    encode_obs,
     model_info,
     state_message,
     state_tensors,
-    step_request,
     step_result,
 )
 from rnnpolicy.clients._errors import RETRYABLE, PolicyError
@@ -71,18 +69,10 @@ class AsyncPolicyClient:
         return AsyncSession(self, response.session_id, model_info(response.model), deterministic)
 
 
-class AsyncSession:
+class AsyncSession(SessionBase):
     """The asyncio twin of :class:`~rnnpolicy.clients.Session`."""
 
-    def __init__(self, client: AsyncPolicyClient, session_id: str, model: ModelInfo, deterministic: bool) -> None:
-        self.client = client
-        self.session_id = session_id
-        self.model = model
-        self.spec = model.spec
-        self.deterministic = deterministic
-        self.seq = 0
-        self._discrete = model.spec.action.is_discrete
-        self._closed = False
+    client: AsyncPolicyClient
 
     async def __aenter__(self) -> AsyncSession:
         return self
@@ -92,8 +82,7 @@ class AsyncSession:
 
     async def step(self, obs: Any, episode_start: bool = False, *, deterministic: bool | None = None,
                    timeout: float | None = None) -> StepResult:
-        det = self.deterministic if deterministic is None else deterministic
-        request = step_request(self.session_id, self.seq + 1, encode_obs(self.spec, obs), episode_start, det)
+        request = self._next_request(obs, episode_start, deterministic)
         result = step_result(await self.client.call("Step", request, timeout, retry=True), self._discrete)
         self.seq = result.seq
         return result

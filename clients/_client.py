@@ -81,10 +81,10 @@ class PolicyClient:
         return StreamSession(self, session.session_id, session.model, deterministic)
 
 
-class Session:
-    """One server-side session: ``step`` numbers seq itself and retries transient failures with the same seq."""
+class SessionBase:
+    """What the sync and asyncio sessions share: identity, seq numbering and the step message."""
 
-    def __init__(self, client: PolicyClient, session_id: str, model: ModelInfo, deterministic: bool) -> None:
+    def __init__(self, client: Any, session_id: str, model: ModelInfo, deterministic: bool) -> None:
         self.client = client
         self.session_id = session_id
         self.model = model
@@ -94,6 +94,17 @@ class Session:
         """The last seq the server applied."""
         self._discrete = model.spec.action.is_discrete
         self._closed = False
+
+    def _next_request(self, obs: Any, episode_start: bool, deterministic: bool | None) -> pb.StepRequest:
+        """The step after the last applied one: ``seq + 1``, the observation encoded by the spec."""
+        det = self.deterministic if deterministic is None else deterministic
+        return step_request(self.session_id, self.seq + 1, encode_obs(self.spec, obs), episode_start, det)
+
+
+class Session(SessionBase):
+    """One server-side session: ``step`` numbers seq itself and retries transient failures with the same seq."""
+
+    client: PolicyClient
 
     def __enter__(self) -> Session:
         return self
@@ -108,9 +119,7 @@ class Session:
         After a ``PolicyError`` with a transient code, step again with the same observation:
         the same seq is reused and the server answers it at most once.
         """
-        det = self.deterministic if deterministic is None else deterministic
-        request = step_request(self.session_id, self.seq + 1, encode_obs(self.spec, obs), episode_start, det)
-        result = step_result(self._send(request, timeout), self._discrete)
+        result = step_result(self._send(self._next_request(obs, episode_start, deterministic), timeout), self._discrete)
         self.seq = result.seq
         return result
 
