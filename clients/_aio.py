@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
-from rnnpolicy.clients._client import CHANNEL_OPTIONS, SessionBase
+from rnnpolicy.clients._channel import open_aio_channel, token_metadata
+from rnnpolicy.clients._client import CHANNEL_OPTIONS, DEFAULT_HISTORY, SessionBase
 from rnnpolicy.clients._convert import (
     ModelInfo,
     StepResult,
@@ -27,12 +29,17 @@ __all__ = ["AsyncPolicyClient", "AsyncSession"]
 class AsyncPolicyClient:
     """``PolicyClient`` for asyncio: ``async with AsyncPolicyClient(target) as client``."""
 
-    def __init__(self, target: str, *, timeout: float = 10.0, retries: int = 3, backoff: float = 0.05) -> None:
+    def __init__(self, target: str, *, timeout: float = 10.0, retries: int = 3, backoff: float = 0.05,
+                 token: str | None = None, tls: bool = False, tls_ca: str | Path | None = None,
+                 tls_cert: str | Path | None = None, tls_key: str | Path | None = None) -> None:
+        """``token``, ``tls`` and the ``tls_*`` files as for :class:`~rnnpolicy.clients.PolicyClient`."""
         self.target = target
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
-        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = open_aio_channel(target, CHANNEL_OPTIONS, token=token, tls=tls, tls_ca=tls_ca,
+                                         tls_cert=tls_cert, tls_key=tls_key)
+        self._metadata = token_metadata(token.strip()) if token is not None else None
         self.stub = policy_pb2_grpc.PolicyServiceStub(self._channel)
 
     async def __aenter__(self) -> AsyncPolicyClient:
@@ -49,7 +56,7 @@ class AsyncPolicyClient:
         attempts = self.retries + 1 if retry else 1
         for attempt in range(attempts):
             try:
-                return await rpc(request, timeout=self.timeout if timeout is None else timeout)
+                return await rpc(request, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata)
             except grpc.RpcError as exc:
                 if attempt + 1 < attempts and exc.code() in RETRYABLE:
                     await asyncio.sleep(self.backoff * (2 ** attempt))
@@ -62,11 +69,11 @@ class AsyncPolicyClient:
         return [model_info(m) for m in response.models]
 
     async def session(self, model: str = "", *, seed: int | None = None, deterministic: bool = True,
-                      timeout: float | None = None) -> AsyncSession:
+                      timeout: float | None = None, history: int = DEFAULT_HISTORY) -> AsyncSession:
         """Open a session; use ``async with await client.session(...)`` or call ``await session.close()``."""
         request = pb.CreateSessionRequest(model=model, seed=seed) if seed is not None else pb.CreateSessionRequest(model=model)
         response = await self.call("CreateSession", request, timeout)
-        return AsyncSession(self, response.session_id, model_info(response.model), deterministic)
+        return AsyncSession(self, response.session_id, model_info(response.model), deterministic, history)
 
 
 class AsyncSession(SessionBase):
@@ -83,9 +90,17 @@ class AsyncSession(SessionBase):
     async def step(self, obs: Any, episode_start: bool = False, *, deterministic: bool | None = None,
                    timeout: float | None = None) -> StepResult:
         request = self._next_request(obs, episode_start, deterministic)
-        result = step_result(await self.client.call("Step", request, timeout, retry=True), self._discrete)
-        self.seq = result.seq
-        return result
+        try:
+            response = await self.client.call("Step", request, timeout, retry=True)
+        except PolicyError as error:
+            replay = self._replay_plan(error)
+            if replay is None:
+                raise
+            for old in replay:
+                await self.client.call("Step", old, timeout, retry=True)
+            response = await self.client.call("Step", request, timeout, retry=True)
+        self._applied(request, response)
+        return step_result(response, self._discrete)
 
     async def reset(self, timeout: float | None = None) -> None:
         await self.client.call("ResetSession", pb.ResetSessionRequest(session_id=self.session_id), timeout, retry=True)

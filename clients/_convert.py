@@ -68,9 +68,16 @@ def _floats(field: Any) -> np.ndarray | None:
     return np.array(values, dtype=np.float32) if values else None
 
 
-def step_result(response: pb.StepResponse, discrete: bool) -> StepResult:
+def check_step(response: pb.StepResponse) -> pb.StepResponse:
+    """``response``, or its in-band error (StepStream) raised as a :class:`PolicyError`."""
     if response.HasField("error"):
-        raise PolicyError.from_code_number(response.error.code, response.error.message)
+        error = response.error
+        raise PolicyError.from_code_number(error.code, error.message, error.expected_seq)
+    return response
+
+
+def step_result(response: pb.StepResponse, discrete: bool) -> StepResult:
+    check_step(response)
     return StepResult(
         action=int(response.discrete_action) if discrete else np.array(response.continuous_action[:], dtype=np.float32),
         seq=response.seq,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rnnpolicy.clients._channel import TOKEN_ENV, resolve_token
 from rnnpolicy.clients._client import PolicyClient
 from rnnpolicy.clients._errors import PolicyError
 
@@ -23,6 +24,16 @@ def add_play_arguments(parser: argparse.ArgumentParser, argv: list[str] | None =
     parser.add_argument("--stochastic", action="store_true", help="sample actions instead of the greedy ones")
     parser.add_argument("--stream", action="store_true", help="step over a bidirectional stream")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default %(default)s)")
+    security = parser.add_argument_group("security", "token and TLS for a server started with --auth-tokens/--tls-*")
+    security.add_argument("--token-file", metavar="FILE",
+                          help=f"file holding the bearer token alone (default: ${TOKEN_ENV} when set)")
+    security.add_argument("--token", help=f"the bearer token itself (visible in shell history and ps; prefer "
+                                           f"--token-file or ${TOKEN_ENV})")
+    security.add_argument("--tls", action="store_true", help="connect with TLS, verifying the server with the "
+                                                             "system's CA certificates (implied by --tls-ca)")
+    security.add_argument("--tls-ca", metavar="PEM", help="connect with TLS, verifying the server with this CA")
+    security.add_argument("--tls-cert", metavar="PEM", help="client certificate for mutual TLS (needs --tls-key)")
+    security.add_argument("--tls-key", metavar="PEM", help="the client certificate's unencrypted private key")
 
 
 @dataclass
@@ -72,7 +83,9 @@ def run_play(args: argparse.Namespace) -> int:
         raise ValueError(f"--episodes {args.episodes}: expected >= 1")
     if ":" not in args.target:
         raise ValueError(f"--target {args.target!r}: expected HOST:PORT")
-    with PolicyClient(args.target, timeout=args.timeout) as client:
+    token = resolve_token(args.token, args.token_file)
+    with PolicyClient(args.target, timeout=args.timeout, token=token, tls=args.tls, tls_ca=args.tls_ca,
+                      tls_cert=args.tls_cert, tls_key=args.tls_key) as client:
         try:
             result = play_episodes(client, args.model, args.env, args.episodes, args.seed,
                                    not args.stochastic, args.stream)

@@ -23,6 +23,9 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "play": ("rnnpolicy.clients.cli", "add_play_arguments", "run_play", "drive a gymnasium environment through a server"),
 }
 
+# Top-level modules that only the [train] extra installs.
+_TRAIN_EXTRA = frozenset({"torch", "onnx", "onnxscript", "matplotlib", "tqdm"})
+
 
 def _build_parser(argv: list[str]) -> argparse.ArgumentParser:
     from rnnpolicy import __version__
@@ -43,7 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = _build_parser(argv)
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        if exc.name not in _TRAIN_EXTRA:
+            raise
         print(f"rnnpolicy: error: {exc}; training and export need the extra: pip install 'rnnpolicy[train]'", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)

@@ -16,7 +16,7 @@ import numpy as np
 
 from rnnpolicy.export.runtime import load_onnx_policy
 
-__all__ = ["MODEL_FILE", "OnnxBackend", "StepOutputs", "load_backend"]
+__all__ = ["MODEL_FILE", "OnnxBackend", "StepOutputs", "load_backend", "resolve_model_file"]
 
 MODEL_FILE = "model.onnx"
 
@@ -35,7 +35,7 @@ class OnnxBackend:
     """An onnxruntime session over one exported policy, with its spec and a content version."""
 
     def __init__(self, path: str | Path, *, intra_op_threads: int = 1) -> None:
-        model_path = _resolve(Path(path))
+        model_path = resolve_model_file(Path(path))
         # The export stage's torch-free loader: sequential, ORT_ENABLE_ALL, checks the graph against its spec.
         self._session, self.spec = load_onnx_policy(model_path, threads=intra_op_threads)
         self.path = model_path
@@ -72,7 +72,8 @@ def load_backend(path: str | Path, *, intra_op_threads: int = 1) -> OnnxBackend:
     return OnnxBackend(path, intra_op_threads=intra_op_threads)
 
 
-def _resolve(path: Path) -> Path:
+def resolve_model_file(path: Path) -> Path:
+    """The ``model.onnx`` of an export directory, or ``path`` itself when it is a file; ``ValueError`` otherwise."""
     if path.is_dir():
         model = path / MODEL_FILE
         if not model.is_file():

@@ -11,10 +11,11 @@ and run together in its next batch. Batches of one model never run concurrently.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -32,7 +33,7 @@ class Job:
 
     def __init__(self, rows: int, width: int) -> None:
         self.out = np.zeros((rows, width), dtype=np.float32) if width else None
-        self.errors: dict[int, tuple[object, str]] | None = None
+        self.errors: dict[int, tuple[object, str, int]] | None = None  # row -> (code, message, expected seq)
         self._remaining = rows
         self._lock = threading.Lock()
         self._event: threading.Event | None = None
@@ -45,12 +46,12 @@ class Job:
             self.out[rows] = values
         self._done(len(rows))
 
-    def fail(self, row: int, code: object, message: str) -> None:
+    def fail(self, row: int, code: object, message: str, expected_seq: int = 0) -> None:
         """Row ``row`` was refused with status ``code``; its state is untouched."""
         with self._lock:
             if self.errors is None:
                 self.errors = {}
-            self.errors[row] = (code, message)
+            self.errors[row] = (code, message, expected_seq)
         self._done(1)
 
     def _done(self, count: int) -> None:
@@ -136,6 +137,20 @@ class Batcher:
                     self._busy = False
                     if self._queue:
                         self._cond.notify()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold the model still: wait for the running batch, run none until the block ends (steps queue meanwhile)."""
+        with self._cond:
+            while self._busy:
+                self._cond.wait()
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
 
     def close(self, timeout: float = 5.0) -> None:
         """Run what is queued, then stop the worker."""

@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from rnnpolicy.serve.auth import TOKEN_FILE_HELP, Security, is_loopback_host
 from rnnpolicy.serve.server import ServeConfig, create_server, serve_until_signal
 
 __all__ = ["add_serve_arguments", "parse_models", "run_serve"]
@@ -34,6 +35,31 @@ def add_serve_arguments(parser: argparse.ArgumentParser, argv: list[str] | None 
                         help="gRPC handler threads = most concurrent calls and open streams (default %(default)s)")
     parser.add_argument("--grace", type=float, default=5.0,
                         help="seconds in-flight calls get to finish on SIGTERM/SIGINT (default %(default)s)")
+    parser.add_argument("--max-message-bytes", type=int, default=defaults.max_message_bytes,
+                        help="largest request accepted; larger ones are RESOURCE_EXHAUSTED (default %(default)s)")
+    parser.add_argument("--max-sessions-per-principal", type=int, default=defaults.max_sessions_per_principal,
+                        help="most sessions one auth principal may hold; 0: no limit (default %(default)s)")
+    parser.add_argument("--state-dir", default=None, metavar="DIR",
+                        help="save sessions here on shutdown (and every --checkpoint-interval) and restore them "
+                             "on start, so clients continue across restarts")
+    parser.add_argument("--checkpoint-interval", type=float, default=defaults.checkpoint_interval, metavar="S",
+                        help="seconds between session snapshots to --state-dir; a crash (kill -9) loses at most the "
+                             "steps of the last S seconds; 0: only on graceful shutdown (default %(default)s)")
+    parser.add_argument("--reload-interval", type=float, default=defaults.reload_interval, metavar="S",
+                        help="seconds between checks of each --model directory for a changed model.onnx, loaded as "
+                             "a new version; 0: only on SIGHUP (default %(default)s)")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics at http://--metrics-host:PORT/metrics (default: off)")
+    parser.add_argument("--metrics-host", default=defaults.metrics_host,
+                        help="address of the metrics endpoint (default %(default)s)")
+    security = parser.add_argument_group("security", "TLS and token authentication (docs/serving.md, Security)")
+    security.add_argument("--tls-cert", type=Path, metavar="PEM",
+                          help="serve TLS with this certificate chain (needs --tls-key)")
+    security.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's unencrypted private key")
+    security.add_argument("--tls-client-ca", type=Path, metavar="PEM",
+                          help="mutual TLS: require client certificates signed by these CA certificates")
+    security.add_argument("--auth-tokens", type=Path, metavar="FILE",
+                          help=f"require a bearer token on every call: {TOKEN_FILE_HELP}")
 
 
 def parse_models(values: list[str]) -> dict[str, Path]:
@@ -60,13 +86,26 @@ def run_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port}: expected 0..65535")
     config = ServeConfig(max_sessions=args.max_sessions, session_ttl=args.session_ttl, max_batch=args.max_batch,
-                         max_wait_us=args.max_wait_us, intra_op_threads=args.threads, max_workers=args.max_workers)
+                         max_wait_us=args.max_wait_us, intra_op_threads=args.threads, max_workers=args.max_workers,
+                         max_message_bytes=args.max_message_bytes,
+                         max_sessions_per_principal=args.max_sessions_per_principal, state_dir=args.state_dir,
+                         checkpoint_interval=args.checkpoint_interval, reload_interval=args.reload_interval,
+                         metrics_port=args.metrics_port, metrics_host=args.metrics_host)
     models = parse_models(args.model)
-    server, port = create_server(models, f"{args.host}:{args.port}", config)
+    security = Security(tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+                        auth_tokens=args.auth_tokens)
+    if security.auth and not security.tls and not is_loopback_host(args.host):
+        _log.warning("--auth-tokens without TLS on %s: tokens cross the network in plaintext; add --tls-cert/--tls-key",
+                     args.host)
+    server, port = create_server(models, f"{args.host}:{args.port}", config, security=security)
     described = ", ".join(f"{name}={m.spec.kind}/{m.spec.cell} v{m.version} ({models[name]})"
                           for name, m in server.models.items())
-    _log.info("serving %s on %s:%d; max_sessions=%d session_ttl=%gs max_batch=%d max_wait_us=%d threads=%d",
+    _log.info("serving %s on %s:%d; max_sessions=%d session_ttl=%gs max_batch=%d max_wait_us=%d threads=%d "
+              "sessions_restored=%d state_dir=%s checkpoint_interval=%gs reload_interval=%gs metrics=%s %s",
               described, args.host, port, config.max_sessions, config.session_ttl, config.max_batch,
-              config.max_wait_us, config.intra_op_threads)
+              config.max_wait_us, config.intra_op_threads, len(server.registry), config.state_dir or "-",
+              config.checkpoint_interval, config.reload_interval,
+              f"http://{config.metrics_host}:{server.metrics_port}/metrics" if server.metrics_port is not None else "off",
+              security.describe())
     serve_until_signal(server, args.grace)
     return 0

@@ -10,9 +10,12 @@ __all__ = ["ServeError"]
 class ServeError(Exception):
     """A refused request: ``code`` and ``message`` go to the client as the call's status."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, trailing: tuple[tuple[str, str], ...] = ()) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, trailing: tuple[tuple[str, str], ...] = (), *,
+                 expected_seq: int = 0) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.trailing = trailing
         """Trailing metadata sent with the status, e.g. ``(("retry-after-ms", "250"),)``."""
+        self.expected_seq = expected_seq
+        """For a seq out of order: the seq the session expects (0 otherwise)."""

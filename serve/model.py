@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -13,6 +14,9 @@ from rnnpolicy.serve.layout import OutputLayout
 from rnnpolicy.serve.sessions import Session, SessionRegistry, SlotArrays
 from rnnpolicy.spec import ACTION, LOG_STD, LOGITS, MEAN
 
+if TYPE_CHECKING:
+    from rnnpolicy.serve.metrics import ServeMetrics
+
 __all__ = ["ServedModel"]
 
 _log = logging.getLogger("rnnpolicy.serve")
@@ -22,7 +26,7 @@ class ServedModel:
     """One named model: runs admitted steps in batches, gathering and scattering state by slot."""
 
     def __init__(self, name: str, backend: OnnxBackend, registry: SessionRegistry, *, capacity: int,
-                 max_batch: int = 256, max_wait_us: int = 0) -> None:
+                 max_batch: int = 256, max_wait_us: int = 0, metrics: ServeMetrics | None = None) -> None:
         self.name = name
         self.backend = backend
         self.spec = backend.spec
@@ -39,6 +43,7 @@ class ServedModel:
         self._contiguous_slices = all(s.layers == 1 for s in self.spec.state_tensors)
         # The single-step feeds, refilled per call: batches of one model never run concurrently.
         self._feeds: dict[str, np.ndarray] = {}
+        self._batch_sizes = metrics.batch_size.labels(name) if metrics is not None else None
         self.batcher = Batcher(self._run, max_batch=max_batch, max_wait_us=max_wait_us, name=name)
 
     def close(self) -> None:
@@ -56,7 +61,8 @@ class ServedModel:
                 if any(chunk is done for done in finished):
                     continue
                 for row in chunk.rows:
-                    chunk.job.fail(int(row), grpc.StatusCode.INTERNAL, f"model {self.name!r} failed to step (see the server log)")
+                    chunk.job.fail(int(row), grpc.StatusCode.INTERNAL,
+                                   f"model {self.name!r} version {self.version} failed to step (see the server log)")
                 for ready in self.registry.finish(chunk.sessions, None):
                     self.batcher.submit(ready)
 
@@ -94,6 +100,8 @@ class ServedModel:
             feeds = {"obs": obs[lo:hi], "episode_start": episode_start[lo:hi]}
             feeds.update(zip(self._state_names, state))
             values = self.backend.run_values(feeds)
+            if self._batch_sizes is not None:
+                self._batch_sizes.observe(hi - lo)
             next_states.append((rows, values[self._n_head:]))
             parts.append(self.layout.pack_values(values, hi - lo))
         packed = parts[0] if len(parts) == 1 else np.concatenate(parts)  # (total, width)
@@ -122,6 +130,8 @@ class ServedModel:
             view = array[:, rows, :]  # (layers, 1, hidden)
             feeds[name] = view if self._contiguous_slices else np.ascontiguousarray(view)
         values = self.backend.run_values(feeds)
+        if self._batch_sizes is not None:
+            self._batch_sizes.observe(1)
         packed = self.layout.pack_values(values, 1)  # (1, width)
         if self._sampled and not chunk.deterministic:
             self._sample(packed, chunk.sessions)

@@ -1,4 +1,4 @@
-"""``create_server``: the PolicyService with health and reflection, and graceful shutdown."""
+"""``create_server``: the PolicyService with health and reflection, persistence, metrics and graceful shutdown."""
 
 from __future__ import annotations
 
@@ -14,8 +14,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from rnnpolicy.serve.auth import Security, principal_of
 from rnnpolicy.serve.backend import load_backend
+from rnnpolicy.serve.catalog import ModelCatalog
+from rnnpolicy.serve.metrics import ServeMetrics
 from rnnpolicy.serve.model import ServedModel
+from rnnpolicy.serve.persistence import StateDir
 from rnnpolicy.serve.servicer import PolicyServicer
 from rnnpolicy.serve.sessions import SessionRegistry
 from rnnpolicy.v1 import policy_pb2, policy_pb2_grpc
@@ -46,124 +50,217 @@ class ServeConfig:
     """Largest request accepted; gRPC refuses larger ones with RESOURCE_EXHAUSTED."""
     max_batch_rows: int = 4096
     """Most sessions in one StepBatch (INVALID_ARGUMENT beyond)."""
+    max_sessions_per_principal: int = 0
+    """Most sessions one principal (auth token) may hold; 0: no limit beyond max_sessions."""
+    state_dir: str | None = None
+    """Directory where sessions are saved on shutdown (and every checkpoint_interval) and restored on start."""
+    checkpoint_interval: float = 0.0
+    """Seconds between periodic session snapshots to state_dir (0: only on graceful shutdown)."""
+    reload_interval: float = 0.0
+    """Seconds between checks of the served export directories for a new model version (0: only on SIGHUP)."""
+    metrics_port: int | None = None
+    """Port of the Prometheus /metrics endpoint (0 picks a free one; None: no endpoint)."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics endpoint binds."""
 
     def __post_init__(self) -> None:
         for name in ("max_sessions", "max_batch", "intra_op_threads", "max_workers", "max_message_bytes", "max_batch_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.session_ttl < 0:
-            raise ValueError(f"session_ttl must be >= 0 seconds (0: never expire), got {self.session_ttl}")
-        if self.max_wait_us < 0:
-            raise ValueError(f"max_wait_us must be >= 0, got {self.max_wait_us}")
+        for name in ("session_ttl", "checkpoint_interval", "reload_interval", "max_wait_us", "max_sessions_per_principal"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: off), got {getattr(self, name)}")
+        if self.checkpoint_interval and not self.state_dir:
+            raise ValueError(f"checkpoint_interval {self.checkpoint_interval} needs a state_dir to write to")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be 0..65535, got {self.metrics_port}")
 
 
 class PolicyServer:
-    """A started-or-not gRPC server plus the models, batchers and reaper it owns."""
+    """A started-or-not gRPC server plus the models, sessions and background threads it owns.
+
+    Background threads: the reaper (expires idle sessions, unloads versions no session uses),
+    the reloader (``reload_interval``) and the checkpointer (``checkpoint_interval``).
+    """
 
     def __init__(self, server: grpc.Server, servicer: PolicyServicer, health_servicer: health.HealthServicer,
-                 config: ServeConfig, address: str) -> None:
+                 config: ServeConfig, address: str, state_dir: StateDir | None) -> None:
         self.grpc_server = server
         self.servicer = servicer
         self.health = health_servicer
         self.config = config
         self.address = address
+        self.state_dir = state_dir
+        self.metrics_port: int | None = None
         self._stop = threading.Event()
-        self._reaper = threading.Thread(target=self._reap, name="rnnpolicy-session-reaper", daemon=True)
+        self._stopped = False
+        ttl = config.session_ttl
+        self._threads = [threading.Thread(target=self._every, args=(min(5.0, max(0.05, ttl / 4)) if ttl else 5.0,
+                                                                     self._reap), name="rnnpolicy-reaper", daemon=True)]
+        if config.reload_interval:
+            self._threads.append(threading.Thread(target=self._every, args=(config.reload_interval, self.reload_models),
+                                                  name="rnnpolicy-reloader", daemon=True))
+        if config.checkpoint_interval and state_dir is not None:
+            self._threads.append(threading.Thread(target=self._every, args=(config.checkpoint_interval, self.checkpoint),
+                                                  name="rnnpolicy-checkpointer", daemon=True))
+
+    @property
+    def catalog(self) -> ModelCatalog:
+        return self.servicer.catalog
 
     @property
     def models(self) -> dict[str, ServedModel]:
-        return self.servicer.models
+        """Each served name's latest version."""
+        return self.catalog.latest_models
 
     @property
     def registry(self) -> SessionRegistry:
         return self.servicer.registry
 
+    @property
+    def metrics(self) -> ServeMetrics:
+        return self.servicer.metrics
+
     def start(self) -> PolicyServer:
+        if self.config.metrics_port is not None:
+            self.metrics_port = self.metrics.serve_http(self.config.metrics_port, self.config.metrics_host)
         self.grpc_server.start()
-        self._reaper.start()
+        for thread in self._threads:
+            thread.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self
 
     def stop(self, grace: float | None = 5.0) -> None:
-        """Stop accepting calls, let in-flight steps finish (up to ``grace`` s), then stop the batchers."""
+        """Stop accepting calls, let in-flight steps finish (up to ``grace`` s), save the sessions to the
+        state directory, then stop the batchers."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(grace).wait()
         self._stop.set()
-        for model in self.models.values():
-            model.close()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join()
+        if self.state_dir is not None:
+            self.checkpoint()
+        self.catalog.close()
+        self.metrics.close()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         return self.grpc_server.wait_for_termination(timeout)
 
+    def reload_models(self) -> list[ServedModel]:
+        """Load every served export directory whose model file changed as a new version; return those."""
+        return self.catalog.reload()
+
+    def checkpoint(self) -> int:
+        """Write every session to the state directory now; return how many (``ValueError`` without one)."""
+        if self.state_dir is None:
+            raise ValueError("this server has no state_dir to checkpoint to")
+        return self.state_dir.save(self.registry, self.catalog)
+
     def _reap(self) -> None:
-        ttl = self.config.session_ttl
-        interval = min(5.0, max(0.05, ttl / 4)) if ttl else 5.0
+        if self.config.session_ttl:
+            self.registry.expire_idle()
+        self.catalog.retire()
+
+    def _every(self, interval: float, action) -> None:
         while not self._stop.wait(interval):
-            if ttl:
-                self.registry.expire_idle()
+            try:
+                action()
+            except Exception:  # noqa: BLE001 - a background task must not die; the next round tries again
+                _log.exception("%s failed", getattr(action, "__name__", action))
 
 
 def create_server(models: Mapping[str, str | Path], address: str = "127.0.0.1:0",
-                  config: ServeConfig | None = None, *, start: bool = True) -> tuple[PolicyServer, int]:
+                  config: ServeConfig | None = None, *, start: bool = True,
+                  security: Security | None = None) -> tuple[PolicyServer, int]:
     """Load ``models`` (name -> export directory or ``.onnx`` file) and bind ``address``; return the server and its port.
 
-    ``ValueError`` names a model that cannot be loaded or an address that cannot be bound.
+    ``security``: TLS (optionally mutual) and token authentication (:class:`~rnnpolicy.serve.auth.Security`).
+    ``ValueError`` names a model that cannot be loaded, an address that cannot be bound, or an unreadable or
+    mismatched certificate, key or token file.
     """
     config = config or ServeConfig()
     if not models:
         raise ValueError("create_server needs at least one model (name -> export directory)")
-    registry = SessionRegistry(max_sessions=config.max_sessions, ttl=config.session_ttl)
-    served: dict[str, ServedModel] = {}
+    security = security or Security()
+    credentials = security.server_credentials()  # before loading models: bad files fail fast
+    interceptor = security.interceptor()
+    state_dir = StateDir(config.state_dir) if config.state_dir else None
+    metrics = ServeMetrics()
+    registry = SessionRegistry(max_sessions=config.max_sessions, ttl=config.session_ttl,
+                               max_sessions_per_principal=config.max_sessions_per_principal,
+                               private_ids=security.auth,  # unknown ids answer like others' (nothing to probe)
+                               listener=metrics.session_event)
+
+    def load(name: str, path: Path) -> ServedModel:
+        backend = load_backend(path, intra_op_threads=config.intra_op_threads)
+        return ServedModel(name, backend, registry, capacity=config.max_sessions, max_batch=config.max_batch,
+                           max_wait_us=config.max_wait_us, metrics=metrics)
+
+    catalog = ModelCatalog(registry, load, on_load=state_dir.keep_model if state_dir else None)
+    metrics.bind_versions(lambda: [(m, registry.sessions_of(m)) for m in catalog.versions()])
     try:
         for name, path in models.items():
-            backend = load_backend(path, intra_op_threads=config.intra_op_threads)
-            served[name] = ServedModel(name, backend, registry, capacity=config.max_sessions,
-                                       max_batch=config.max_batch, max_wait_us=config.max_wait_us)
+            catalog.add(name, path)
+        if state_dir is not None:
+            state_dir.restore(registry, catalog)
     except Exception:  # a later model failed to load: stop the workers of those already loaded
-        for model in served.values():
-            model.close()
+        catalog.close()
         raise
-    servicer = PolicyServicer(served, registry, max_batch_rows=config.max_batch_rows)
+    servicer = PolicyServicer(catalog, registry, max_batch_rows=config.max_batch_rows, metrics=metrics,
+                              principal_of=principal_of)
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", max(config.max_message_bytes, 4 * 1024 * 1024)),
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rnnpolicy-rpc"),
-                         options=options, maximum_concurrent_rpcs=config.max_workers)
+                         options=options, maximum_concurrent_rpcs=config.max_workers,
+                         interceptors=[interceptor] if interceptor is not None else None)
     policy_pb2_grpc.add_PolicyServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
     try:
-        port = server.add_insecure_port(address)
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     except RuntimeError as exc:
         port = 0
         _log.debug("bind failed: %s", exc)
     if port == 0:  # a successful bind, even to port 0, returns the port it got
-        for model in served.values():
-            model.close()
+        catalog.close()
         raise ValueError(f"cannot bind {address!r}: expected a free HOST:PORT")
-    policy_server = PolicyServer(server, servicer, health_servicer, config, address)
+    policy_server = PolicyServer(server, servicer, health_servicer, config, address, state_dir)
     if start:
         policy_server.start()
     return policy_server, port
 
 
 def serve_until_signal(server: PolicyServer, grace: float = 5.0) -> None:
-    """Block until SIGTERM or SIGINT, then shut down gracefully: stop accepting, finish in-flight steps."""
+    """Block until SIGTERM or SIGINT, then shut down gracefully: stop accepting, finish in-flight steps,
+    save the sessions. SIGHUP checks the served export directories for new model versions."""
     stopping = threading.Event()
+    reload = threading.Event()
 
     def handle(signum, frame) -> None:
         _log.info("received %s: stopping (grace %.1f s)", signal.Signals(signum).name, grace)
         stopping.set()
 
+    def handle_hup(signum, frame) -> None:
+        reload.set()
+
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, handle_hup)
     try:
-        while not stopping.wait(0.5):
-            pass
+        while not stopping.wait(0.2):
+            if reload.is_set():
+                reload.clear()
+                loaded = server.reload_models()
+                _log.info("SIGHUP: %d new model versions", len(loaded))
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)

@@ -10,13 +10,16 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from typing import Callable, Mapping
+import time
+from typing import Callable
 
 import grpc
 import numpy as np
 
 from rnnpolicy.serve.batcher import Chunk, Job
+from rnnpolicy.serve.catalog import ModelCatalog
 from rnnpolicy.serve.errors import ServeError
+from rnnpolicy.serve.metrics import ServeMetrics
 from rnnpolicy.serve.model import ServedModel
 from rnnpolicy.serve.sessions import Session, SessionRegistry
 from rnnpolicy.v1 import policy_pb2 as pb
@@ -29,9 +32,16 @@ _ROW0 = np.zeros(1, dtype=np.intp)
 _START = (np.zeros(1, dtype=np.float32), np.ones(1, dtype=np.float32))
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
+PrincipalOf = Callable[[grpc.ServicerContext], str]
+"""The authenticated principal of a call ("" when authentication is off)."""
 
-def model_info(model: ServedModel) -> pb.ModelInfo:
-    """The ModelInfo message describing ``model``."""
+
+def _anonymous(context: grpc.ServicerContext) -> str:
+    return ""
+
+
+def model_info(model: ServedModel, sessions: int = 0, latest: bool = True) -> pb.ModelInfo:
+    """The ModelInfo message describing ``model`` (one version), with its open ``sessions``."""
     spec = model.spec
     action = spec.action
     return pb.ModelInfo(
@@ -45,6 +55,8 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         cell=spec.cell,
         outputs=list(spec.output_names),
         spec_json=spec.to_json(),
+        sessions=sessions,
+        latest=latest,
     )
 
 
@@ -67,38 +79,48 @@ def _rpc(method: Callable) -> Callable:
 
 
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
-    """The rnnpolicy.v1.PolicyService implementation over served models and one session registry."""
+    """The rnnpolicy.v1.PolicyService implementation over a model catalog and one session registry."""
 
-    def __init__(self, models: Mapping[str, ServedModel], registry: SessionRegistry, *, max_batch_rows: int = 4096) -> None:
-        if not models:
-            raise ValueError("a server needs at least one model")
-        self.models = dict(models)
+    def __init__(self, catalog: ModelCatalog, registry: SessionRegistry, *, max_batch_rows: int = 4096,
+                 principal_of: PrincipalOf = _anonymous, metrics: ServeMetrics | None = None) -> None:
+        self.catalog = catalog
         self.registry = registry
         self.max_batch_rows = max_batch_rows
-        self._infos = {name: model_info(m) for name, m in self.models.items()}
+        self.principal_of = principal_of
+        self.metrics = metrics or ServeMetrics()
+        self._latency = {rpc: self.metrics.step_latency.labels(rpc) for rpc in ("Step", "StepStream", "StepBatch")}
+
+    def _info(self, model: ServedModel) -> pb.ModelInfo:
+        return model_info(model, self.registry.sessions_of(model), self.catalog.is_latest(model))
 
     # ------------------------------------------------------------------ models and sessions
 
     @_rpc
     def ListModels(self, request, context):
-        return pb.ListModelsResponse(models=list(self._infos.values()))
+        return pb.ListModelsResponse(models=[self._info(m) for m in self.catalog.versions()])
 
     @_rpc
     def CreateSession(self, request, context):
-        model = self._model(request.model)
-        session = self.registry.create(model, request.seed if request.HasField("seed") else None)
-        return pb.CreateSessionResponse(session_id=session.session_id, model=self._infos[model.name],
+        session = self.catalog.create_session(request.model, request.seed if request.HasField("seed") else None,
+                                              self.principal_of(context))
+        return pb.CreateSessionResponse(session_id=session.session_id, model=self._info(session.model),
                                         ttl_seconds=self.registry.ttl)
 
     @_rpc
     def CloseSession(self, request, context):
-        self.registry.close(request.session_id)
+        self.registry.close(request.session_id, self.principal_of(context))
         return pb.CloseSessionResponse()
 
     @_rpc
     def ResetSession(self, request, context):
-        self.registry.with_idle_session(request.session_id, lambda s: s.model.slots.zero(s.slot))
+        self.registry.with_idle_session(request.session_id, lambda s: s.model.slots.zero(s.slot),
+                                        self.principal_of(context))
         return pb.ResetSessionResponse()
+
+    @_rpc
+    def MigrateSession(self, request, context):
+        session = self.catalog.migrate(request.session_id, self.principal_of(context), request.version)
+        return pb.MigrateSessionResponse(model=self._info(session.model))
 
     @_rpc
     def GetSessionState(self, request, context):
@@ -108,42 +130,73 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                        for a in session.model.slots.state]
             return pb.GetSessionStateResponse(names=names, state=tensors, seq=session.last_seq)
 
-        return self.registry.with_idle_session(request.session_id, read)
+        return self.registry.with_idle_session(request.session_id, read, self.principal_of(context))
 
     @_rpc
     def SetSessionState(self, request, context):
-        session = self.registry.get(request.session_id)
-        arrays = _check_state(request, session.model)
+        principal = self.principal_of(context)
+        model = self.registry.get(request.session_id, principal).model
+        arrays = _check_state(request, model)
 
         def write(live: Session) -> None:
+            if live.model is not model:  # migrated meanwhile: the shapes were checked against the old version
+                _check_state(request, live.model)
             for target, value in zip(live.model.slots.state, arrays):
                 target[:, live.slot, :] = value
 
-        self.registry.with_idle_session(request.session_id, write)
+        self.registry.with_idle_session(request.session_id, write, principal)
         return pb.SetSessionStateResponse()
 
     # ------------------------------------------------------------------ steps
 
     @_rpc
     def Step(self, request, context):
-        session, row = self._step(request)
-        return self._response(session, request.seq, row)
+        started = time.perf_counter()
+        session, row = self._step(request, self.principal_of(context))
+        response = self._response(session, request.seq, row)
+        self._latency["Step"].observe(time.perf_counter() - started)
+        return response
 
     def StepStream(self, request_iterator, context):
+        principal = self.principal_of(context)
+        latency = self._latency["StepStream"]
         for request in request_iterator:
+            started = time.perf_counter()
             try:
-                session, row = self._step(request)
+                session, row = self._step(request, principal)
                 yield self._response(session, request.seq, row)
             except ServeError as exc:
-                yield pb.StepResponse(session_id=request.session_id, seq=request.seq,
-                                      error=pb.StepError(code=exc.code.value[0], message=exc.message))
+                yield pb.StepResponse(session_id=request.session_id, seq=request.seq, error=pb.StepError(
+                    code=exc.code.value[0], message=exc.message, expected_seq=exc.expected_seq))
             except Exception:  # noqa: BLE001
                 _log.exception("StepStream step failed")
+                self.metrics.count_steps("", grpc.StatusCode.INTERNAL.name)
                 yield pb.StepResponse(session_id=request.session_id, seq=request.seq, error=pb.StepError(
                     code=grpc.StatusCode.INTERNAL.value[0], message="step failed inside the server (see the server log)"))
+            latency.observe(time.perf_counter() - started)
 
     @_rpc
     def StepBatch(self, request, context):
+        started = time.perf_counter()
+        rows = len(request.session_ids)
+        try:
+            response, model_name = self._step_batch(request, self.principal_of(context))
+        except ServeError as exc:  # the whole call refused: every row counts with its code
+            self.metrics.count_steps("", exc.code.name, rows)
+            raise
+        counts: dict[str, int] = {}
+        for error in response.errors:
+            name = _CODES[error.code].name
+            counts[name] = counts.get(name, 0) + 1
+        if rows > len(response.errors):
+            self.metrics.count_steps(model_name, "OK", rows - len(response.errors))
+        for name, count in counts.items():
+            self.metrics.count_steps(model_name, name, count)
+        self._latency["StepBatch"].observe(time.perf_counter() - started)
+        return response
+
+    def _step_batch(self, request, principal: str) -> tuple[pb.StepBatchResponse, str]:
+        """A StepBatch's response and the model its rows ran on ("" when none did); ServeError if the whole call is bad."""
         ids = list(request.session_ids)
         n = len(ids)
         seqs = list(request.seqs)
@@ -159,14 +212,12 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             raise ServeError(_INVALID, f"session {dup!r} appears more than once in one StepBatch; "
                                        f"expected each session at most once (send its next step in the next batch)")
         if n == 0:
-            return pb.StepBatchResponse()
-        model = self._first_model(ids)
+            return pb.StepBatchResponse(), ""
+        model = self._first_model(ids, principal)
         if model is None:  # no live session: every row fails with its own reason
             job = Job(n, 0)
-            self.registry.admit_rows(ids, seqs, None, job, None)
-            return pb.StepBatchResponse(seqs=seqs, errors=[
-                pb.BatchRowError(index=i, session_id=ids[i], code=code.value[0], message=message)
-                for i, (code, message) in sorted(job.errors.items())])
+            self.registry.admit_rows(ids, seqs, None, job, None, principal)
+            return pb.StepBatchResponse(seqs=seqs, errors=_row_errors(job, ids)), ""
         dim = model.obs_dim
         obs = np.array(request.obs[:], dtype=np.float32)  # via a list: several times faster than the repeated field
         if obs.size != n * dim:
@@ -196,7 +247,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
 
         # admit_rows reports rows relative to ids_k; remap failures onto the job's rows.
         sub = job if keep is None else _RowMap(job, keep)
-        model, rows, sessions = self.registry.admit_rows(ids_k, seqs_k, model, sub, pending)
+        model, rows, sessions = self.registry.admit_rows(ids_k, seqs_k, model, sub, pending, principal)
         if rows:
             idx = np.asarray(rows, dtype=np.intp) if keep is None else keep[np.asarray(rows, dtype=np.intp)]
             model.batcher.submit(Chunk(job, idx, sessions, np.array([s.slot for s in sessions], dtype=np.intp),
@@ -204,34 +255,33 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         job.wait()
         response = pb.StepBatchResponse(seqs=seqs, model_version=model.version, **model.layout.batch_fields(job.out))
         if job.errors:
-            response.errors.extend(
-                pb.BatchRowError(index=i, session_id=ids[i], code=code.value[0], message=message)
-                for i, (code, message) in sorted(job.errors.items())
-            )
-        return response
+            response.errors.extend(_row_errors(job, ids))
+        return response, model.name
 
     # ------------------------------------------------------------------ helpers
 
-    def _model(self, name: str) -> ServedModel:
-        model = self.models.get(name)
-        if model is None:
-            if not name and len(self.models) == 1:
-                return next(iter(self.models.values()))
-            raise ServeError(grpc.StatusCode.NOT_FOUND,
-                             f"unknown model {name!r}; this server runs {sorted(self.models)}")
-        return model
-
-    def _first_model(self, ids: list[str]) -> ServedModel | None:
+    def _first_model(self, ids: list[str], principal: str) -> ServedModel | None:
         for session_id in ids:
             try:
-                return self.registry.get(session_id).model
+                return self.registry.get(session_id, principal).model
             except ServeError:
                 continue
         return None
 
-    def _step(self, request) -> tuple[Session, np.ndarray]:
-        """Run one step; return its session and packed output row."""
-        session = self.registry.peek(request.session_id)
+    def _step(self, request, principal: str) -> tuple[Session, np.ndarray]:
+        """Run one step and count it; return its session and packed output row."""
+        model_name = ""
+        try:
+            session = self.registry.peek(request.session_id, principal)
+            model_name = session.model.name
+            row = self._run_step(session, request)
+        except ServeError as exc:
+            self.metrics.count_steps(model_name, exc.code.name)
+            raise
+        self.metrics.count_steps(model_name, "OK")
+        return session, row
+
+    def _run_step(self, session: Session, request) -> np.ndarray:
         model = session.model
         values = request.obs[:]  # a list: converting it is several times faster than the repeated field
         n = len(values)
@@ -249,20 +299,29 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                       _START[1] if request.episode_start else _START[0], request.deterministic)
         admission, cached = self.registry.admit(session, seq, chunk)
         if admission == "cached":
-            return session, cached
+            return cached
         if admission == "ready":
             model.batcher.submit(chunk)
         job.wait()
         if job.errors:
-            code, message = job.errors[0]
-            raise ServeError(code, message)
-        return session, job.out[0]
+            code, message, expected_seq = job.errors[0]
+            trailing = (("expected-seq", str(expected_seq)),) if expected_seq else ()
+            raise ServeError(code, message, trailing, expected_seq=expected_seq)
+        return job.out[0]
 
     @staticmethod
     def _response(session: Session, seq: int, row: np.ndarray) -> pb.StepResponse:
         model = session.model
         return pb.StepResponse(session_id=session.session_id, seq=seq, model_version=model.version,
                                **model.layout.step_fields(row))
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _row_errors(job: Job, ids: list[str]) -> list[pb.BatchRowError]:
+    return [pb.BatchRowError(index=i, session_id=ids[i], code=code.value[0], message=message, expected_seq=expected)
+            for i, (code, message, expected) in sorted(job.errors.items())]
 
 
 class _RowMap:
@@ -272,8 +331,8 @@ class _RowMap:
         self._job = job
         self._keep = keep
 
-    def fail(self, row: int, code, message: str) -> None:
-        self._job.fail(int(self._keep[row]), code, message)
+    def fail(self, row: int, code, message: str, expected_seq: int = 0) -> None:
+        self._job.fail(int(self._keep[row]), code, message, expected_seq)
 
     def resolve(self, rows, values) -> None:
         self._job.resolve([int(self._keep[r]) for r in rows], values)

@@ -42,24 +42,32 @@ def _serve_specs():
     }
 
 
-@pytest.fixture(scope="session")
-def serve_export_dirs(tmp_path_factory):
-    """Exported random-weight models for serving tests: name -> export directory (model.onnx, spec.json)."""
+def _export_random(root, name, spec, seed):
+    """Export a random-weight model of ``spec`` to ``root/name/export``; return that directory."""
     import torch
 
     from rnnpolicy.export import export_checkpoint
     from rnnpolicy.train.checkpoint import save_checkpoint
     from rnnpolicy.train.models import build_model
 
+    torch.manual_seed(seed)
+    model = build_model(spec)
+    with torch.no_grad():  # larger weights than the init, so actions vary with the state
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.5)
+    ckpt = save_checkpoint(root / name / "checkpoint.pt", spec, model, {})
+    export_checkpoint(ckpt, root / name / "export", verify=False)
+    return root / name / "export"
+
+
+@pytest.fixture(scope="session")
+def serve_export_dirs(tmp_path_factory):
+    """Exported random-weight models for serving tests: name -> export directory (model.onnx, spec.json)."""
     root = tmp_path_factory.mktemp("serve_models")
-    dirs = {}
-    for i, (name, spec) in enumerate(_serve_specs().items()):
-        torch.manual_seed(100 + i)
-        model = build_model(spec)
-        with torch.no_grad():  # larger weights than the init, so actions vary with the state
-            for param in model.parameters():
-                param.add_(torch.randn_like(param) * 0.5)
-        ckpt = save_checkpoint(root / name / "checkpoint.pt", spec, model, {})
-        export_checkpoint(ckpt, root / name / "export", verify=False)
-        dirs[name] = root / name / "export"
-    return dirs
+    return {name: _export_random(root, name, spec, 100 + i) for i, (name, spec) in enumerate(_serve_specs().items())}
+
+
+@pytest.fixture(scope="session")
+def q_lstm_v2_export(tmp_path_factory):
+    """A second version of ``q_lstm``: the same spec (state, observation and action shapes), other weights."""
+    return _export_random(tmp_path_factory.mktemp("serve_models_v2"), "q_lstm", _serve_specs()["q_lstm"], 999)

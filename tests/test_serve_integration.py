@@ -10,7 +10,6 @@ import time
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -18,6 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from rnnpolicy.serve import ServeConfig, create_server
 from rnnpolicy.v1 import policy_pb2 as pb
 from rnnpolicy.v1 import policy_pb2_grpc
+from rollout import OfflineRollout
 
 OBS_DIM = {"q_lstm": 5, "pg_gru": 4, "box_lstm": 3}
 
@@ -38,24 +38,6 @@ def stub(server):
 
 def _open(stub, model, **kw):
     return stub.CreateSession(pb.CreateSessionRequest(model=model, **kw)).session_id
-
-
-class OfflineRollout:
-    """One session's reference: the same ONNX file stepped alone with batch 1."""
-
-    def __init__(self, path):
-        self.sess = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
-        self.inputs = [i.name for i in self.sess.get_inputs()]
-        self.outputs = [o.name for o in self.sess.get_outputs()]
-        self.state = {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)
-                      for i in self.sess.get_inputs() if i.name.startswith("state_")}
-
-    def step(self, obs, start):
-        feeds = {"obs": obs[None].astype(np.float32), "episode_start": np.array([float(start)], np.float32), **self.state}
-        out = dict(zip(self.outputs, self.sess.run(None, feeds)))
-        for name in self.state:
-            self.state[name] = out["next_" + name]
-        return out
 
 
 def _check_same(response, ref, model):

@@ -31,7 +31,7 @@ class ActionSpace(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., n: _Optional[int] = ..., shape: _Optional[_Iterable[int]] = ..., low: _Optional[_Iterable[float]] = ..., high: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "obs_shape", "action", "state", "kind", "cell", "outputs", "spec_json")
+    __slots__ = ("name", "version", "obs_shape", "action", "state", "kind", "cell", "outputs", "spec_json", "sessions", "latest")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     OBS_SHAPE_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,8 @@ class ModelInfo(_message.Message):
     CELL_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    LATEST_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     obs_shape: _containers.RepeatedScalarFieldContainer[int]
@@ -50,7 +52,9 @@ class ModelInfo(_message.Message):
     cell: str
     outputs: _containers.RepeatedScalarFieldContainer[str]
     spec_json: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., obs_shape: _Optional[_Iterable[int]] = ..., action: _Optional[_Union[ActionSpace, _Mapping]] = ..., state: _Optional[_Iterable[_Union[StateTensorSpec, _Mapping]]] = ..., kind: _Optional[str] = ..., cell: _Optional[str] = ..., outputs: _Optional[_Iterable[str]] = ..., spec_json: _Optional[str] = ...) -> None: ...
+    sessions: int
+    latest: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., obs_shape: _Optional[_Iterable[int]] = ..., action: _Optional[_Union[ActionSpace, _Mapping]] = ..., state: _Optional[_Iterable[_Union[StateTensorSpec, _Mapping]]] = ..., kind: _Optional[str] = ..., cell: _Optional[str] = ..., outputs: _Optional[_Iterable[str]] = ..., spec_json: _Optional[str] = ..., sessions: _Optional[int] = ..., latest: _Optional[bool] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -136,6 +140,20 @@ class SetSessionStateResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class MigrateSessionRequest(_message.Message):
+    __slots__ = ("session_id", "version")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    version: str
+    def __init__(self, session_id: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class MigrateSessionResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: ModelInfo
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
+
 class StepRequest(_message.Message):
     __slots__ = ("session_id", "seq", "obs", "episode_start", "deterministic")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -151,12 +169,14 @@ class StepRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., obs: _Optional[_Iterable[float]] = ..., episode_start: _Optional[bool] = ..., deterministic: _Optional[bool] = ...) -> None: ...
 
 class StepError(_message.Message):
-    __slots__ = ("code", "message")
+    __slots__ = ("code", "message", "expected_seq")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_SEQ_FIELD_NUMBER: _ClassVar[int]
     code: int
     message: str
-    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    expected_seq: int
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., expected_seq: _Optional[int] = ...) -> None: ...
 
 class StepResponse(_message.Message):
     __slots__ = ("session_id", "seq", "discrete_action", "continuous_action", "q_values", "logits", "mean", "log_std", "value", "model_version", "error")
@@ -223,13 +243,15 @@ class StepBatchResponse(_message.Message):
     def __init__(self, seqs: _Optional[_Iterable[int]] = ..., discrete_actions: _Optional[_Iterable[int]] = ..., continuous_actions: _Optional[_Iterable[float]] = ..., q_values: _Optional[_Iterable[float]] = ..., logits: _Optional[_Iterable[float]] = ..., mean: _Optional[_Iterable[float]] = ..., log_std: _Optional[_Iterable[float]] = ..., values: _Optional[_Iterable[float]] = ..., model_version: _Optional[str] = ..., errors: _Optional[_Iterable[_Union[BatchRowError, _Mapping]]] = ...) -> None: ...
 
 class BatchRowError(_message.Message):
-    __slots__ = ("index", "session_id", "code", "message")
+    __slots__ = ("index", "session_id", "code", "message", "expected_seq")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_SEQ_FIELD_NUMBER: _ClassVar[int]
     index: int
     session_id: str
     code: int
     message: str
-    def __init__(self, index: _Optional[int] = ..., session_id: _Optional[str] = ..., code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+    expected_seq: int
+    def __init__(self, index: _Optional[int] = ..., session_id: _Optional[str] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., expected_seq: _Optional[int] = ...) -> None: ...

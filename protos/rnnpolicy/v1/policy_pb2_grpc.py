@@ -80,6 +80,11 @@ class PolicyServiceStub:
                 request_serializer=rnnpolicy_dot_v1_dot_policy__pb2.SetSessionStateRequest.SerializeToString,
                 response_deserializer=rnnpolicy_dot_v1_dot_policy__pb2.SetSessionStateResponse.FromString,
                 _registered_method=True)
+        self.MigrateSession = channel.unary_unary(
+                '/rnnpolicy.v1.PolicyService/MigrateSession',
+                request_serializer=rnnpolicy_dot_v1_dot_policy__pb2.MigrateSessionRequest.SerializeToString,
+                response_deserializer=rnnpolicy_dot_v1_dot_policy__pb2.MigrateSessionResponse.FromString,
+                _registered_method=True)
 
 
 class PolicyServiceServicer:
@@ -152,6 +157,16 @@ class PolicyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MigrateSession(self, request, context):
+        """Move a session to another loaded version of its model (by default the latest), keeping
+        its state, seq and cached last response. Refused with FAILED_PRECONDITION when the
+        versions' state tensors, observation size or action space differ: an incompatible
+        version is never applied to old state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PolicyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,6 +214,11 @@ def add_PolicyServiceServicer_to_server(servicer, server):
                     servicer.SetSessionState,
                     request_deserializer=rnnpolicy_dot_v1_dot_policy__pb2.SetSessionStateRequest.FromString,
                     response_serializer=rnnpolicy_dot_v1_dot_policy__pb2.SetSessionStateResponse.SerializeToString,
+            ),
+            'MigrateSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.MigrateSession,
+                    request_deserializer=rnnpolicy_dot_v1_dot_policy__pb2.MigrateSessionRequest.FromString,
+                    response_serializer=rnnpolicy_dot_v1_dot_policy__pb2.MigrateSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -445,6 +465,33 @@ class PolicyService:
             '/rnnpolicy.v1.PolicyService/SetSessionState',
             rnnpolicy_dot_v1_dot_policy__pb2.SetSessionStateRequest.SerializeToString,
             rnnpolicy_dot_v1_dot_policy__pb2.SetSessionStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MigrateSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rnnpolicy.v1.PolicyService/MigrateSession',
+            rnnpolicy_dot_v1_dot_policy__pb2.MigrateSessionRequest.SerializeToString,
+            rnnpolicy_dot_v1_dot_policy__pb2.MigrateSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,
