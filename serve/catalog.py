@@ -159,6 +159,9 @@ class ModelCatalog:
         if model is None:
             if not name and len(self._latest) == 1:
                 return next(iter(self._latest.values()))
+            if not name:
+                raise ServeError(grpc.StatusCode.INVALID_ARGUMENT,
+                                 f"no model named; this server runs {sorted(self._latest)}: expected one of them")
             raise ServeError(grpc.StatusCode.NOT_FOUND, f"unknown model {name!r}; this server runs {sorted(self._latest)}")
         return model
 

@@ -140,12 +140,14 @@ def secure_server(serve_export_dirs, tmp_path_factory):
     srv.stop(None)
 
 
-def test_node_over_mutual_tls_sends_the_token_on_every_call(secure_server):
+def test_node_over_mutual_tls_sends_the_token_on_every_call(secure_server, tmp_path):
     srv, target, pki = secure_server
     tls = ["--target", target, "--ca", str(pki.ca)]
     client_cert = ["--cert", str(pki.client_cert), "--key", str(pki.client_key)]
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
 
-    result = run_node(*tls, *client_cert, "--token", TOKEN, "--steps", "3")
+    result = run_node(*tls, *client_cert, "--token-file", str(token_file), "--steps", "3")
     assert result.returncode == 0, result.stderr  # every RPC kind (list, create, step, close) passed the token check
     assert [s["seq"] for s in json.loads(result.stdout)["steps"]] == [1, 2, 3]
     assert len(srv.registry) == 0

@@ -180,3 +180,14 @@ def test_sessions_per_principal_are_limited():
     registry.create(model, principal="bob")  # others are not affected
     registry.close(first.session_id, "alice")
     registry.create(model, principal="alice")  # a closed session frees its principal's place
+
+
+def test_an_empty_model_name_needs_a_single_model_server(serve_export_dirs):
+    srv, port = create_server({"q": serve_export_dirs["q_lstm"], "g": serve_export_dirs["pg_gru"]}, "127.0.0.1:0")
+    try:
+        with pytest.raises(ServeError) as err:
+            srv.catalog.latest("")
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "['g', 'q']: expected one of them" in err.value.message
+        assert srv.catalog.latest("q").name == "q"
+    finally:
+        srv.stop(None)

@@ -1,7 +1,7 @@
 // Step one episode of a served rnnpolicy model over gRPC (rnnpolicy.v1.PolicyService).
 //
 //   node clients/node/policy_client.mjs --target HOST:PORT [--model NAME] [--steps N]
-//       [--obs-json FILE] [--seed S] [--token TOKEN] [--ca CA.pem [--cert CERT.pem --key KEY.pem]]
+//       [--obs-json FILE] [--seed S] [--token-file FILE | --token TOKEN] [--ca CA.pem [--cert CERT.pem --key KEY.pem]]
 //       [--timeout-ms MS]
 //
 // It calls ListModels, CreateSession (--model, or empty: the server's only model), then Step
@@ -21,7 +21,8 @@
 // other seq is FAILED_PRECONDITION. episode_start is true on the first step only: it zeroes the
 // state before that observation. Steps are deterministic (greedy actions).
 //
-// --token sends `authorization: Bearer TOKEN` metadata on every call. --ca uses TLS with that
+// The token (--token-file FILE holding it alone, else --token, else $RNNPOLICY_TOKEN, as
+// `rnnpolicy play` reads it) is sent as `authorization: Bearer TOKEN` metadata on every call. --ca uses TLS with that
 // root certificate (mutual TLS with --cert and --key); without it the channel is insecure.
 // Errors: a failed call prints `error: <RPC>: <STATUS>: <details>` on stderr and exits 2; so
 // does a bad argument (`error: ...`). Each call has a deadline of --timeout-ms (default 10000).
@@ -38,7 +39,7 @@ process.noDeprecation = true;
 
 const PROTO = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "protos", "rnnpolicy", "v1", "policy.proto");
 const USAGE = `usage: node policy_client.mjs --target HOST:PORT [--model NAME] [--steps N | --obs-json FILE]
-       [--seed S] [--token TOKEN] [--ca CA.pem [--cert CERT.pem --key KEY.pem]] [--timeout-ms MS]`;
+       [--seed S] [--token-file FILE | --token TOKEN] [--ca CA.pem [--cert CERT.pem --key KEY.pem]] [--timeout-ms MS]`;
 const STATUS_NAMES = Object.fromEntries(Object.entries(grpc.status).map(([name, code]) => [code, name]));
 
 /** Print one line on stderr and exit 2: bad arguments and failed calls alike. */
@@ -50,7 +51,7 @@ function fail(message) {
 function parseOptions(argv) {
   const options = {
     target: { type: "string" }, model: { type: "string" }, steps: { type: "string" }, "obs-json": { type: "string" },
-    seed: { type: "string" }, token: { type: "string" }, ca: { type: "string" }, cert: { type: "string" },
+    seed: { type: "string" }, token: { type: "string" }, "token-file": { type: "string" }, ca: { type: "string" }, cert: { type: "string" },
     key: { type: "string" }, "timeout-ms": { type: "string" }, help: { type: "boolean", short: "h" },
   };
   let values;
@@ -73,8 +74,11 @@ function parseOptions(argv) {
   if (values.steps !== undefined && values["obs-json"] !== undefined) fail("give --steps or --obs-json, not both");
   if ((values.cert === undefined) !== (values.key === undefined)) fail("--cert and --key go together");
   if (values.cert !== undefined && values.ca === undefined) fail("--cert/--key need --ca");
+  if (values.token !== undefined && values["token-file"] !== undefined) fail("give --token-file or --token, not both");
+  const token = values["token-file"] !== undefined ? readFile(values["token-file"]).toString().trim()
+    : values.token ?? process.env.RNNPOLICY_TOKEN;
   return {
-    target: values.target, model: values.model ?? "", token: values.token,
+    target: values.target, model: values.model ?? "", token: token || undefined,
     steps: integer("steps", 20, 1, 1e9),
     seed: integer("seed", 0, 0, Number.MAX_SAFE_INTEGER),
     timeoutMs: integer("timeout-ms", 10000, 1, 1e9),
