@@ -192,6 +192,7 @@ class Batcher:
             try:
                 self._run(chunks)
             finally:
+                chunks = None  # do not hold the batch (and its sessions) until the next one arrives
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()

@@ -82,7 +82,8 @@ class ServeMetrics:
             if session is not None:
                 parts += [f"session_id={session.session_id}", f"model={model}", f"version={session.model.version}",
                           f"principal={session.principal or '-'}", f"seq={session.last_seq}"]
-            parts += [f"{key}={value}" for key, value in fields.items() if session is None or key != "model"]
+            parts += [f"{key}={value if value != '' else '-'}" for key, value in fields.items()
+                      if session is None or key != "model"]
             _events_log.info(" ".join(parts))
 
     # ------------------------------------------------------------------ HTTP

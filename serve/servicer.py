@@ -152,10 +152,11 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     @_rpc
     def Step(self, request, context):
         started = time.perf_counter()
-        session, row = self._step(request, self.principal_of(context))
-        response = self._response(session, request.seq, row)
-        self._latency["Step"].observe(time.perf_counter() - started)
-        return response
+        try:
+            session, row = self._step(request, self.principal_of(context))
+            return self._response(session, request.seq, row)
+        finally:  # refused steps are timed too
+            self._latency["Step"].observe(time.perf_counter() - started)
 
     def StepStream(self, request_iterator, context):
         principal = self.principal_of(context)
@@ -164,16 +165,17 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             started = time.perf_counter()
             try:
                 session, row = self._step(request, principal)
-                yield self._response(session, request.seq, row)
+                response = self._response(session, request.seq, row)
             except ServeError as exc:
-                yield pb.StepResponse(session_id=request.session_id, seq=request.seq, error=pb.StepError(
+                response = pb.StepResponse(session_id=request.session_id, seq=request.seq, error=pb.StepError(
                     code=exc.code.value[0], message=exc.message, expected_seq=exc.expected_seq))
             except Exception:  # noqa: BLE001
                 _log.exception("StepStream step failed")
                 self.metrics.count_steps("", grpc.StatusCode.INTERNAL.name)
-                yield pb.StepResponse(session_id=request.session_id, seq=request.seq, error=pb.StepError(
+                response = pb.StepResponse(session_id=request.session_id, seq=request.seq, error=pb.StepError(
                     code=grpc.StatusCode.INTERNAL.value[0], message="step failed inside the server (see the server log)"))
-            latency.observe(time.perf_counter() - started)
+            latency.observe(time.perf_counter() - started)  # before the yield: a cancelled stream's last step counts
+            yield response
 
     @_rpc
     def StepBatch(self, request, context):
@@ -183,6 +185,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             response, model_name = self._step_batch(request, self.principal_of(context))
         except ServeError as exc:  # the whole call refused: every row counts with its code
             self.metrics.count_steps("", exc.code.name, rows)
+            self._latency["StepBatch"].observe(time.perf_counter() - started)
             raise
         counts: dict[str, int] = {}
         for error in response.errors:
