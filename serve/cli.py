@@ -33,6 +33,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser, argv: list[str] | None 
                         help="onnxruntime intra-op threads per model (default %(default)s)")
     parser.add_argument("--max-workers", type=int, default=defaults.max_workers,
                         help="gRPC handler threads = most concurrent calls and open streams (default %(default)s)")
+    parser.add_argument("--quiet-sessions", action="store_true",
+                        help="do not log a line per session lifecycle event (metrics still count them)")
     parser.add_argument("--grace", type=float, default=5.0,
                         help="seconds in-flight calls get to finish on SIGTERM/SIGINT (default %(default)s)")
     parser.add_argument("--max-message-bytes", type=int, default=defaults.max_message_bytes,
@@ -83,6 +85,8 @@ def parse_models(values: list[str]) -> dict[str, Path]:
 
 def run_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.quiet_sessions:
+        logging.getLogger("rnnpolicy.serve.sessions").setLevel(logging.WARNING)
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port}: expected 0..65535")
     config = ServeConfig(max_sessions=args.max_sessions, session_ttl=args.session_ttl, max_batch=args.max_batch,

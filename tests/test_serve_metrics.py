@@ -275,11 +275,12 @@ def test_expired_session_is_counted_logged_and_gone(serve_export_dirs, caplog):
         scrape(srv.metrics_port)
 
 
-def test_serve_cli_metrics_port(serve_export_dirs):
+@pytest.mark.parametrize("quiet", [False, True])
+def test_serve_cli_metrics_port(serve_export_dirs, quiet):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "rnnpolicy.cli", "serve", "--model", f"q={serve_export_dirs['q_lstm']}",
-         "--port", "0", "--metrics-port", "0"],
+         "--port", "0", "--metrics-port", "0"] + (["--quiet-sessions"] if quiet else []),
         stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stderr.readline()
@@ -293,11 +294,11 @@ def test_serve_cli_metrics_port(serve_export_dirs):
         m = scrape(metrics_port)
         channel.close()
         assert value(m, "rnnpolicy_steps_total", model="q", code="OK") == 1
-        assert value(m, "rnnpolicy_sessions_created_total", model="q") == 1
+        assert value(m, "rnnpolicy_sessions_created_total", model="q") == 1  # counted even when not logged
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=15)
         assert proc.returncode == 0
-        assert f"event=session_created session_id={sid} model=q" in err
+        assert (f"event=session_created session_id={sid} model=q" in err) is not quiet
     finally:
         if proc.poll() is None:
             proc.kill()
