@@ -23,7 +23,7 @@ from typing import Callable
 import grpc
 
 from rnnpolicy.serve.backend import resolve_model_file
-from rnnpolicy.serve.errors import ServeError
+from rnnpolicy.serve.errors import ServeError, shown
 from rnnpolicy.serve.model import ServedModel
 from rnnpolicy.serve.sessions import Session, SessionRegistry
 from rnnpolicy.spec import PolicySpec
@@ -162,7 +162,7 @@ class ModelCatalog:
             if not name:
                 raise ServeError(grpc.StatusCode.INVALID_ARGUMENT,
                                  f"no model named; this server runs {sorted(self._latest)}: expected one of them")
-            raise ServeError(grpc.StatusCode.NOT_FOUND, f"unknown model {name!r}; this server runs {sorted(self._latest)}")
+            raise ServeError(grpc.StatusCode.NOT_FOUND, f"unknown model {shown(name)}; this server runs {sorted(self._latest)}")
         return model
 
     def get(self, name: str, version: str) -> ServedModel | None:
@@ -198,7 +198,7 @@ class ModelCatalog:
                 loaded = sorted(v for (n, v) in self._versions if n == target.name)
                 raise ServeError(grpc.StatusCode.FAILED_PRECONDITION,
                                  f"session {session_id!r} can migrate only to the latest version "
-                                 f"{target.version!r} of model {target.name!r}, not {version!r} (loaded: {loaded})")
+                                 f"{target.version!r} of model {target.name!r}, not {shown(version)} (loaded: {loaded})")
             reason = incompatibility(session.model.spec, target.spec)
             if reason is not None:
                 raise ServeError(grpc.StatusCode.FAILED_PRECONDITION,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import grpc
 
-__all__ = ["ServeError"]
+__all__ = ["ServeError", "shown"]
+
+_SHOWN_CHARS = 48
 
 
 class ServeError(Exception):
@@ -19,3 +21,13 @@ class ServeError(Exception):
         """Trailing metadata sent with the status, e.g. ``(("retry-after-ms", "250"),)``."""
         self.expected_seq = expected_seq
         """For a seq out of order: the seq the session expects (0 otherwise)."""
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` for an error message, cut short when long: a status message travels as a gRPC trailer,
+    which clients refuse beyond 8-16 KiB, so a message must never echo unbounded client input."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= _SHOWN_CHARS:
+        return repr(text) if isinstance(value, str) else text
+    cut = repr(text[:_SHOWN_CHARS]) if isinstance(value, str) else text[:_SHOWN_CHARS]
+    return f"{cut}... ({len(text)} characters)"

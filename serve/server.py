@@ -17,12 +17,13 @@ from grpc_reflection.v1alpha import reflection
 from rnnpolicy.serve.auth import Security, principal_of
 from rnnpolicy.serve.backend import load_backend
 from rnnpolicy.serve.catalog import ModelCatalog
+from rnnpolicy.serve.handlers import add_policy_service
 from rnnpolicy.serve.metrics import ServeMetrics
 from rnnpolicy.serve.model import ServedModel
 from rnnpolicy.serve.persistence import StateDir
 from rnnpolicy.serve.servicer import PolicyServicer
 from rnnpolicy.serve.sessions import SessionRegistry
-from rnnpolicy.v1 import policy_pb2, policy_pb2_grpc
+from rnnpolicy.v1 import policy_pb2
 
 __all__ = ["PolicyServer", "ServeConfig", "create_server", "serve_until_signal", "SERVICE_NAME"]
 
@@ -138,7 +139,8 @@ class PolicyServer:
             return
         self._stopped = True
         self.health.enter_graceful_shutdown()
-        self.grpc_server.stop(grace).wait()
+        if not self.grpc_server.stop(grace).wait((grace or 0.0) + 5.0):
+            _log.warning("gRPC did not finish stopping within %.1f s; saving and closing anyway", (grace or 0.0) + 5.0)
         self._stop.set()
         for thread in self._threads:
             if thread.is_alive():
@@ -215,13 +217,14 @@ def create_server(models: Mapping[str, str | Path], address: str = "127.0.0.1:0"
                               principal_of=principal_of)
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.max_send_message_length", max(config.max_message_bytes, 4 * 1024 * 1024)),
+        # Answers may be larger than requests (a StepBatch's head outputs): room above the request limit.
+        ("grpc.max_send_message_length", max(2 * config.max_message_bytes, 16 * 1024 * 1024)),
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rnnpolicy-rpc"),
                          options=options, maximum_concurrent_rpcs=config.max_workers,
                          interceptors=[interceptor] if interceptor is not None else None)
-    policy_pb2_grpc.add_PolicyServiceServicer_to_server(servicer, server)
+    add_policy_service(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

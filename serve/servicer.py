@@ -18,7 +18,7 @@ import numpy as np
 
 from rnnpolicy.serve.batcher import Chunk, Job
 from rnnpolicy.serve.catalog import ModelCatalog
-from rnnpolicy.serve.errors import ServeError
+from rnnpolicy.serve.errors import ServeError, shown
 from rnnpolicy.serve.metrics import ServeMetrics
 from rnnpolicy.serve.model import ServedModel
 from rnnpolicy.serve.sessions import Session, SessionRegistry
@@ -161,19 +161,20 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     def StepStream(self, request_iterator, context):
         principal = self.principal_of(context)
         latency = self._latency["StepStream"]
-        for request in request_iterator:
+        for request in request_iterator:  # StepRequest, or the ServeError of a message that did not parse
             started = time.perf_counter()
             try:
+                if isinstance(request, ServeError):
+                    self.metrics.count_steps("", request.code.name)
+                    raise request
                 session, row = self._step(request, principal)
                 response = self._response(session, request.seq, row)
             except ServeError as exc:
-                response = pb.StepResponse(session_id=request.session_id, seq=request.seq, error=pb.StepError(
-                    code=exc.code.value[0], message=exc.message, expected_seq=exc.expected_seq))
+                response = _in_band(request, exc.code, exc.message, exc.expected_seq)
             except Exception:  # noqa: BLE001
                 _log.exception("StepStream step failed")
                 self.metrics.count_steps("", grpc.StatusCode.INTERNAL.name)
-                response = pb.StepResponse(session_id=request.session_id, seq=request.seq, error=pb.StepError(
-                    code=grpc.StatusCode.INTERNAL.value[0], message="step failed inside the server (see the server log)"))
+                response = _in_band(request, grpc.StatusCode.INTERNAL, "step failed inside the server (see the server log)")
             latency.observe(time.perf_counter() - started)  # before the yield: a cancelled stream's last step counts
             yield response
 
@@ -212,9 +213,11 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                                        f"episode_start flags, expected {n} or none")
         if len(set(ids)) != n:
             dup = next(i for i in ids if ids.count(i) > 1)
-            raise ServeError(_INVALID, f"session {dup!r} appears more than once in one StepBatch; "
+            raise ServeError(_INVALID, f"session {shown(dup)} appears more than once in one StepBatch; "
                                        f"expected each session at most once (send its next step in the next batch)")
         if n == 0:
+            if len(request.obs):
+                raise ServeError(_INVALID, f"StepBatch has no sessions but {len(request.obs)} obs values, expected none")
             return pb.StepBatchResponse(), ""
         model = self._first_model(ids, principal)
         if model is None:  # no live session: every row fails with its own reason
@@ -235,7 +238,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         if not finite.all():
             bad = [int(i) for i in np.flatnonzero(~finite)]
             for i in bad:
-                job.fail(i, _INVALID, f"obs of session {ids[i]!r} (row {i}) contains NaN or Inf; expected finite values")
+                job.fail(i, _INVALID, f"obs of session {shown(ids[i])} (row {i}) contains NaN or Inf; expected finite values")
             keep = np.flatnonzero(finite)
             ids_k = [ids[i] for i in keep]
             seqs_k = [seqs[i] for i in keep]
@@ -320,10 +323,24 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+_ECHO_ID_CHARS = 64  # server-made ids have 24; a longer one is not echoed back (answers stay bounded)
+
+
+def _echo_id(session_id: str) -> str:
+    return session_id if len(session_id) <= _ECHO_ID_CHARS else ""
+
+
+def _in_band(request: object, code: grpc.StatusCode, message: str, expected_seq: int = 0) -> pb.StepResponse:
+    """A StepStream answer carrying ``request``'s error (``request`` may be the error of an unparsable message)."""
+    if not isinstance(request, pb.StepRequest):
+        return pb.StepResponse(error=pb.StepError(code=code.value[0], message=message))
+    return pb.StepResponse(session_id=_echo_id(request.session_id), seq=request.seq,
+                           error=pb.StepError(code=code.value[0], message=message, expected_seq=expected_seq))
 
 
 def _row_errors(job: Job, ids: list[str]) -> list[pb.BatchRowError]:
-    return [pb.BatchRowError(index=i, session_id=ids[i], code=code.value[0], message=message, expected_seq=expected)
+    return [pb.BatchRowError(index=i, session_id=_echo_id(ids[i]), code=code.value[0], message=message,
+                             expected_seq=expected)
             for i, (code, message, expected) in sorted(job.errors.items())]
 
 
@@ -351,7 +368,7 @@ def _check_state(request, model: ServedModel) -> list[np.ndarray]:
         expected = [spec.layers, spec.hidden]
         data = np.array(tensor.data, dtype=np.float32)
         if list(tensor.shape) != expected or data.size != spec.layers * spec.hidden:
-            raise ServeError(_INVALID, f"state tensor {spec.name!r} has shape {list(tensor.shape)} and "
+            raise ServeError(_INVALID, f"state tensor {spec.name!r} has shape {shown(list(tensor.shape))} and "
                                        f"{data.size} values, expected shape {expected} (layers, hidden)")
         if not np.isfinite(data).all():
             raise ServeError(_INVALID, f"state tensor {spec.name!r} contains NaN or Inf; expected finite values")

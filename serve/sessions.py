@@ -35,7 +35,7 @@ import grpc
 import numpy as np
 
 from rnnpolicy.serve.batcher import Chunk, Job
-from rnnpolicy.serve.errors import ServeError
+from rnnpolicy.serve.errors import ServeError, shown
 
 if TYPE_CHECKING:
     from rnnpolicy.serve.model import ServedModel
@@ -185,7 +185,7 @@ class SessionRegistry:
                 self._emit("refused", None, model=model.name, principal=principal, reason="max_sessions_per_principal")
                 raise ServeError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"principal {principal!r} holds its maximum of {cap} sessions; close some before opening more",
+                    f"principal {shown(principal)} holds its maximum of {cap} sessions; close some before opening more",
                     (("retry-after-ms", "1000"),),
                 )
             session_id = secrets.token_urlsafe(18)
@@ -435,28 +435,28 @@ class SessionRegistry:
         if session is None:
             closed = self._closed.get(session_id)
             if closed is not None and closed[1] == principal:
-                raise ServeError(grpc.StatusCode.NOT_FOUND, f"session {session_id!r} {self._closed_fate(closed[0])}")
+                raise ServeError(grpc.StatusCode.NOT_FOUND, f"session {shown(session_id)} {self._closed_fate(closed[0])}")
             expired = self._expired.get(session_id)
             if expired is not None and expired[1] == principal:
-                raise ServeError(grpc.StatusCode.NOT_FOUND, f"session {session_id!r} {self._expired_fate(expired[0])}")
+                raise ServeError(grpc.StatusCode.NOT_FOUND, f"session {shown(session_id)} {self._expired_fate(expired[0])}")
             if self.private_ids or closed is not None or expired is not None:
                 raise self._not_yours(session_id, principal)
             raise ServeError(
                 grpc.StatusCode.NOT_FOUND,
-                f"unknown session {session_id!r}: expected an id returned by CreateSession",
+                f"unknown session {shown(session_id)}: expected an id returned by CreateSession",
             )
         if session.principal != principal:
             raise self._not_yours(session_id, principal)
         if self.ttl and not session.busy and now - session.last_used > self.ttl:
             fate = self._expire(session, now)
-            raise ServeError(grpc.StatusCode.NOT_FOUND, f"session {session_id!r} {fate}")
+            raise ServeError(grpc.StatusCode.NOT_FOUND, f"session {shown(session_id)} {fate}")
         return session
 
     @staticmethod
     def _not_yours(session_id: str, principal: str) -> ServeError:
         """The same answer for another principal's session and an id that does not exist: nothing to probe."""
         return ServeError(grpc.StatusCode.PERMISSION_DENIED,
-                          f"session {session_id!r} is not an open session of principal {principal!r}; "
+                          f"session {shown(session_id)} is not an open session of principal {shown(principal)}; "
                           f"expected an id that this principal's CreateSession returned")
 
     def _expire(self, session: Session, now: float) -> str:

@@ -452,3 +452,39 @@ def test_a_bad_second_model_stops_the_first_models_worker(serve_export_dirs, tmp
         create_server({"q_lstm": serve_export_dirs["q_lstm"], "broken": tmp_path}, "127.0.0.1:0")
     leaked = {t.name for t in threading.enumerate() if t.is_alive()} - before
     assert not leaked, leaked
+
+
+def test_messages_never_echo_unbounded_client_input(stub, server):
+    """A status message travels as a trailer that clients refuse beyond 8-16 KiB: huge ids must still get their status."""
+    huge = "é" * 12_000
+    for call, request, code in (
+        (stub.Step, pb.StepRequest(session_id=huge, seq=1, obs=[0.0] * 5), grpc.StatusCode.NOT_FOUND),
+        (stub.CreateSession, pb.CreateSessionRequest(model=huge), grpc.StatusCode.NOT_FOUND),
+        (stub.CloseSession, pb.CloseSessionRequest(session_id=huge), grpc.StatusCode.NOT_FOUND),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            call(request)
+        assert err.value.code() == code and "(12000 characters)" in err.value.details()
+        assert len(err.value.details().encode()) < 512
+    (answer,) = stub.StepStream(iter([pb.StepRequest(session_id="z" * 100_000, seq=1)]))
+    assert answer.error.code == grpc.StatusCode.NOT_FOUND.value[0] and answer.session_id == ""  # not echoed back
+
+
+def test_an_unparsable_request_is_invalid_argument_and_a_stream_carries_on(server):
+    channel = grpc.insecure_channel(f"127.0.0.1:{server[1]}")
+    try:
+        step = channel.unary_unary("/rnnpolicy.v1.PolicyService/Step", request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as err:
+            step(b"\xff\xff\xff")
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("the request is not a valid rnnpolicy.v1.StepRequest (3 bytes)")
+        stub = policy_pb2_grpc.PolicyServiceStub(channel)
+        sid = _open(stub, "q_lstm")
+        stream = channel.stream_stream("/rnnpolicy.v1.PolicyService/StepStream", request_serializer=None,
+                                       response_deserializer=pb.StepResponse.FromString)
+        good = pb.StepRequest(session_id=sid, seq=1, obs=[0.0] * 5, episode_start=True).SerializeToString()
+        bad, ok = stream(iter([b"\xff\xff", good]))
+        assert bad.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "rnnpolicy.v1.StepRequest" in bad.error.message
+        assert not ok.HasField("error") and ok.seq == 1
+    finally:
+        channel.close()
