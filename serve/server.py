@@ -145,10 +145,14 @@ class PolicyServer:
         for thread in self._threads:
             if thread.is_alive():
                 thread.join()
-        if self.state_dir is not None:
-            self.checkpoint()
-        self.catalog.close()
-        self.metrics.close()
+        try:
+            if self.state_dir is not None:
+                self.checkpoint()
+        except OSError:  # e.g. a full disk: say so, and still release the models
+            _log.exception("event=snapshot_failed path=%s: the sessions were not saved", self.state_dir.snapshot)
+        finally:
+            self.catalog.close()
+            self.metrics.close()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         return self.grpc_server.wait_for_termination(timeout)
