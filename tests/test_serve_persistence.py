@@ -272,3 +272,17 @@ def test_snapshot_file_is_replaced_atomically(tmp_path, serve_export_dirs):
             assert os.stat(path).st_ino != first
     finally:
         srv.stop(None)
+
+
+def test_a_snapshot_that_cannot_be_written_at_shutdown_is_logged_and_the_models_still_close(
+        tmp_path, serve_export_dirs, caplog, monkeypatch):
+    srv, _ = create_server({"q": serve_export_dirs["q_lstm"]}, "127.0.0.1:0", ServeConfig(state_dir=str(tmp_path)))
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(srv.state_dir, "save", disk_full)
+    with caplog.at_level("ERROR", logger="rnnpolicy.serve"):
+        srv.stop(None)
+    assert "event=snapshot_failed" in caplog.text and "the sessions were not saved" in caplog.text
+    assert not srv.models["q"].batcher._thread.is_alive()
