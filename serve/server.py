@@ -218,7 +218,7 @@ def create_server(models: Mapping[str, str | Path], address: str = "127.0.0.1:0"
         catalog.close()
         raise
     servicer = PolicyServicer(catalog, registry, max_batch_rows=config.max_batch_rows, metrics=metrics,
-                              principal_of=principal_of)
+                              **({"principal_of": principal_of} if security.auth else {}))  # else: everyone is ""
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         # Answers may be larger than requests (a StepBatch's head outputs): room above the request limit.
