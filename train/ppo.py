@@ -122,16 +122,21 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
         total_steps=100_000, hidden_size=64, num_envs=16, rollout_steps=32, seq_len=32, num_minibatches=2,
         update_epochs=8, learning_rate=2e-3, gamma=0.98, gae_lambda=0.8, reward_scale=0.1,
     ),
+    # 16 environments (2048 steps per update, same 4 minibatches) for 500k steps: about as many gradient
+    # steps as 8 environments for 300k, on twice the data each, at ~1.5x the steps/s. Seeds 1-5 evaluate
+    # at -149..-230 (20 deterministic episodes).
     "rnnpolicy/PendulumNoVel-v0": dict(
-        total_steps=300_000, hidden_size=64, num_envs=8, rollout_steps=128, seq_len=32, num_minibatches=4,
+        total_steps=500_000, hidden_size=64, num_envs=16, rollout_steps=128, seq_len=32, num_minibatches=4,
         update_epochs=10, learning_rate=1e-3, gamma=0.9, gae_lambda=0.95, normalize_obs=True, reward_scale=0.1,
         shared_core=False, init_log_std=-0.5,
     ),
     # T-maze episodes last at most 30 steps: a 128-step chunk holds several whole ones.
     "rnnpolicy/TMaze-v0": {**_MEMORY_TASK, "total_steps": 150_000, "hidden_size": 64, "rollout_steps": 128, "seq_len": 128, "ent_coef": 0.01},
     "rnnpolicy/RepeatFirst-v0": dict(_MEMORY_TASK, total_steps=100_000, hidden_size=32),
+    # 64 environments (4096 steps per update) and 8 epochs: with 16 environments and 4 epochs about
+    # one seed in five settled at 0.75 success, one cue sent to a neighbouring corner.
     "rnnpolicy/MemoryGrid-v0": dict(
-        _MEMORY_TASK, total_steps=200_000, hidden_size=128, num_envs=16, update_epochs=4, learning_rate=1e-3,
+        _MEMORY_TASK, total_steps=200_000, hidden_size=128, num_envs=64, update_epochs=8, learning_rate=1e-3,
         gae_lambda=0.95, ent_coef=0.03, target_return=0.95,
     ),
 }
