@@ -16,7 +16,7 @@ import numpy as np
 
 from rnnpolicy.export.runtime import load_onnx_policy
 
-__all__ = ["MODEL_FILE", "OnnxBackend", "StepOutputs", "load_backend", "resolve_model_file"]
+__all__ = ["MODEL_FILE", "OnnxBackend", "StepOutputs", "file_version", "load_backend", "resolve_model_file"]
 
 MODEL_FILE = "model.onnx"
 
@@ -39,7 +39,7 @@ class OnnxBackend:
         # The export stage's torch-free loader: sequential, ORT_ENABLE_ALL, checks the graph against its spec.
         self._session, self.spec = load_onnx_policy(model_path, threads=intra_op_threads)
         self.path = model_path
-        self.version = hashlib.sha256(model_path.read_bytes()).hexdigest()[:12]
+        self.version = file_version(model_path)
         self._state_names = tuple(s.name for s in self.spec.state_tensors)
         self._head_names = tuple(n for n in self.spec.output_names if not n.startswith("next_"))
         self._output_names = list(self._head_names) + ["next_" + n for n in self._state_names]
@@ -65,6 +65,11 @@ class OnnxBackend:
         values = self.run_values(feeds)
         n_head = len(self._head_names)
         return StepOutputs(dict(zip(self._head_names, values[:n_head])), tuple(values[n_head:]))
+
+
+def file_version(path: Path) -> str:
+    """A model file's version: the first 12 hex digits of its content's SHA-256."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
 def load_backend(path: str | Path, *, intra_op_threads: int = 1) -> OnnxBackend:

@@ -14,7 +14,6 @@ all hold the catalog lock, so a version cannot be unloaded while a session is be
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Callable
 
 import grpc
 
-from rnnpolicy.serve.backend import resolve_model_file
+from rnnpolicy.serve.backend import file_version, resolve_model_file
 from rnnpolicy.serve.errors import ServeError, shown
 from rnnpolicy.serve.model import ServedModel
 from rnnpolicy.serve.sessions import Session, SessionRegistry
@@ -108,7 +107,7 @@ class ModelCatalog:
             if self._checked.get(name) == signature:
                 continue
             self._checked[name] = signature
-            version = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+            version = file_version(path)
             with self._lock:
                 current = self._latest[name]
                 if current.version == version:

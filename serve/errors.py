@@ -17,10 +17,11 @@ class ServeError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-        self.trailing = trailing
-        """Trailing metadata sent with the status, e.g. ``(("retry-after-ms", "250"),)``."""
         self.expected_seq = expected_seq
         """For a seq out of order: the seq the session expects (0 otherwise)."""
+        self.trailing = trailing + ((("expected-seq", str(expected_seq)),) if expected_seq else ())
+        """Trailing metadata sent with the status, e.g. ``(("retry-after-ms", "250"),)``; ``expected-seq`` is
+        added from ``expected_seq``."""
 
 
 def shown(value: object) -> str:

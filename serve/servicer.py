@@ -11,6 +11,7 @@ import functools
 import logging
 import math
 import time
+from collections import Counter
 from typing import Callable
 
 import grpc
@@ -183,21 +184,19 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         started = time.perf_counter()
         rows = len(request.session_ids)
         try:
-            response, model_name = self._step_batch(request, self.principal_of(context))
-        except ServeError as exc:  # the whole call refused: every row counts with its code
-            self.metrics.count_steps("", exc.code.name, rows)
+            try:
+                response, model_name = self._step_batch(request, self.principal_of(context))
+            except ServeError as exc:  # the whole call refused: every row counts with its code
+                self.metrics.count_steps("", exc.code.name, rows)
+                raise
+            codes = Counter(_CODES[error.code].name for error in response.errors)
+            codes["OK"] = rows - len(response.errors)
+            for name, count in codes.items():
+                if count:
+                    self.metrics.count_steps(model_name, name, count)
+            return response
+        finally:  # refused calls are timed too
             self._latency["StepBatch"].observe(time.perf_counter() - started)
-            raise
-        counts: dict[str, int] = {}
-        for error in response.errors:
-            name = _CODES[error.code].name
-            counts[name] = counts.get(name, 0) + 1
-        if rows > len(response.errors):
-            self.metrics.count_steps(model_name, "OK", rows - len(response.errors))
-        for name, count in counts.items():
-            self.metrics.count_steps(model_name, name, count)
-        self._latency["StepBatch"].observe(time.perf_counter() - started)
-        return response
 
     def _step_batch(self, request, principal: str) -> tuple[pb.StepBatchResponse, str]:
         """A StepBatch's response and the model its rows ran on ("" when none did); ServeError if the whole call is bad."""
@@ -311,8 +310,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         job.wait()
         if job.errors:
             code, message, expected_seq = job.errors[0]
-            trailing = (("expected-seq", str(expected_seq)),) if expected_seq else ()
-            raise ServeError(code, message, trailing, expected_seq=expected_seq)
+            raise ServeError(code, message, expected_seq=expected_seq)
         return job.out[0]
 
     @staticmethod

@@ -423,7 +423,6 @@ class SessionRegistry:
                 f"session {session.session_id!r}: seq {seq} is out of order, expected {expected} "
                 f"(or {session.last_seq} to repeat the last step)" if session.last_seq else
                 f"session {session.session_id!r}: seq {seq} is out of order, expected 1 for the first step",
-                (("expected-seq", str(expected)),),
                 expected_seq=expected,
             )
         session.busy = True
