@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 
 from rnnpolicy.clients._channel import open_aio_channel, token_metadata
-from rnnpolicy.clients._client import CHANNEL_OPTIONS, DEFAULT_HISTORY, SessionBase
+from rnnpolicy.clients._client import CHANNEL_OPTIONS, DEFAULT_HISTORY, SessionBase, check_history
 from rnnpolicy.clients._convert import (
     ModelInfo,
     StepResult,
@@ -71,6 +71,7 @@ class AsyncPolicyClient:
     async def session(self, model: str = "", *, seed: int | None = None, deterministic: bool = True,
                       timeout: float | None = None, history: int = DEFAULT_HISTORY) -> AsyncSession:
         """Open a session; use ``async with await client.session(...)`` or call ``await session.close()``."""
+        check_history(history)  # before the session exists on the server
         request = pb.CreateSessionRequest(model=model, seed=seed) if seed is not None else pb.CreateSessionRequest(model=model)
         response = await self.call("CreateSession", request, timeout)
         return AsyncSession(self, response.session_id, model_info(response.model), deterministic, history)

@@ -91,12 +91,14 @@ class PolicyClient:
                 timeout: float | None = None, history: int = DEFAULT_HISTORY) -> Session:
         """Open a session on ``model`` (empty: the server's only model); close it with ``with`` or ``close()``.
         ``history``: steps kept to replay to a server restored from an older checkpoint."""
+        check_history(history)  # before the session exists on the server
         response = self._create(model, seed, timeout)
         return Session(self, response.session_id, model_info(response.model), deterministic, history)
 
     def stream_session(self, model: str = "", *, seed: int | None = None, deterministic: bool = True,
                        timeout: float | None = None, history: int = DEFAULT_HISTORY) -> StreamSession:
         """Open a session stepped over a dedicated bidirectional stream (lowest latency)."""
+        check_history(history)
         response = self._create(model, seed, timeout)
         return StreamSession(self, response.session_id, model_info(response.model), deterministic, history)
 
@@ -105,13 +107,18 @@ class PolicyClient:
         return self.call("CreateSession", request, timeout)
 
 
+def check_history(history: int) -> None:
+    """``ValueError`` unless ``history`` (steps a session keeps for replay) is >= 0."""
+    if history < 0:
+        raise ValueError(f"history must be >= 0 steps, got {history}")
+
+
 class SessionBase:
     """What the sync and asyncio sessions share: identity, seq numbering and the step message."""
 
     def __init__(self, client: Any, session_id: str, model: ModelInfo, deterministic: bool,
                  history: int = DEFAULT_HISTORY) -> None:
-        if history < 0:
-            raise ValueError(f"history must be >= 0 steps, got {history}")
+        check_history(history)
         self.client = client
         self.session_id = session_id
         self.model = model

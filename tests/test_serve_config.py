@@ -1,0 +1,61 @@
+"""Bad serving settings get one line naming the value and what was expected, and nothing is left behind."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from rnnpolicy.cli import main
+from rnnpolicy.clients import PolicyClient
+from rnnpolicy.serve import ServeConfig, create_server
+from rnnpolicy.v1 import policy_pb2 as pb
+from rnnpolicy.v1 import policy_pb2_grpc
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--checkpoint-interval", "5"], "checkpoint_interval 5.0 needs a state_dir to write to"),
+        (["--reload-interval", "-1"], "reload_interval must be >= 0 (0: off), got -1.0"),
+        (["--max-sessions-per-principal", "-2"], "max_sessions_per_principal must be >= 0 (0: off), got -2"),
+        (["--max-message-bytes", "0"], "max_message_bytes must be >= 1, got 0"),
+        (["--metrics-port", "70000"], "metrics_port must be 0..65535, got 70000"),
+        (["--state-dir", "{file}/state"], "cannot be created or written"),
+    ],
+)
+def test_bad_serve_flags_get_one_line_and_exit_code_2(capsys, tmp_path, serve_export_dirs, extra, message):
+    (tmp_path / "file").write_text("not a directory")
+    argv = ["serve", "--model", f"q={serve_export_dirs['q_lstm']}", "--port", "0"]
+    code = main(argv + [a.replace("{file}", str(tmp_path / "file")) for a in extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err.strip().splitlines()[-1], err
+    assert "Traceback" not in err
+
+
+def test_a_bad_client_history_is_refused_before_a_session_is_opened(serve_export_dirs):
+    srv, port = create_server({"q": serve_export_dirs["q_lstm"]}, "127.0.0.1:0", ServeConfig())
+    try:
+        with PolicyClient(f"127.0.0.1:{port}") as client:
+            with pytest.raises(ValueError, match="history must be >= 0 steps, got -1"):
+                client.session("q", history=-1)
+            with pytest.raises(ValueError, match="history must be >= 0 steps, got -1"):
+                client.stream_session("q", history=-1)
+            assert len(srv.registry) == 0  # nothing opened on the server
+            session = client.session("q")
+            with pytest.raises(ValueError, match="expected_seq must be >= 1, got 0"):
+                session.resync(0)
+            session.close()
+    finally:
+        srv.stop(None)
+
+
+def test_migrating_an_unknown_session_is_refused(serve_export_dirs):
+    srv, port = create_server({"q": serve_export_dirs["q_lstm"]}, "127.0.0.1:0", ServeConfig())
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = policy_pb2_grpc.PolicyServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.MigrateSession(pb.MigrateSessionRequest(session_id="nope"))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND and "unknown session 'nope'" in err.value.details()
+    finally:
+        srv.stop(None)
