@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from rnnpolicy.export.interface import TensorInfo, graph_inputs, graph_outputs
-from rnnpolicy.export.runtime import load_onnx_policy, session_options, zero_state
+from rnnpolicy.export.runtime import feed_runner, load_onnx_policy, session_options, zero_state
 
 if TYPE_CHECKING:
     from rnnpolicy.export.exporter import ExportReport, export_checkpoint
@@ -22,6 +22,7 @@ __all__ = [
     "TensorInfo",
     "VerifyReport",
     "export_checkpoint",
+    "feed_runner",
     "graph_inputs",
     "graph_outputs",
     "load_onnx_policy",

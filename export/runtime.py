@@ -6,6 +6,7 @@ sequential execution and full graph optimisation.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import onnxruntime as ort
 from rnnpolicy.export.interface import graph_inputs
 from rnnpolicy.spec import SPEC_METADATA_KEY, PolicySpec
 
-__all__ = ["load_onnx_policy", "read_onnx_spec", "session_options", "zero_state"]
+__all__ = ["FeedRunner", "feed_runner", "load_onnx_policy", "read_onnx_spec", "session_options", "zero_state"]
 
 
 def session_options(threads: int = 1) -> ort.SessionOptions:
@@ -55,6 +56,28 @@ def read_onnx_spec(session: ort.InferenceSession, path: str | Path = "<session>"
         return PolicySpec.from_json(metadata[SPEC_METADATA_KEY])
     except ValueError as exc:
         raise ValueError(f"{str(path)!r}: {exc}") from None
+
+
+FeedRunner = Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]
+"""One step from a complete feed (every graph input by name) to the requested outputs, in order."""
+
+
+def feed_runner(session: ort.InferenceSession, output_names: Sequence[str]) -> FeedRunner:
+    """``session.run(output_names, feed)`` without the Python-side feed check, for per-step hot paths.
+
+    ``InferenceSession.run`` looks up every input's and output's name and type through the
+    C++ bindings on each call to validate the feed: about 6 us of a 40 us batch-1 step of a
+    128-unit LSTM (``benchmarks/export_bench.py``). Callers here build the feed from the spec,
+    which :func:`load_onnx_policy` checked against the graph once, and onnxruntime's C++ core
+    still rejects a missing input or a wrong dtype or shape. Falls back to ``session.run`` on
+    an onnxruntime without the ``_sess`` binding object.
+    """
+    names = list(output_names)
+    binding = getattr(session, "_sess", None)
+    if binding is None or not hasattr(binding, "run"):
+        return lambda feed: session.run(names, dict(feed))
+    run = binding.run
+    return lambda feed: run(names, feed, None)
 
 
 def zero_state(spec: PolicySpec, batch: int) -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnpolicy.export.runtime import load_onnx_policy
+from rnnpolicy.export.runtime import feed_runner, load_onnx_policy
 
 __all__ = ["MODEL_FILE", "OnnxBackend", "StepOutputs", "file_version", "load_backend", "resolve_model_file"]
 
@@ -37,12 +37,13 @@ class OnnxBackend:
     def __init__(self, path: str | Path, *, intra_op_threads: int = 1) -> None:
         model_path = resolve_model_file(Path(path))
         # The export stage's torch-free loader: sequential, ORT_ENABLE_ALL, checks the graph against its spec.
-        self._session, self.spec = load_onnx_policy(model_path, threads=intra_op_threads)
+        session, self.spec = load_onnx_policy(model_path, threads=intra_op_threads)
         self.path = model_path
         self.version = file_version(model_path)
         self._state_names = tuple(s.name for s in self.spec.state_tensors)
         self._head_names = tuple(n for n in self.spec.output_names if not n.startswith("next_"))
-        self._output_names = list(self._head_names) + ["next_" + n for n in self._state_names]
+        self._run_feed = feed_runner(session, [*self._head_names, *("next_" + n for n in self._state_names)])
+
     @property
     def head_names(self) -> tuple[str, ...]:
         """The non-state outputs in graph order, e.g. ``("logits", "action", "value")``."""
@@ -56,7 +57,7 @@ class OnnxBackend:
     def run_values(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """One step from complete ``feeds`` (``obs``, ``episode_start`` and every state input): the head
         outputs in :attr:`head_names` order, then the next state tensors. The serving hot path."""
-        return self._session.run(self._output_names, feeds)
+        return self._run_feed(feeds)
 
     def run(self, obs: np.ndarray, episode_start: np.ndarray, state: tuple[np.ndarray, ...]) -> StepOutputs:
         """One step for ``batch`` rows: ``obs`` ``[batch, obs_dim]`` float32, ``episode_start`` ``[batch]``."""

@@ -19,6 +19,7 @@ from rnnpolicy.export import export_checkpoint, graph_inputs, graph_outputs, loa
 from rnnpolicy.export.cli import add_export_arguments, add_verify_arguments, run_export, run_verify
 from rnnpolicy.export.exporter import ExportReport
 from rnnpolicy.export.onnx_export import export_onnx
+from rnnpolicy.export import feed_runner
 from rnnpolicy.export.step_module import PolicyStep, step_module
 from rnnpolicy.export.torchscript import load_torchscript
 from rnnpolicy.spec import SPEC_METADATA_KEY, ActionSpec, ObsNormSpec, PolicySpec
@@ -134,6 +135,19 @@ def test_dynamic_batch(exported: ExportReport) -> None:
             b = b[:, :batch] if name.startswith("next_state") else b[:batch]
             np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"{name} at batch {batch}")
             np.testing.assert_allclose(c.numpy(), a, atol=1e-5, err_msg=f"TorchScript {name} at batch {batch}")
+
+
+def test_feed_runner_equals_session_run_and_still_rejects_bad_feeds(exported: ExportReport) -> None:
+    session, spec = load_onnx_policy(exported.onnx_path)
+    run = feed_runner(session, spec.output_names[::-1])  # any order the caller asks for
+    feed = _random_inputs(spec, 4)
+    for fast, checked in zip(run(feed), session.run(list(spec.output_names[::-1]), feed)):
+        np.testing.assert_array_equal(fast, checked)
+    missing = {k: v for k, v in feed.items() if k != spec.input_names[-1]}
+    with pytest.raises(Exception, match=spec.input_names[-1]):
+        run(missing)
+    with pytest.raises(Exception, match="data type"):
+        run({**feed, "obs": feed["obs"].astype(np.float64)})
 
 
 def test_episode_start_resets_inside_graph(exported: ExportReport) -> None:

@@ -78,7 +78,11 @@ class RecurrentCore(nn.Module):
     def step(self, x: Tensor, state: RecurrentState, episode_start: Tensor) -> tuple[Tensor, RecurrentState]:
         """One step: ``x`` ``(B, F)``, ``episode_start`` ``(B,)`` -> ``(B, H)`` and the next state."""
         out, state = self._run(x.unsqueeze(0), state.masked(1.0 - episode_start.float()))
-        return out.squeeze(0), state
+        if self.cell == "ff":
+            return out.squeeze(0), state
+        # One step's output is the last layer's new hidden state; taking it from the state
+        # exports as one Gather instead of the two Squeezes of the (T, directions) axes.
+        return state.h[-1], state
 
     def forward(self, x: Tensor, state: RecurrentState, episode_start: Tensor) -> tuple[Tensor, RecurrentState]:
         """A whole sequence: ``x`` ``(T, B, F)``, ``episode_start`` ``(T, B)`` -> ``(T, B, H)`` and the final state.
