@@ -2,15 +2,18 @@
 
 Measures throughput and p50/p99 latency of unary and streaming steps at 1, 16 and 128
 concurrent sessions and of StepBatch with 256 sessions, against ``rnnpolicy serve`` (a 128-unit
-LSTM Q-network, random weights) and against an echo server that answers the same messages
-without a model: the ceiling for Python gRPC here. Also the resident memory of 10,000 sessions
-and, with ``--soak N``, memory over N steps with sessions opening and closing.
+LSTM Q-network, random weights) and against echo servers that answer the same messages without a
+model: the ceiling for Python gRPC here. There are two echo servers, grpcio's thread-pool server
+and its asyncio server (the asyncio one carries twice the streams at 128 concurrent ones, the
+threaded one is sometimes ahead on unary calls), and each round's ceiling is the one with the
+higher throughput in that scenario. Also the resident memory of 10,000 sessions and, with
+``--soak N``, memory over N steps with sessions opening and closing.
 
 Soak criterion: the server keeps the ids of closed sessions (tombstones) up to a cap that
 scales with --max-sessions, so its memory legitimately grows until the cap is full. The soak
 server runs with ``--max-sessions 1024`` (cap 4,096 ids, full after 16 rounds of 256 sessions)
 and growth is measured from the later of the round where the cap is full and the 25% mark
-(warm-up: handler threads, allocator arenas) to the end, limit 5 MB. The load average is
+(warm-up: allocator arenas) to the end, limit 5 MB. The load average is
 recorded beside every figure: on a busy machine the latencies are not comparable.
 
 Servers run as subprocesses; the load comes from one asyncio client process (this one).
@@ -40,6 +43,7 @@ from rnnpolicy.v1 import policy_pb2 as pb
 from rnnpolicy.v1 import policy_pb2_grpc
 
 OBS_DIM, ACTIONS, HIDDEN = 16, 6, 128
+ECHO_MODES = ("threads", "asyncio")
 RESULTS = Path(__file__).parent / "results"
 SERVICE = "/rnnpolicy.v1.PolicyService/"
 
@@ -47,42 +51,75 @@ SERVICE = "/rnnpolicy.v1.PolicyService/"
 # ------------------------------------------------------------------ the echo server (a subprocess)
 
 
-def run_echo_server() -> None:
-    """Answer Step/StepStream/StepBatch/CreateSession with same-shaped responses and no model."""
-    from concurrent import futures
+def _echo_step(request):
+    return pb.StepResponse(session_id=request.session_id, seq=request.seq, discrete_action=1,
+                           q_values=[0.5] * ACTIONS, model_version="echo")
 
-    q_values = [0.5] * ACTIONS
 
-    def step(request, context):
-        return pb.StepResponse(session_id=request.session_id, seq=request.seq, discrete_action=1,
-                               q_values=q_values, model_version="echo")
+def _echo_batch(request):
+    n = len(request.session_ids)
+    obs = np.array(request.obs, dtype=np.float32)  # the same decode work the real server does
+    return pb.StepBatchResponse(seqs=request.seqs, discrete_actions=[1] * n,
+                                q_values=(np.zeros((n, ACTIONS), np.float32) + obs.sum() * 0).ravel().tolist(),
+                                model_version="echo")
 
-    def stream(requests, context):
-        for request in requests:
-            yield pb.StepResponse(session_id=request.session_id, seq=request.seq, discrete_action=1,
-                                  q_values=q_values, model_version="echo")
 
-    def batch(request, context):
-        n = len(request.session_ids)
-        obs = np.array(request.obs, dtype=np.float32)  # the same decode work the real server does
-        return pb.StepBatchResponse(seqs=request.seqs, discrete_actions=[1] * n, q_values=(np.zeros((n, ACTIONS), np.float32) + obs.sum() * 0).ravel().tolist(),
-                                    model_version="echo")
-
-    def create(request, context):
-        return pb.CreateSessionResponse(session_id=os.urandom(12).hex())
-
+def _echo_handlers(step, stream, batch, create) -> grpc.GenericRpcHandler:
     handlers = {
         "Step": grpc.unary_unary_rpc_method_handler(step, pb.StepRequest.FromString, pb.StepResponse.SerializeToString),
         "StepStream": grpc.stream_stream_rpc_method_handler(stream, pb.StepRequest.FromString, pb.StepResponse.SerializeToString),
         "StepBatch": grpc.unary_unary_rpc_method_handler(batch, pb.StepBatchRequest.FromString, pb.StepBatchResponse.SerializeToString),
         "CreateSession": grpc.unary_unary_rpc_method_handler(create, pb.CreateSessionRequest.FromString, pb.CreateSessionResponse.SerializeToString),
     }
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=256), maximum_concurrent_rpcs=256)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("rnnpolicy.v1.PolicyService", handlers),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    print(f"echo serving on 127.0.0.1:{port};", file=sys.stderr, flush=True)
-    server.wait_for_termination()
+    return grpc.method_handlers_generic_handler("rnnpolicy.v1.PolicyService", handlers)
+
+
+def run_echo_server(mode: str) -> None:
+    """Answer Step/StepStream/StepBatch/CreateSession with same-shaped responses and no model.
+
+    ``threads``: grpcio's thread-pool server; ``asyncio``: its asyncio server. Which is faster
+    depends on the load, so the benchmark runs both and takes the better as the ceiling.
+    """
+    from concurrent import futures
+
+    def create(request, context):
+        return pb.CreateSessionResponse(session_id=os.urandom(12).hex())
+
+    if mode == "threads":
+        def stream(requests, context):
+            for request in requests:
+                yield _echo_step(request)
+
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=256), maximum_concurrent_rpcs=256)
+        server.add_generic_rpc_handlers((_echo_handlers(lambda r, c: _echo_step(r), stream, lambda r, c: _echo_batch(r), create),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        print(f"echo serving on 127.0.0.1:{port};", file=sys.stderr, flush=True)
+        server.wait_for_termination()
+        return
+
+    async def step_async(request, context):
+        return _echo_step(request)
+
+    async def stream_async(requests, context):
+        async for request in requests:
+            yield _echo_step(request)
+
+    async def batch_async(request, context):
+        return _echo_batch(request)
+
+    async def create_async(request, context):
+        return create(request, context)
+
+    async def main() -> None:
+        server = grpc.aio.server(maximum_concurrent_rpcs=256)
+        server.add_generic_rpc_handlers((_echo_handlers(step_async, stream_async, batch_async, create_async),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(f"echo serving on 127.0.0.1:{port};", file=sys.stderr, flush=True)
+        await server.wait_for_termination()
+
+    asyncio.run(main())
 
 
 # ------------------------------------------------------------------ servers
@@ -288,14 +325,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per scenario")
     parser.add_argument("--soak", type=int, default=0, help="also run N steps with sessions opening and closing")
-    parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--echo-server", choices=ECHO_MODES, help=argparse.SUPPRESS)
     parser.add_argument("--max-wait-us", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds over all scenarios; each scenario runs echo and serve back to back, the order "
-                             "alternating per round; figures are medians over rounds (default %(default)s)")
+                        help="rounds over all scenarios; each scenario runs both echo servers and the policy server "
+                             "back to back, the order rotating per round; figures are medians over rounds "
+                             "(default %(default)s)")
     args = parser.parse_args()
     if args.echo_server:
-        run_echo_server()
+        run_echo_server(args.echo_server)
         return 0
     plan = [("unary", 1), ("unary", 16), ("unary", 128), ("stream", 1), ("stream", 16), ("stream", 128), ("batch", 256)]
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "grpcio": grpc.__version__,
@@ -306,16 +344,21 @@ def main() -> int:
         export = export_bench_model(Path(tmp))
         serve_cmd = [sys.executable, "-m", "rnnpolicy.cli", "serve", "--model", f"bench={export}", "--port", "0",
                      "--max-sessions", "20000", "--max-wait-us", str(args.max_wait_us)]
-        servers = {"echo": start([sys.executable, __file__, "--echo-server"]), "serve": start(serve_cmd)}
+        servers = {f"echo-{mode}": start([sys.executable, __file__, "--echo-server", mode]) for mode in ECHO_MODES}
+        servers["serve"] = start(serve_cmd)
         try:
-            runs: dict[str, list[list[dict]]] = {"echo": [[] for _ in plan], "serve": [[] for _ in plan]}
+            names = list(servers)
+            runs: dict[str, list[list[dict]]] = {name: [[] for _ in plan] for name in [*names, "echo"]}
             for round_ in range(args.rounds):
                 for i, (kind, n) in enumerate(plan):
-                    # Back to back, the order alternating per round, so both see the same machine load.
-                    for name in ("echo", "serve") if round_ % 2 == 0 else ("serve", "echo"):
+                    # Back to back, the order rotating per round, so all see the same machine load.
+                    for name in names[round_ % len(names):] + names[:round_ % len(names)]:
                         row = asyncio.run(scenario(servers[name][1], kind, n, args.seconds))
                         print(f"round {round_} {name}", row, flush=True)
-                        runs[name][i].append(row)
+                        runs[name][i].append(row | {"server": name})
+                    # The ceiling of this round: the better echo server (by throughput).
+                    runs["echo"][i].append(max((runs[f"echo-{mode}"][i][-1] for mode in ECHO_MODES),
+                                               key=lambda r: r["steps_per_s"]))
             results["runs"] = runs
             for name in ("echo", "serve"):
                 results[name] = [median_row(rows) for rows in runs[name]]
@@ -354,10 +397,11 @@ def main() -> int:
 
 
 def median_row(rows: list[dict]) -> dict:
-    """One scenario's figures over rounds: the median of each."""
+    """One scenario's figures over rounds: the median of each, and which servers they came from."""
     out = dict(rows[0])
     for key in ("steps_per_s", "p50_ms", "p99_ms", "loadavg_1m"):
         out[key] = round(float(np.median([r[key] for r in rows])), 4)
+    out["server"] = "/".join(sorted({r["server"] for r in rows}))
     return out
 
 
@@ -393,15 +437,16 @@ def markdown(results: dict) -> str:
     lines = ["# Serving benchmark", "", f"Machine: {results['machine']}; model: {results['model']}; "
              f"{results['seconds_per_scenario']} s per scenario; max_wait_us={results['max_wait_us']}; "
              f"{results['rounds']} rounds.", "",
-             "Each scenario runs against the echo server and the policy server back to back, the order alternating "
-             "per round; the figures are medians over the rounds, and the ratios are medians of the per-round "
-             "ratios. Load average (1 min) is recorded per scenario (median): other work on the machine inflates "
-             "latencies.", "",
-             "| mode | sessions | echo steps/s | serve steps/s | throughput ratio | echo p50 ms | serve p50 ms | p50 ratio | "
-             "echo p99 ms | serve p99 ms | load echo/serve |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Each scenario runs against two echo servers (grpcio's thread-pool and asyncio servers) and the policy "
+             "server back to back, the order rotating per round; the echo figure of a round is the echo server with "
+             "the higher throughput (`echo server`: which one, over the rounds). The figures are medians over the "
+             "rounds, and the ratios are medians of the per-round ratios. Load average (1 min) is recorded per "
+             "scenario (median): other work on the machine inflates latencies.", "",
+             "| mode | sessions | echo server | echo steps/s | serve steps/s | throughput ratio | echo p50 ms | serve p50 ms "
+             "| p50 ratio | echo p99 ms | serve p99 ms | load echo/serve |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e, s, r in zip(results["echo"], results["serve"], results["ratios"]):
-        lines.append(f"| {s['kind']} | {s['sessions']} | {e['steps_per_s']:.0f} | {s['steps_per_s']:.0f} | "
+        lines.append(f"| {s['kind']} | {s['sessions']} | {e['server'].replace('echo-', '')} | {e['steps_per_s']:.0f} | {s['steps_per_s']:.0f} | "
                      f"{r['throughput']:.2f} | {e['p50_ms']:.3f} | {s['p50_ms']:.3f} | {r['p50']:.2f} | "
                      f"{e['p99_ms']:.3f} | {s['p99_ms']:.3f} | {e['loadavg_1m']}/{s['loadavg_1m']} |")
     lines += ["", "| target | measured | limit | met |", "|---|---|---|---|"]

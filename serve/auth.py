@@ -38,7 +38,9 @@ nothing about any valid token (no byte-by-byte ``==`` on secrets, so ``hmac.comp
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
+import inspect
 import ipaddress
 import logging
 import os
@@ -46,7 +48,6 @@ import re
 import ssl
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -138,26 +139,17 @@ def load_tokens(path: str | Path) -> dict[bytes, str]:
 
 # ---------------------------------------------------------------------------------------------- principals
 
-_principals: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_principals_lock = threading.Lock()
+_call_principal: contextvars.ContextVar[str] = contextvars.ContextVar("rnnpolicy_principal", default="")
 
 
 def principal_of(context: grpc.ServicerContext) -> str:
-    """The authenticated principal of the call ``context`` belongs to; ``""`` when the server has no token auth.
+    """The authenticated principal of the current call; ``""`` when the server has no token auth.
 
-    Works in any thread and for the whole of a streaming call: the interceptor records the principal against the
-    call's context object before the handler runs.
+    The interceptor sets it in a context variable around the handler: for a coroutine handler in the
+    call's own task (for the whole of a stream), for a plain handler in its pool thread for the call.
+    ``context`` is the call's context, kept in the signature for handlers that pass it along.
     """
-    try:
-        with _principals_lock:
-            return _principals.get(context, "")
-    except TypeError:  # a context that cannot be weakly referenced (a test double) was never recorded
-        return ""
-
-
-def _record(context: grpc.ServicerContext, principal: str) -> None:
-    with _principals_lock:
-        _principals[context] = principal
+    return _call_principal.get()
 
 
 class _Throttle:
@@ -186,7 +178,7 @@ _MALFORMED = "malformed 'authorization' metadata: expected exactly one 'Bearer <
 _INVALID = "the token is not valid for this server"
 
 
-class TokenAuthInterceptor(grpc.ServerInterceptor):
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without a known bearer token (``UNAUTHENTICATED``) and records the caller's principal.
 
     ``digests`` is ``{sha256(token): principal}`` as :func:`load_tokens` returns it. Methods starting with one of
@@ -218,31 +210,74 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         principal = self._digests.get(_digest(token))
         return (principal, "") if principal is not None else (None, _INVALID)
 
-    def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
         if method.startswith(self._exempt):
-            return continuation(handler_call_details)
+            return await continuation(handler_call_details)
         principal, why = self.authenticate(handler_call_details.invocation_metadata)
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         if handler is None:  # unknown method: UNIMPLEMENTED as usual (the service definitions are public)
             return None
         if principal is None:
-            refusals = self._refusals
+            return _with_behavior(handler, lambda behavior: _refusing(behavior, method, why, self._refusals))
+        return _with_behavior(handler, lambda behavior: _authenticated(behavior, principal))
 
-            def refuse(request_or_iterator, context):
-                refusals.warning("refused %s from %s: %s", method, context.peer(), why.split(":")[0])
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
 
-            return _with_behavior(handler, lambda behavior: refuse)
+def _refusing(behavior: Callable, method: str, why: str, refusals: _Throttle) -> Callable:
+    """A handler of ``behavior``'s kind (plain, coroutine or async generator) that answers UNAUTHENTICATED."""
+    def log(context) -> None:
+        refusals.warning("refused %s from %s: %s", method, context.peer(), why.split(":")[0])
 
-        def wrap(behavior: Callable) -> Callable:
-            def authenticated(request_or_iterator, context):
-                _record(context, principal)
-                return behavior(request_or_iterator, context)
+    if inspect.isasyncgenfunction(behavior):
+        async def refuse_stream(request_or_iterator, context):
+            log(context)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
+            yield  # never reached: makes this an async generator like the behavior it replaces
 
-            return authenticated
+        return refuse_stream
+    if inspect.iscoroutinefunction(behavior):
+        async def refuse_async(request_or_iterator, context):
+            log(context)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
 
-        return _with_behavior(handler, wrap)
+        return refuse_async
+
+    def refuse(request_or_iterator, context):
+        log(context)
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
+
+    return refuse
+
+
+def _authenticated(behavior: Callable, principal: str) -> Callable:
+    """``behavior`` (plain unary, coroutine or async generator) with ``principal`` set for :func:`principal_of`."""
+    if inspect.isasyncgenfunction(behavior):
+        async def authenticated_stream(request_or_iterator, context):
+            _call_principal.set(principal)  # the call's own task: nothing to restore when it ends
+            async for response in behavior(request_or_iterator, context):
+                yield response
+
+        return authenticated_stream
+    if inspect.iscoroutinefunction(behavior):
+        async def authenticated_async(request_or_iterator, context):
+            token = _call_principal.set(principal)
+            try:
+                return await behavior(request_or_iterator, context)
+            finally:
+                _call_principal.reset(token)
+
+        return authenticated_async
+    if inspect.isgeneratorfunction(behavior):
+        raise TypeError(f"{behavior.__name__}: a streaming handler must be an async generator on this server")
+
+    def authenticated(request_or_iterator, context):
+        token = _call_principal.set(principal)
+        try:
+            return behavior(request_or_iterator, context)
+        finally:
+            _call_principal.reset(token)
+
+    return authenticated
 
 
 def _with_behavior(handler: grpc.RpcMethodHandler, wrap: Callable[[Callable], Callable]) -> grpc.RpcMethodHandler:

@@ -11,6 +11,7 @@ and run together in its next batch. Batches of one model never run concurrently.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -26,10 +27,11 @@ class Job:
     """The answer to one request: a packed output row per step, or an error per failed row.
 
     ``width`` 0 (single-row jobs only) allocates nothing up front: ``out`` stays None until the
-    row resolves and is then a copy of its packed row ``(1, width)``.
+    row resolves and is then a copy of its packed row ``(1, width)``. A thread waits with
+    :meth:`wait`, a coroutine with :meth:`wait_async`.
     """
 
-    __slots__ = ("out", "errors", "_remaining", "_lock", "_event")
+    __slots__ = ("out", "errors", "_remaining", "_lock", "_event", "_future", "_loop_thread")
 
     def __init__(self, rows: int, width: int) -> None:
         self.out = np.zeros((rows, width), dtype=np.float32) if width else None
@@ -37,6 +39,8 @@ class Job:
         self._remaining = rows
         self._lock = threading.Lock()
         self._event: threading.Event | None = None
+        self._future: asyncio.Future[None] | None = None
+        self._loop_thread = 0  # the thread running the future's event loop
 
     def resolve(self, rows: np.ndarray | list[int], values: np.ndarray) -> None:
         """Rows ``rows`` of this job finished with packed outputs ``values``."""
@@ -58,9 +62,16 @@ class Job:
         with self._lock:
             self._remaining -= count
             finished = self._remaining == 0
-            event = self._event
-        if finished and event is not None:
+            event, future = self._event, self._future
+        if not finished:
+            return
+        if event is not None:
             event.set()
+        if future is not None:
+            if threading.get_ident() == self._loop_thread:  # resolved by a batch run inline on the loop
+                _set_done(future)
+            else:  # by the batcher's worker thread
+                future.get_loop().call_soon_threadsafe(_set_done, future)
 
     @property
     def finished(self) -> bool:
@@ -75,6 +86,21 @@ class Job:
                 self._event = threading.Event()
             event = self._event
         return event.wait(timeout)
+
+    async def wait_async(self) -> None:
+        """Wait, without blocking the event loop, until every row finished."""
+        with self._lock:
+            if self._remaining == 0:
+                return
+            self._future = asyncio.get_running_loop().create_future()
+            self._loop_thread = threading.get_ident()
+            future = self._future
+        await future
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():  # a cancelled call's future stays cancelled
+        future.set_result(None)
 
 
 class Chunk:
@@ -121,17 +147,21 @@ class Batcher:
 
     def submit(self, chunk: Chunk) -> None:
         """Queue ``chunk`` (or, when the model is idle and nothing waits, run it now on this thread)."""
+        self.submit_many([chunk])
+
+    def submit_many(self, chunks: list[Chunk]) -> None:
+        """Queue ``chunks`` (or, when the model is idle and nothing waits, run them now as one batch on this thread)."""
         with self._cond:
             inline = not self._busy and not self._queue and self.max_wait == 0.0
             if inline:
                 self._busy = True
             else:
-                self._queue.append(chunk)
-                self._queued_rows += len(chunk)
+                self._queue.extend(chunks)
+                self._queued_rows += sum(len(c) for c in chunks)
                 self._cond.notify()
         if inline:
             try:
-                self._run([chunk])
+                self._run(chunks)
             finally:
                 with self._cond:
                     self._busy = False

@@ -12,7 +12,8 @@ gets an in-band ``INVALID_ARGUMENT`` answer while the stream carries on.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Iterator
+import inspect
+from typing import AsyncIterator, Callable
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -26,8 +27,9 @@ __all__ = ["SERVICE", "add_policy_service"]
 SERVICE = pb.DESCRIPTOR.services_by_name["PolicyService"]
 
 
-def add_policy_service(servicer: PolicyServicer, server: grpc.Server) -> None:
-    """Register every PolicyService method of ``servicer`` on ``server``, parsing requests in the servicer's thread."""
+def add_policy_service(servicer: PolicyServicer, server: grpc.aio.Server) -> None:
+    """Register every PolicyService method of ``servicer`` on ``server``, parsing requests where the method runs
+    (coroutines on the event loop, plain methods in the server's thread pool)."""
     handlers = {}
     for method in SERVICE.methods:
         request_type = getattr(pb, method.input_type.name)
@@ -56,6 +58,17 @@ def _parse(request_type: type, data: bytes) -> object:
 
 
 def _parsing_unary(behavior: Callable, request_type: type) -> Callable:
+    if inspect.iscoroutinefunction(behavior):
+        @functools.wraps(behavior)
+        async def handle_async(data: bytes, context: grpc.aio.ServicerContext):
+            try:
+                request = _parse(request_type, data)
+            except ServeError as exc:
+                await context.abort(exc.code, exc.message)
+            return await behavior(request, context)
+
+        return handle_async
+
     @functools.wraps(behavior)
     def handle(data: bytes, context: grpc.ServicerContext):
         try:
@@ -68,15 +81,19 @@ def _parsing_unary(behavior: Callable, request_type: type) -> Callable:
 
 
 def _parsing_stream(behavior: Callable, request_type: type) -> Callable:
+    if not inspect.isasyncgenfunction(behavior):
+        raise TypeError(f"{behavior.__name__} must be an async generator (a streaming method on the event loop)")
+
     @functools.wraps(behavior)
-    def handle(data_iterator: Iterator[bytes], context: grpc.ServicerContext):
-        def requests():
-            for data in data_iterator:
+    async def handle(data_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext):
+        async def requests():
+            async for data in data_iterator:
                 try:
                     yield _parse(request_type, data)
                 except ServeError as exc:
                     yield exc  # answered in-band by the servicer, in order
 
-        return behavior(requests(), context)
+        async for response in behavior(requests(), context):
+            yield response
 
     return handle

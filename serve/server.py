@@ -1,14 +1,22 @@
-"""``create_server``: the PolicyService with health and reflection, persistence, metrics and graceful shutdown."""
+"""``create_server``: the PolicyService with health and reflection, persistence, metrics and graceful shutdown.
+
+The gRPC server is grpcio's asyncio server, running on the process's one server event loop in a
+thread of its own (:func:`server_loop`), so ``create_server`` and :class:`PolicyServer` keep a
+plain blocking API. Per-step RPCs (``Step``, ``StepStream``) are coroutines on that loop: thousands of streams
+cost no thread each, and steps arriving together batch across sessions without thread
+hand-offs. The other RPCs run in a thread pool of ``max_workers`` threads, started up front.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Coroutine, Mapping
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,7 +33,7 @@ from rnnpolicy.serve.servicer import PolicyServicer
 from rnnpolicy.serve.sessions import SessionRegistry
 from rnnpolicy.v1 import policy_pb2
 
-__all__ = ["PolicyServer", "ServeConfig", "create_server", "serve_until_signal", "SERVICE_NAME"]
+__all__ = ["EventLoopThread", "PolicyServer", "ServeConfig", "create_server", "server_loop", "serve_until_signal", "SERVICE_NAME"]
 
 SERVICE_NAME = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
 _log = logging.getLogger("rnnpolicy.serve")
@@ -46,7 +54,8 @@ class ServeConfig:
     intra_op_threads: int = 1
     """onnxruntime intra-op threads per model."""
     max_workers: int = 256
-    """gRPC handler threads; also the most concurrent RPCs (open streams included), beyond which calls are refused."""
+    """Threads for the RPCs other than Step and StepStream (which run on the event loop); also the most concurrent
+    RPCs (open streams included), beyond which calls are refused."""
     max_message_bytes: int = 4 * 1024 * 1024
     """Largest request accepted; gRPC refuses larger ones with RESOURCE_EXHAUSTED."""
     max_batch_rows: int = 4096
@@ -77,16 +86,50 @@ class ServeConfig:
             raise ValueError(f"metrics_port must be 0..65535, got {self.metrics_port}")
 
 
+class EventLoopThread:
+    """An asyncio event loop running forever in a daemon thread, with blocking calls into it from other threads."""
+
+    def __init__(self, name: str = "rnnpolicy-loop") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def call(self, coroutine: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
+        """Run ``coroutine`` on the loop and return its result (``TimeoutError`` after ``timeout`` s)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+
+_server_loop: EventLoopThread | None = None
+_server_loop_lock = threading.Lock()
+
+
+def server_loop() -> EventLoopThread:
+    """The event loop every PolicyServer of this process runs on, started on first use.
+
+    One loop for the process's lifetime: grpcio's asyncio layer keeps process-wide state bound to
+    the loop that started it, and a closed loop under a later server makes grpcio fail.
+    """
+    global _server_loop
+    with _server_loop_lock:
+        if _server_loop is None:
+            _server_loop = EventLoopThread()
+        return _server_loop
+
+
 class PolicyServer:
     """A started-or-not gRPC server plus the models, sessions and background threads it owns.
 
-    Background threads: the reaper (expires idle sessions, unloads versions no session uses),
-    the reloader (``reload_interval``) and the checkpointer (``checkpoint_interval``).
+    Background threads: the event loop the gRPC server runs on, the reaper (expires idle sessions,
+    unloads versions no session uses), the reloader (``reload_interval``) and the checkpointer
+    (``checkpoint_interval``).
     """
 
-    def __init__(self, server: grpc.Server, servicer: PolicyServicer, health_servicer: health.HealthServicer,
+    def __init__(self, server: grpc.aio.Server, loop: EventLoopThread, pool: futures.ThreadPoolExecutor,
+                 servicer: PolicyServicer, health_servicer: health.HealthServicer,
                  config: ServeConfig, address: str, state_dir: StateDir | None) -> None:
         self.grpc_server = server
+        self._loop = loop
+        self._pool = pool
         self.servicer = servicer
         self.health = health_servicer
         self.config = config
@@ -125,7 +168,7 @@ class PolicyServer:
     def start(self) -> PolicyServer:
         if self.config.metrics_port is not None:
             self.metrics_port = self.metrics.serve_http(self.config.metrics_port, self.config.metrics_host)
-        self.grpc_server.start()
+        self._loop.call(self.grpc_server.start())
         for thread in self._threads:
             thread.start()
         for name in ("", SERVICE_NAME):
@@ -139,8 +182,12 @@ class PolicyServer:
             return
         self._stopped = True
         self.health.enter_graceful_shutdown()
-        if not self.grpc_server.stop(grace).wait((grace or 0.0) + 5.0):
-            _log.warning("gRPC did not finish stopping within %.1f s; saving and closing anyway", (grace or 0.0) + 5.0)
+        limit = (grace or 0.0) + 5.0
+        try:
+            self._loop.call(self.grpc_server.stop(grace), timeout=limit)
+        except futures.TimeoutError:
+            _log.warning("gRPC did not finish stopping within %.1f s; saving and closing anyway", limit)
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self._stop.set()
         for thread in self._threads:
             if thread.is_alive():
@@ -155,7 +202,8 @@ class PolicyServer:
             self.metrics.close()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
-        return self.grpc_server.wait_for_termination(timeout)
+        """Block until the server stops (True) or ``timeout`` s pass (False)."""
+        return self._loop.call(self.grpc_server.wait_for_termination(timeout))
 
     def reload_models(self) -> list[ServedModel]:
         """Load every served export directory whose model file changed as a new version; return those."""
@@ -225,9 +273,14 @@ def create_server(models: Mapping[str, str | Path], address: str = "127.0.0.1:0"
         ("grpc.max_send_message_length", max(2 * config.max_message_bytes, 16 * 1024 * 1024)),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rnnpolicy-rpc"),
-                         options=options, maximum_concurrent_rpcs=config.max_workers,
-                         interceptors=[interceptor] if interceptor is not None else None)
+    pool = _started_pool(config.max_workers)
+    loop = server_loop()
+
+    async def build() -> grpc.aio.Server:  # an asyncio server belongs to the loop it is created on
+        return grpc.aio.server(migration_thread_pool=pool, options=options, maximum_concurrent_rpcs=config.max_workers,
+                               interceptors=[interceptor] if interceptor is not None else None)
+
+    server = loop.call(build())
     add_policy_service(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -239,12 +292,27 @@ def create_server(models: Mapping[str, str | Path], address: str = "127.0.0.1:0"
         port = 0
         _log.debug("bind failed: %s", exc)
     if port == 0:  # a successful bind, even to port 0, returns the port it got
+        pool.shutdown(wait=False)
         catalog.close()
         raise ValueError(f"cannot bind {address!r}: expected a free HOST:PORT")
-    policy_server = PolicyServer(server, servicer, health_servicer, config, address, state_dir)
+    policy_server = PolicyServer(server, loop, pool, servicer, health_servicer, config, address, state_dir)
     if start:
         policy_server.start()
     return policy_server, port
+
+
+def _started_pool(workers: int) -> futures.ThreadPoolExecutor:
+    """A thread pool with all ``workers`` threads started now.
+
+    ``ThreadPoolExecutor`` starts a thread whenever a task finds none idle, so a burst of concurrent
+    calls would otherwise grow the server's memory (thread stacks, allocator arenas) long after start.
+    """
+    pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rnnpolicy-rpc")
+    barrier = threading.Barrier(workers + 1)
+    for _ in range(workers):
+        pool.submit(barrier.wait)  # each waits, so every submit finds no idle thread and starts one
+    barrier.wait()
+    return pool
 
 
 def serve_until_signal(server: PolicyServer, grace: float = 5.0) -> None:

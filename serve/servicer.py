@@ -1,5 +1,10 @@
 """PolicyService RPC logic: check requests, admit steps, wait for their batch, build responses.
 
+``Step`` and ``StepStream`` are coroutines on the server's event loop, and no thread waits per
+step: the first step admitted in a turn of the loop runs at once, and the steps admitted after
+it in the same turn go to their model as one batch (:meth:`PolicyServicer._flush`). The other RPCs, ``StepBatch`` included (it parses thousands of values),
+run in the server's thread pool.
+
 Errors are :class:`ServeError` (a status code and a message naming the bad value) and reach
 the client through ``context.abort``; an unexpected exception is logged and answered INTERNAL,
 never with a traceback.
@@ -7,7 +12,9 @@ never with a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 import logging
 import math
 import time
@@ -63,6 +70,21 @@ def model_info(model: ServedModel, sessions: int = 0, latest: bool = True) -> pb
 
 def _rpc(method: Callable) -> Callable:
     """Turn ServeError into the call's status and anything unexpected into INTERNAL, logged here."""
+    if inspect.iscoroutinefunction(method):
+        @functools.wraps(method)
+        async def async_wrapper(self, request, context):
+            try:
+                return await method(self, request, context)
+            except ServeError as exc:
+                if exc.trailing:
+                    context.set_trailing_metadata(exc.trailing)
+                await context.abort(exc.code, exc.message)
+            except Exception:  # noqa: BLE001 - the last line of defence before the wire
+                _log.exception("%s failed", method.__name__)
+                await context.abort(grpc.StatusCode.INTERNAL,
+                                    f"{method.__name__} failed inside the server (see the server log)")
+
+        return async_wrapper
 
     @functools.wraps(method)
     def wrapper(self, request, context):
@@ -90,6 +112,10 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         self.principal_of = principal_of
         self.metrics = metrics or ServeMetrics()
         self._latency = {rpc: self.metrics.step_latency.labels(rpc) for rpc in ("Step", "StepStream", "StepBatch")}
+        # Steps admitted during the current turn of the event loop after its first, by model (only the loop
+        # touches them), and whether that first one ran (see _batch_this_turn).
+        self._admitted: dict[ServedModel, list[Chunk]] = {}
+        self._turn_open = False
 
     def _info(self, model: ServedModel) -> pb.ModelInfo:
         return model_info(model, self.registry.sessions_of(model), self.catalog.is_latest(model))
@@ -151,24 +177,24 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     # ------------------------------------------------------------------ steps
 
     @_rpc
-    def Step(self, request, context):
+    async def Step(self, request, context):
         started = time.perf_counter()
         try:
-            session, row = self._step(request, self.principal_of(context))
+            session, row = await self._step(request, self.principal_of(context))
             return self._response(session, request.seq, row)
         finally:  # refused steps are timed too
             self._latency["Step"].observe(time.perf_counter() - started)
 
-    def StepStream(self, request_iterator, context):
+    async def StepStream(self, request_iterator, context):
         principal = self.principal_of(context)
         latency = self._latency["StepStream"]
-        for request in request_iterator:  # StepRequest, or the ServeError of a message that did not parse
+        async for request in request_iterator:  # StepRequest, or the ServeError of a message that did not parse
             started = time.perf_counter()
             try:
                 if isinstance(request, ServeError):
                     self.metrics.count_steps("", request.code.name)
                     raise request
-                session, row = self._step(request, principal)
+                session, row = await self._step(request, principal)
                 response = self._response(session, request.seq, row)
             except ServeError as exc:
                 response = _in_band(request, exc.code, exc.message, exc.expected_seq)
@@ -273,20 +299,24 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 continue
         return None
 
-    def _step(self, request, principal: str) -> tuple[Session, np.ndarray]:
+    async def _step(self, request, principal: str) -> tuple[Session, np.ndarray]:
         """Run one step and count it; return its session and packed output row."""
         model_name = ""
         try:
             session = self.registry.peek(request.session_id, principal)
             model_name = session.model.name
-            row = self._run_step(session, request)
+            job, row = self._admit_step(session, request)
+            if job is not None:
+                await job.wait_async()
+                row = _only_row(job)
         except ServeError as exc:
             self.metrics.count_steps(model_name, exc.code.name)
             raise
         self.metrics.count_steps(model_name, "OK")
         return session, row
 
-    def _run_step(self, session: Session, request) -> np.ndarray:
+    def _admit_step(self, session: Session, request) -> tuple[Job | None, np.ndarray | None]:
+        """Check one step and admit it: ``(None, row)`` for a repeat answered from the cache, else its job."""
         model = session.model
         values = request.obs[:]  # a list: converting it is several times faster than the repeated field
         n = len(values)
@@ -304,20 +334,52 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                       _START[1] if request.episode_start else _START[0], request.deterministic)
         admission, cached = self.registry.admit(session, seq, chunk)
         if admission == "cached":
-            return cached
+            return None, cached
         if admission == "ready":
+            self._batch_this_turn(model, chunk)
+        return job, None
+
+    def _batch_this_turn(self, model: ServedModel, chunk: Chunk) -> None:
+        """Run ``chunk`` now if it is the first step of this turn of the event loop, else queue it for the
+        turn's batch (see :meth:`_flush`)."""
+        if not self._turn_open:
+            # A lone step (one client, or the first of a burst) runs at once, inline when the model is idle:
+            # no wait for the batch, no second turn of the loop to resume its handler.
+            self._turn_open = True
+            asyncio.get_running_loop().call_soon(self._flush)
             model.batcher.submit(chunk)
-        job.wait()
-        if job.errors:
-            code, message, expected_seq = job.errors[0]
-            raise ServeError(code, message, expected_seq=expected_seq)
-        return job.out[0]
+            return
+        admitted = self._admitted.get(model)
+        if admitted is None:
+            self._admitted[model] = [chunk]
+        else:
+            admitted.append(chunk)
+
+    def _flush(self) -> None:
+        """Hand each model the steps admitted during the turn that ran its first step at once, as one batch.
+
+        Scheduled with ``call_soon`` by that first step, it runs after every handler that was ready in
+        the same turn: under load, one flush carries many sessions' steps. An idle model runs the batch
+        here, on the loop; a busy one queues it for its worker thread.
+        """
+        self._turn_open = False
+        admitted, self._admitted = self._admitted, {}
+        for model, chunks in admitted.items():
+            model.batcher.submit_many(chunks)
 
     @staticmethod
     def _response(session: Session, seq: int, row: np.ndarray) -> pb.StepResponse:
         model = session.model
         return pb.StepResponse(session_id=session.session_id, seq=seq, model_version=model.version,
                                **model.layout.step_fields(row))
+
+
+def _only_row(job: Job) -> np.ndarray:
+    """A single-step job's packed row; ServeError when the step was refused."""
+    if job.errors:
+        code, message, expected_seq = job.errors[0]
+        raise ServeError(code, message, expected_seq=expected_seq)
+    return job.out[0]
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}

@@ -147,15 +147,28 @@ def test_principal_of_names_the_token_owner_and_is_empty_without_auth():
 
     seen = []
 
-    def behavior(request, context):
+    def behavior(request, context):  # a handler in the thread pool
         seen.append(principal_of(context))
         return "done"
 
-    handler = grpc.unary_unary_rpc_method_handler(behavior)
+    async def async_behavior(request, context):  # a coroutine handler on the event loop
+        seen.append(principal_of(context))
+        return "done async"
+
     details = type("Details", (), {"method": "/rnnpolicy.v1.PolicyService/ListModels",
                                    "invocation_metadata": (("authorization", f"Bearer {TOKEN_B}"),)})()
-    wrapped = interceptor.intercept_service(lambda d: handler, details)
+
+    async def intercept(handler):
+        async def continuation(details):
+            return handler
+
+        return await interceptor.intercept_service(continuation, details)
+
+    wrapped = asyncio.run(intercept(grpc.unary_unary_rpc_method_handler(behavior)))
     assert wrapped.unary_unary(None, Context()) == "done" and seen == ["bob"]
+    assert principal_of(Context()) == ""  # set for the call only
+    wrapped = asyncio.run(intercept(grpc.unary_unary_rpc_method_handler(async_behavior)))
+    assert asyncio.run(wrapped.unary_unary(None, Context())) == "done async" and seen == ["bob", "bob"]
 
 
 # ---------------------------------------------------------------------------------------------- token files
