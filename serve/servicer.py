@@ -1,8 +1,8 @@
 """PolicyService RPC logic: check requests, admit steps, wait for their batch, build responses.
 
 ``Step`` and ``StepStream`` are coroutines on the server's event loop, and no thread waits per
-step: the first step admitted in a turn of the loop runs at once, and the steps admitted after
-it in the same turn go to their model as one batch (:meth:`PolicyServicer._flush`). The other RPCs, ``StepBatch`` included (it parses thousands of values),
+step: a step that finds no other handler ready to run in the same turn of the loop runs at once,
+and the steps of a busy turn go to their model as one batch (:meth:`PolicyServicer._flush`). The other RPCs, ``StepBatch`` included (it parses thousands of values),
 run in the server's thread pool.
 
 Errors are :class:`ServeError` (a status code and a message naming the bad value) and reach
@@ -112,10 +112,9 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         self.principal_of = principal_of
         self.metrics = metrics or ServeMetrics()
         self._latency = {rpc: self.metrics.step_latency.labels(rpc) for rpc in ("Step", "StepStream", "StepBatch")}
-        # Steps admitted during the current turn of the event loop after its first, by model (only the loop
-        # touches them), and whether that first one ran (see _batch_this_turn).
+        # Steps admitted in the current turn of the event loop, waiting for its flush, by model (only the loop
+        # touches them; see _batch_this_turn).
         self._admitted: dict[ServedModel, list[Chunk]] = {}
-        self._turn_open = False
 
     def _info(self, model: ServedModel) -> pb.ModelInfo:
         return model_info(model, self.registry.sessions_of(model), self.catalog.is_latest(model))
@@ -250,7 +249,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             self.registry.admit_rows(ids, seqs, None, job, None, principal)
             return pb.StepBatchResponse(seqs=seqs, errors=_row_errors(job, ids)), ""
         dim = model.obs_dim
-        obs = np.array(request.obs[:], dtype=np.float32)  # via a list: several times faster than the repeated field
+        # Straight from the repeated field: 5 us for 4,096 values, against 200 us through a list (protobuf 7, upb).
+        obs = np.array(request.obs, dtype=np.float32)
         if obs.size != n * dim:
             raise ServeError(_INVALID, f"StepBatch obs has {obs.size} values, expected {n} sessions x "
                                        f"obs_dim {dim} = {n * dim} (model {model.name!r}, observation shape [{dim}])")
@@ -318,7 +318,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     def _admit_step(self, session: Session, request) -> tuple[Job | None, np.ndarray | None]:
         """Check one step and admit it: ``(None, row)`` for a repeat answered from the cache, else its job."""
         model = session.model
-        values = request.obs[:]  # a list: converting it is several times faster than the repeated field
+        values = request.obs[:]  # for a few values a list is faster than numpy (2.5 us against 10 us for 16)
         n = len(values)
         if n != model.obs_dim:
             raise ServeError(_INVALID, f"obs has {n} values, expected obs_dim={model.obs_dim} "
@@ -340,15 +340,16 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         return job, None
 
     def _batch_this_turn(self, model: ServedModel, chunk: Chunk) -> None:
-        """Run ``chunk`` now if it is the first step of this turn of the event loop, else queue it for the
-        turn's batch (see :meth:`_flush`)."""
-        if not self._turn_open:
-            # A lone step (one client, or the first of a burst) runs at once, inline when the model is idle:
-            # no wait for the batch, no second turn of the loop to resume its handler.
-            self._turn_open = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        """Run ``chunk`` now when no other handler waits to run in this turn of the event loop, else queue
+        it for the turn's batch (see :meth:`_flush`)."""
+        loop = asyncio.get_running_loop()
+        if not self._admitted and not _callbacks_waiting(loop):
+            # A lone step (one client, or a quiet moment) runs at once, inline when the model is idle:
+            # no wait for a batch, no second turn of the loop to resume its handler.
             model.batcher.submit(chunk)
             return
+        if not self._admitted:
+            loop.call_soon(self._flush)
         admitted = self._admitted.get(model)
         if admitted is None:
             self._admitted[model] = [chunk]
@@ -356,13 +357,13 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             admitted.append(chunk)
 
     def _flush(self) -> None:
-        """Hand each model the steps admitted during the turn that ran its first step at once, as one batch.
+        """Hand each model the steps admitted in this turn of the loop, as one batch.
 
-        Scheduled with ``call_soon`` by that first step, it runs after every handler that was ready in
-        the same turn: under load, one flush carries many sessions' steps. An idle model runs the batch
-        here, on the loop; a busy one queues it for its worker thread.
+        Scheduled with ``call_soon`` by the first step that had to wait, it runs after the callbacks that
+        were ready in the same turn (the other streams' messages that arrived together): under load one
+        flush carries many sessions' steps. An idle model runs the batch here, on the loop; a busy one
+        queues it for its worker thread.
         """
-        self._turn_open = False
         admitted, self._admitted = self._admitted, {}
         for model, chunks in admitted.items():
             model.batcher.submit_many(chunks)
@@ -372,6 +373,16 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         model = session.model
         return pb.StepResponse(session_id=session.session_id, seq=seq, model_version=model.version,
                                **model.layout.step_fields(row))
+
+
+def _callbacks_waiting(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether other callbacks (such as handlers with a message to process) are ready to run in this turn.
+
+    Reads the ready queue of asyncio's own event loop (``_ready``, there since Python 3.4); on a loop
+    without one, answers True, so every step waits for the turn's batch.
+    """
+    ready = getattr(loop, "_ready", None)
+    return ready is None or len(ready) > 0
 
 
 def _only_row(job: Job) -> np.ndarray:

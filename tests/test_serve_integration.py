@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import subprocess
 import sys
@@ -118,6 +119,48 @@ def test_step_batch_of_many_sessions_matches_offline(server, stub, serve_export_
             ref = refs[i].step(obs[i], starts[i])
             assert resp.discrete_actions[i] == int(ref["action"][0])
             np.testing.assert_allclose(q[i], ref["q_values"][0], atol=1e-5)
+
+
+def test_concurrent_streams_batch_across_sessions_and_match_offline(server, serve_export_dirs):
+    """64 streams stepping at once: steps admitted in one turn of the server's event loop share an
+    onnxruntime call, and every session still gets exactly its own offline rollout."""
+    srv, port = server
+    sessions, steps = 64, 8
+    rng = np.random.default_rng(3)
+    obs = rng.normal(size=(sessions, steps, OBS_DIM["q_lstm"])).astype(np.float32)
+    starts = rng.random((sessions, steps)) < 0.2
+    starts[:, 0] = True
+    batches_before = srv.metrics.value("rnnpolicy_batch_size_count", {"model": "q_lstm"})
+    rows_before = srv.metrics.value("rnnpolicy_batch_size_sum", {"model": "q_lstm"})
+
+    async def drive() -> list[list[pb.StepResponse]]:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            aio_stub = policy_pb2_grpc.PolicyServiceStub(channel)
+            ids = [(await aio_stub.CreateSession(pb.CreateSessionRequest(model="q_lstm"))).session_id
+                   for _ in range(sessions)]
+
+            async def one(i: int) -> list[pb.StepResponse]:
+                call = aio_stub.StepStream()
+                answers = []
+                for t in range(steps):
+                    await call.write(pb.StepRequest(session_id=ids[i], seq=t + 1, obs=obs[i, t],
+                                                    episode_start=bool(starts[i, t]), deterministic=True))
+                    answers.append(await call.read())
+                await call.done_writing()
+                return answers
+
+            return await asyncio.gather(*(one(i) for i in range(sessions)))
+
+    answers = asyncio.run(drive())
+    for i in range(sessions):
+        ref = OfflineRollout(serve_export_dirs["q_lstm"])
+        for t in range(steps):
+            assert not answers[i][t].HasField("error"), answers[i][t].error.message
+            _check_same(answers[i][t], ref.step(obs[i, t], starts[i, t]), "q_lstm")
+    calls = srv.metrics.value("rnnpolicy_batch_size_count", {"model": "q_lstm"}) - batches_before
+    rows = srv.metrics.value("rnnpolicy_batch_size_sum", {"model": "q_lstm"}) - rows_before
+    assert rows == sessions * steps
+    assert calls < rows / 2, f"{rows} steps took {calls} onnxruntime calls: streams were not batched together"
 
 
 def test_repeat_of_last_seq_returns_same_response_without_advancing(stub):
