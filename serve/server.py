@@ -106,8 +106,9 @@ _server_loop_lock = threading.Lock()
 def server_loop() -> EventLoopThread:
     """The event loop every PolicyServer of this process runs on, started on first use.
 
-    One loop for the process's lifetime: grpcio's asyncio layer keeps process-wide state bound to
-    the loop that started it, and a closed loop under a later server makes grpcio fail.
+    One loop for the process's lifetime: grpcio's asyncio layer keeps process-wide state (a poller
+    thread) that goes on delivering events to the loop it started on; closing that loop after one
+    server stopped made every later event fail with "Event loop is closed".
     """
     global _server_loop
     with _server_loop_lock:
