@@ -30,6 +30,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from machine import cpu_ticks, loadavg, steal_pct
 from rnnpolicy.encoding import ObsEncoding
 from rnnpolicy.export.exporter import export_checkpoint
 from rnnpolicy.export.runtime import feed_runner, load_onnx_policy, session_options, zero_state
@@ -182,7 +183,8 @@ def _markdown(result: dict[str, Any]) -> str:
             f"onnxruntime {result['onnxruntime']}; one thread everywhere; Q-network, 1 recurrent layer, "
             f"obs {OBS_DIM}, {N_ACTIONS} actions; each call carries the state of the previous one. "
             f"{result['cpu_count']} CPUs, 1-min load average {result['load_average_1min'][0]} before and "
-            f"{result['load_average_1min'][1]} after the run (other work on the machine inflates latencies).",
+            f"{result['load_average_1min'][1]} after the run, {result['steal_pct']}% of CPU time stolen by the "
+            f"hypervisor during it (other work on the machine or the host inflates latencies).",
             "",
             header,
             *(_md_row(r) for r in result["rows"]),
@@ -201,7 +203,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer calls per measurement (a smoke run)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    load_before = os.getloadavg()[0]
+    load_before = loadavg()[0]
+    ticks = cpu_ticks()
     calls = 300 if args.quick else 3000
     with tempfile.TemporaryDirectory() as tmp:
         rows = [row for cell, hidden in MODELS for row in _bench_model(cell, hidden, Path(tmp), calls)]
@@ -211,7 +214,8 @@ def main() -> None:
         "torch": torch.__version__,
         "onnxruntime": ort.__version__,
         "calls_per_batch1_measurement": calls,
-        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "load_average_1min": [load_before, loadavg()[0]],
+        "steal_pct": steal_pct(ticks, cpu_ticks()),
         "cpu_count": os.cpu_count(),
         "rows": rows,
         "target": {

@@ -40,6 +40,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from machine import cpu_ticks, loadavg, steal_pct
 from rnnpolicy.v1 import policy_pb2 as pb
 from rnnpolicy.v1 import policy_pb2_grpc
 
@@ -169,17 +170,6 @@ def threads(pid: int) -> int:
     return -1
 
 
-def cpu_ticks() -> tuple[int, int]:
-    """(steal, total) jiffies of all CPUs from /proc/stat: steal is time the hypervisor gave this VM's vCPUs to others."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return fields[7], sum(fields)
-
-
-def loadavg() -> list[float]:
-    """The 1, 5 and 15 minute load averages (other work on the machine skews the latencies)."""
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
@@ -241,7 +231,7 @@ async def scenario(port: int, kind: str, sessions: int, seconds: float) -> dict:
     load = Load(port)
     ids = await load.sessions(sessions)
     lat: list[float] = []
-    steal0, total0 = cpu_ticks()
+    ticks = cpu_ticks()
     # warm-up, then measure
     for phase, length in (("warm", min(1.0, seconds / 3)), ("measure", seconds)):
         lat.clear()
@@ -257,13 +247,13 @@ async def scenario(port: int, kind: str, sessions: int, seconds: float) -> dict:
             load._seqs = await asyncio.gather(*(fn(sid, stop_at, lat, s) for sid, s in zip(ids, seq0)))
             steps = len(lat)
         elapsed = time.perf_counter() - t0
-    steal1, total1 = cpu_ticks()
+    steal = steal_pct(ticks, cpu_ticks())
     await load.channel.close()
     ms = np.asarray(lat) * 1e3
     return {"kind": kind, "sessions": sessions, "calls": len(lat), "steps": steps, "seconds": round(elapsed, 3),
             "steps_per_s": round(steps / elapsed, 1), "p50_ms": round(float(np.percentile(ms, 50)), 4),
             "p99_ms": round(float(np.percentile(ms, 99)), 4), "loadavg_1m": loadavg()[0],
-            "steal_pct": round(100 * (steal1 - steal0) / max(1, total1 - total0), 1)}
+            "steal_pct": steal}
 
 
 async def resident_memory(port: int, pid: int, count: int = 10_000) -> dict:
