@@ -2,9 +2,10 @@
 
 The gRPC server is grpcio's asyncio server, running on the process's one server event loop in a
 thread of its own (:func:`server_loop`), so ``create_server`` and :class:`PolicyServer` keep a
-plain blocking API. Per-step RPCs (``Step``, ``StepStream``) are coroutines on that loop: thousands of streams
-cost no thread each, and steps arriving together batch across sessions without thread
-hand-offs. The other RPCs run in a thread pool of ``max_workers`` threads, started up front.
+plain blocking API. Per-step RPCs (``Step``, ``StepStream``) are coroutines on that loop:
+thousands of streams cost no thread each, and steps arriving together batch across sessions
+without thread hand-offs. The other RPCs run in a thread pool of ``max_workers`` threads,
+started up front.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from rnnpolicy.serve.servicer import PolicyServicer
 from rnnpolicy.serve.sessions import SessionRegistry
 from rnnpolicy.v1 import policy_pb2
 
-__all__ = ["EventLoopThread", "PolicyServer", "ServeConfig", "create_server", "server_loop", "serve_until_signal", "SERVICE_NAME"]
+__all__ = ["EventLoopThread", "PolicyServer", "ServeConfig", "create_server", "server_loop", "serve_until_signal",
+           "SERVICE_NAME"]
 
 SERVICE_NAME = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
 _log = logging.getLogger("rnnpolicy.serve")

@@ -2,8 +2,9 @@
 
 ``Step`` and ``StepStream`` are coroutines on the server's event loop, and no thread waits per
 step: a step that finds no other handler ready to run in the same turn of the loop runs at once,
-and the steps of a busy turn go to their model as one batch (:meth:`PolicyServicer._flush`). The other RPCs, ``StepBatch`` included (it parses thousands of values),
-run in the server's thread pool.
+and the steps of a busy turn go to their model as one batch (:meth:`PolicyServicer._flush`).
+The other RPCs, ``StepBatch`` included (it parses thousands of values), run in the server's
+thread pool.
 
 Errors are :class:`ServeError` (a status code and a message naming the bad value) and reach
 the client through ``context.abort``; an unexpected exception is logged and answered INTERNAL,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import grpc
 import pytest
 
@@ -59,3 +61,18 @@ def test_migrating_an_unknown_session_is_refused(serve_export_dirs):
             assert err.value.code() == grpc.StatusCode.NOT_FOUND and "unknown session 'nope'" in err.value.details()
     finally:
         srv.stop(None)
+
+
+def test_handler_threads_start_with_the_server_and_servers_share_one_event_loop(serve_export_dirs):
+    """The pool is full from the start (no memory creep as bursts grow it), and stopping one server
+    leaves the process's event loop serving the next."""
+    before = set(threading.enumerate())  # other tests' pools may still be winding down: count new threads only
+    first, port = create_server({"q": serve_export_dirs["q_lstm"]}, "127.0.0.1:0", ServeConfig(max_workers=12))
+    assert sum(t.name.startswith("rnnpolicy-rpc") for t in set(threading.enumerate()) - before) == 12
+    first.stop(None)
+    second, port = create_server({"q": serve_export_dirs["q_lstm"]}, "127.0.0.1:0", ServeConfig(max_workers=4))
+    try:
+        with PolicyClient(f"127.0.0.1:{port}") as client, client.session("q") as session:
+            assert session.step([0.1] * 5, episode_start=True).seq == 1
+    finally:
+        second.stop(None)
