@@ -46,6 +46,7 @@ from rnnpolicy.v1 import policy_pb2_grpc
 
 OBS_DIM, ACTIONS, HIDDEN = 16, 6, 128
 ECHO_MODES = ("threads", "asyncio")
+BURST = 128  # concurrent session calls at once: below the servers' limit of 256 concurrent RPCs
 RESULTS = Path(__file__).parent / "results"
 SERVICE = "/rnnpolicy.v1.PolicyService/"
 
@@ -261,8 +262,9 @@ async def resident_memory(port: int, pid: int, count: int = 10_000) -> dict:
     await asyncio.sleep(0.5)
     idle = rss_mb(pid)
     ids = []
-    for start_ in range(0, count, 500):
-        ids += await asyncio.gather(*(load.stub.CreateSession(pb.CreateSessionRequest(model="bench")) for _ in range(min(500, count - start_))))
+    for start_ in range(0, count, BURST):
+        ids += await asyncio.gather(*(load.stub.CreateSession(pb.CreateSessionRequest(model="bench"))
+                                      for _ in range(min(BURST, count - start_))))
     ids = [r.session_id for r in ids]
     obs = np.tile(np.asarray(load.obs, np.float32), 256).tolist()
     for lo in range(0, count, 256):
@@ -290,10 +292,14 @@ async def soak(port: int, pid: int, total_steps: int) -> dict:
     done, samples, t0, rounds, cap_full_at = 0, [], time.perf_counter(), 0, None
     load_start = loadavg()
     while done < total_steps:
-        ids = [r.session_id for r in await asyncio.gather(*(load.stub.CreateSession(pb.CreateSessionRequest(model="bench")) for _ in range(256)))]
+        ids = []
+        for _ in range(256 // BURST):
+            ids += [r.session_id for r in await asyncio.gather(*(load.stub.CreateSession(pb.CreateSessionRequest(model="bench"))
+                                                                 for _ in range(BURST)))]
         for seq in range(1, 51):
             await load.stub.StepBatch(pb.StepBatchRequest(session_ids=ids, seqs=[seq] * 256, obs=obs))
-        await asyncio.gather(*(load.stub.CloseSession(pb.CloseSessionRequest(session_id=s)) for s in ids))
+        for lo in range(0, 256, BURST):
+            await asyncio.gather(*(load.stub.CloseSession(pb.CloseSessionRequest(session_id=s)) for s in ids[lo:lo + BURST]))
         done += 256 * 50
         rounds += 1
         samples.append((done, rss_mb(pid), threads(pid)))
