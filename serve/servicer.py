@@ -280,10 +280,13 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         # admit_rows reports rows relative to ids_k; remap failures onto the job's rows.
         sub = job if keep is None else _RowMap(job, keep)
         model, rows, sessions = self.registry.admit_rows(ids_k, seqs_k, model, sub, pending, principal)
-        if rows:
+        slots = np.array([s.slot for s in sessions], dtype=np.intp)
+        if keep is None and len(rows) == n:  # every row ready, the common case: nothing to gather
+            model.batcher.submit(Chunk(job, np.arange(n, dtype=np.intp), sessions, slots, seqs, obs, episode_start, det))
+        elif rows:
             idx = np.asarray(rows, dtype=np.intp) if keep is None else keep[np.asarray(rows, dtype=np.intp)]
-            model.batcher.submit(Chunk(job, idx, sessions, np.array([s.slot for s in sessions], dtype=np.intp),
-                                       [seqs[i] for i in idx], obs[idx], episode_start[idx], det))
+            model.batcher.submit(Chunk(job, idx, sessions, slots, [seqs[i] for i in idx.tolist()], obs[idx],
+                                       episode_start[idx], det))
         job.wait()
         response = pb.StepBatchResponse(seqs=seqs, model_version=model.version, **model.layout.batch_fields(job.out))
         if job.errors:
