@@ -27,18 +27,17 @@ class Job:
     """The answer to one request: a packed output row per step, or an error per failed row.
 
     ``width`` 0 (single-row jobs only) allocates nothing up front: ``out`` stays None until the
-    row resolves and is then a copy of its packed row ``(1, width)``. A thread waits with
-    :meth:`wait`, a coroutine with :meth:`wait_async`.
+    row resolves and is then a copy of its packed row ``(1, width)``. The RPC's coroutine waits
+    with :meth:`wait`.
     """
 
-    __slots__ = ("out", "errors", "_remaining", "_lock", "_event", "_future", "_loop_thread")
+    __slots__ = ("out", "errors", "_remaining", "_lock", "_future", "_loop_thread")
 
     def __init__(self, rows: int, width: int) -> None:
         self.out = np.zeros((rows, width), dtype=np.float32) if width else None
         self.errors: dict[int, tuple[object, str, int]] | None = None  # row -> (code, message, expected seq)
         self._remaining = rows
         self._lock = threading.Lock()
-        self._event: threading.Event | None = None
         self._future: asyncio.Future[None] | None = None
         self._loop_thread = 0  # the thread running the future's event loop
 
@@ -62,32 +61,14 @@ class Job:
         with self._lock:
             self._remaining -= count
             finished = self._remaining == 0
-            event, future = self._event, self._future
-        if not finished:
-            return
-        if event is not None:
-            event.set()
-        if future is not None:
+            future = self._future
+        if finished and future is not None:
             if threading.get_ident() == self._loop_thread:  # resolved by a batch run inline on the loop
                 _set_done(future)
             else:  # by the batcher's worker thread
                 future.get_loop().call_soon_threadsafe(_set_done, future)
 
-    @property
-    def finished(self) -> bool:
-        return self._remaining == 0
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until every row finished; False on timeout."""
-        with self._lock:
-            if self._remaining == 0:
-                return True
-            if self._event is None:
-                self._event = threading.Event()
-            event = self._event
-        return event.wait(timeout)
-
-    async def wait_async(self) -> None:
+    async def wait(self) -> None:
         """Wait, without blocking the event loop, until every row finished."""
         with self._lock:
             if self._remaining == 0:

@@ -32,7 +32,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser, argv: list[str] | None 
     parser.add_argument("--threads", type=int, default=defaults.intra_op_threads,
                         help="onnxruntime intra-op threads per model (default %(default)s)")
     parser.add_argument("--max-workers", type=int, default=defaults.max_workers,
-                        help="threads for the RPCs other than Step and StepStream (which run on the event loop); "
+                        help="threads for the RPCs other than Step, StepStream and StepBatch (which run on the event loop); "
                              "also the most concurrent calls, open streams included (default %(default)s)")
     parser.add_argument("--quiet-sessions", action="store_true",
                         help="do not log a line per session lifecycle event (metrics still count them)")

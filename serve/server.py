@@ -2,9 +2,9 @@
 
 The gRPC server is grpcio's asyncio server, running on the process's one server event loop in a
 thread of its own (:func:`server_loop`), so ``create_server`` and :class:`PolicyServer` keep a
-plain blocking API. Per-step RPCs (``Step``, ``StepStream``) are coroutines on that loop:
-thousands of streams cost no thread each, and steps arriving together batch across sessions
-without thread hand-offs. The other RPCs run in a thread pool of ``max_workers`` threads,
+plain blocking API. The step RPCs (``Step``, ``StepStream``, ``StepBatch``) are coroutines on
+that loop: thousands of streams cost no thread each, and steps arriving together batch across
+sessions without thread hand-offs. The other RPCs run in a thread pool of ``max_workers`` threads,
 started up front.
 """
 
@@ -56,7 +56,7 @@ class ServeConfig:
     intra_op_threads: int = 1
     """onnxruntime intra-op threads per model."""
     max_workers: int = 256
-    """Threads for the RPCs other than Step and StepStream (which run on the event loop); also the most concurrent
+    """Threads for the RPCs other than Step, StepStream and StepBatch (which run on the event loop); also the most concurrent
     RPCs (open streams included), beyond which calls are refused."""
     max_message_bytes: int = 4 * 1024 * 1024
     """Largest request accepted; gRPC refuses larger ones with RESOURCE_EXHAUSTED."""
