@@ -4,8 +4,8 @@
 thread waits per step: a step that finds no other handler ready to run in the same turn of the
 loop runs at once, and the steps of a busy turn go to their model as one batch
 (:meth:`PolicyServicer._flush`). A ``StepBatch`` runs its rows as one batch right away; while it
-does, the loop serves nothing else (about 2 ms for 256 rows of a 128-unit LSTM here). Without the
-thread hand-offs that cost, it did 8% more session-steps/s than in the thread pool (medians of 6
+does, the loop serves nothing else (about 2 ms for 256 rows of a 128-unit LSTM here). Run there, with
+no thread hand-off either way, it did 8% more session-steps/s than in the thread pool (medians of 6
 paired rounds: 59,700 against 55,300). The other RPCs run in the server's thread pool.
 
 Errors are :class:`ServeError` (a status code and a message naming the bad value) and reach
