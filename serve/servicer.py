@@ -78,14 +78,8 @@ def _rpc(method: Callable) -> Callable:
         async def async_wrapper(self, request, context):
             try:
                 return await method(self, request, context)
-            except ServeError as exc:
-                if exc.trailing:
-                    context.set_trailing_metadata(exc.trailing)
-                await context.abort(exc.code, exc.message)
-            except Exception:  # noqa: BLE001 - the last line of defence before the wire
-                _log.exception("%s failed", method.__name__)
-                await context.abort(grpc.StatusCode.INTERNAL,
-                                    f"{method.__name__} failed inside the server (see the server log)")
+            except Exception as exc:  # noqa: BLE001 - the last line of defence before the wire
+                await context.abort(*_status(exc, method.__name__, context))
 
         return async_wrapper
 
@@ -93,15 +87,20 @@ def _rpc(method: Callable) -> Callable:
     def wrapper(self, request, context):
         try:
             return method(self, request, context)
-        except ServeError as exc:
-            if exc.trailing:
-                context.set_trailing_metadata(exc.trailing)
-            context.abort(exc.code, exc.message)
-        except Exception:  # noqa: BLE001 - the last line of defence before the wire
-            _log.exception("%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__} failed inside the server (see the server log)")
+        except Exception as exc:  # noqa: BLE001 - the last line of defence before the wire
+            context.abort(*_status(exc, method.__name__, context))
 
     return wrapper
+
+
+def _status(exc: Exception, rpc: str, context: grpc.ServicerContext) -> tuple[grpc.StatusCode, str]:
+    """The status code and message ``exc`` ends call ``rpc`` with; sets its trailers, logs the unexpected."""
+    if isinstance(exc, ServeError):
+        if exc.trailing:
+            context.set_trailing_metadata(exc.trailing)
+        return exc.code, exc.message
+    _log.exception("%s failed", rpc)
+    return grpc.StatusCode.INTERNAL, f"{rpc} failed inside the server (see the server log)"
 
 
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
