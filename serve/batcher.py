@@ -26,9 +26,10 @@ __all__ = ["Batcher", "Chunk", "Job"]
 class Job:
     """The answer to one request: a packed output row per step, or an error per failed row.
 
-    ``width`` 0 (single-row jobs only) allocates nothing up front: ``out`` stays None until the
-    row resolves and is then a copy of its packed row ``(1, width)``. The RPC's coroutine waits
-    with :meth:`wait`.
+    Made on the event loop by the RPC's coroutine, which awaits :meth:`wait`; rows resolve on the
+    loop (a batch run there) or on the model's worker thread. ``width`` 0 (single-row jobs only)
+    allocates nothing up front: ``out`` stays None until the row resolves and is then a copy of its
+    packed row ``(1, width)``.
     """
 
     __slots__ = ("out", "errors", "_remaining", "_lock", "_future", "_loop_thread")
@@ -37,9 +38,10 @@ class Job:
         self.out = np.zeros((rows, width), dtype=np.float32) if width else None
         self.errors: dict[int, tuple[object, str, int]] | None = None  # row -> (code, message, expected seq)
         self._remaining = rows
-        self._lock = threading.Lock()
-        self._future: asyncio.Future[None] | None = None
-        self._loop_thread = 0  # the thread running the future's event loop
+        # A single row resolves once; rows of a StepBatch may resolve on two threads at once.
+        self._lock = threading.Lock() if rows > 1 else None
+        self._future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loop_thread = threading.get_ident()
 
     def resolve(self, rows: np.ndarray | list[int], values: np.ndarray) -> None:
         """Rows ``rows`` of this job finished with packed outputs ``values``."""
@@ -51,32 +53,31 @@ class Job:
 
     def fail(self, row: int, code: object, message: str, expected_seq: int = 0) -> None:
         """Row ``row`` was refused with status ``code``; its state is untouched."""
-        with self._lock:
-            if self.errors is None:
-                self.errors = {}
-            self.errors[row] = (code, message, expected_seq)
+        if self._lock is None:
+            self.errors = {row: (code, message, expected_seq)}
+        else:
+            with self._lock:
+                if self.errors is None:
+                    self.errors = {}
+                self.errors[row] = (code, message, expected_seq)
         self._done(1)
 
     def _done(self, count: int) -> None:
-        with self._lock:
-            self._remaining -= count
-            finished = self._remaining == 0
-            future = self._future
-        if finished and future is not None:
-            if threading.get_ident() == self._loop_thread:  # resolved by a batch run inline on the loop
-                _set_done(future)
-            else:  # by the batcher's worker thread
-                future.get_loop().call_soon_threadsafe(_set_done, future)
+        if self._lock is None:
+            self._remaining = 0
+        else:
+            with self._lock:
+                self._remaining -= count
+                if self._remaining:
+                    return
+        if threading.get_ident() == self._loop_thread:  # resolved by a batch run on the loop
+            _set_done(self._future)
+        else:  # by the batcher's worker thread
+            self._future.get_loop().call_soon_threadsafe(_set_done, self._future)
 
     async def wait(self) -> None:
         """Wait, without blocking the event loop, until every row finished."""
-        with self._lock:
-            if self._remaining == 0:
-                return
-            self._future = asyncio.get_running_loop().create_future()
-            self._loop_thread = threading.get_ident()
-            future = self._future
-        await future
+        await self._future
 
 
 def _set_done(future: asyncio.Future[None]) -> None:
@@ -121,8 +122,6 @@ class Batcher:
         self._busy = False
         self._closed = False
         self._cond = threading.Condition(threading.Lock())
-        self.batches = 0
-        self.rows = 0
         self._thread = threading.Thread(target=self._work, name=f"rnnpolicy-batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -132,22 +131,32 @@ class Batcher:
 
     def submit_many(self, chunks: list[Chunk]) -> None:
         """Queue ``chunks`` (or, when the model is idle and nothing waits, run them now as one batch on this thread)."""
-        with self._cond:
-            inline = not self._busy and not self._queue and self.max_wait == 0.0
-            if inline:
-                self._busy = True
-            else:
-                self._queue.extend(chunks)
-                self._queued_rows += sum(len(c) for c in chunks)
-                self._cond.notify()
-        if inline:
+        if self.try_hold():
             try:
-                self._run(chunks)
+                self._runner(chunks)
             finally:
-                with self._cond:
-                    self._busy = False
-                    if self._queue:
-                        self._cond.notify()
+                self.release()
+            return
+        with self._cond:
+            self._queue.extend(chunks)
+            self._queued_rows += sum(len(c) for c in chunks)
+            self._cond.notify()
+
+    def try_hold(self) -> bool:
+        """Take the model for a run on this thread if it is idle, nothing is queued and batches do not wait
+        to fill (``max_wait_us`` 0); the caller runs, then calls :meth:`release`. False: submit instead."""
+        with self._cond:
+            if self._busy or self._queue or self.max_wait:
+                return False
+            self._busy = True
+            return True
+
+    def release(self) -> None:
+        """End a run begun with :meth:`try_hold`; the worker takes what queued meanwhile."""
+        with self._cond:
+            self._busy = False
+            if self._queue:
+                self._cond.notify()
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -201,14 +210,9 @@ class Batcher:
             if chunks is None:
                 return
             try:
-                self._run(chunks)
+                self._runner(chunks)
             finally:
                 chunks = None  # do not hold the batch (and its sessions) until the next one arrives
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
-
-    def _run(self, chunks: list[Chunk]) -> None:
-        self.batches += 1
-        self.rows += sum(len(c) for c in chunks)
-        self._runner(chunks)

@@ -11,15 +11,23 @@ share counters); ``--metrics-port`` exposes it over HTTP at ``/metrics``. Names:
 - ``rnnpolicy_sessions_active{model,version}``, ``rnnpolicy_state_bytes_resident``: read at scrape time;
 - ``rnnpolicy_sessions_created_total{model}``, ``..._closed_total``, ``..._expired_total``,
   ``..._migrated_total``, ``..._restored_total``, ``rnnpolicy_sessions_refused_total{reason}``.
+
+The three per-step metrics are updated on every step, so they are kept by :class:`StepCounter` and
+:class:`StepHistogram` (one lock, a dict or a bisect: about 1 us an update, where prometheus_client's
+own ``Histogram.observe`` takes about 2 us and ``Counter.inc`` 1 us) and turned into Prometheus
+samples when scraped.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
-from typing import TYPE_CHECKING, Callable
+import threading
+from typing import TYPE_CHECKING, Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from rnnpolicy.serve.model import ServedModel
@@ -38,12 +46,12 @@ class ServeMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.steps = Counter("rnnpolicy_steps", "Steps answered, by model and gRPC status code",
-                             ("model", "code"), registry=self.registry)
-        self.step_latency = Histogram("rnnpolicy_step_latency_seconds", "Request-to-answer time of steps",
-                                      ("rpc",), buckets=_LATENCY_BUCKETS, registry=self.registry)
-        self.batch_size = Histogram("rnnpolicy_batch_size", "Rows per onnxruntime call", ("model",),
-                                    buckets=_BATCH_BUCKETS, registry=self.registry)
+        self.steps = StepCounter("rnnpolicy_steps", "Steps answered, by model and gRPC status code", ("model", "code"))
+        self.step_latency = StepHistogram("rnnpolicy_step_latency_seconds", "Request-to-answer time of steps", "rpc",
+                                          _LATENCY_BUCKETS)
+        self.batch_size = StepHistogram("rnnpolicy_batch_size", "Rows per onnxruntime call", "model", _BATCH_BUCKETS)
+        for metric in (self.steps, self.step_latency, self.batch_size):
+            self.registry.register(metric)
         self.sessions = {
             event: Counter(f"rnnpolicy_sessions_{event}", f"Sessions {event}", ("model",), registry=self.registry)
             for event in ("created", "closed", "expired", "migrated", "restored")
@@ -53,7 +61,6 @@ class ServeMetrics:
         self._versions: Callable[[], list[tuple[ServedModel, int]]] | None = None
         self.registry.register(_SessionGauges(self))
         self._http = None
-        self._ok_children: dict[str, Counter] = {}
 
     def bind_versions(self, versions: Callable[[], list[tuple[ServedModel, int]]]) -> None:
         """Where the scrape-time gauges read ``(model version, open sessions)`` pairs."""
@@ -62,13 +69,7 @@ class ServeMetrics:
     # ------------------------------------------------------------------ updates
 
     def count_steps(self, model: str, code: str, n: int = 1) -> None:
-        if code == "OK":  # the hot path: one cached child per model
-            child = self._ok_children.get(model)
-            if child is None:
-                child = self._ok_children[model] = self.steps.labels(model, "OK")
-            child.inc(n)
-        else:
-            self.steps.labels(model, code).inc(n)
+        self.steps.inc((model, code), n)
 
     def session_event(self, event: SessionEvent, session: Session | None, fields: dict) -> None:
         """The registry's listener: count the event and log it as one ``key=value`` line."""
@@ -130,3 +131,82 @@ class _SessionGauges:
         yield active
         yield GaugeMetricFamily("rnnpolicy_state_bytes_resident",
                                 "Bytes of hidden state and cached outputs of open sessions", value=resident)
+
+
+class StepCounter:
+    """A counter with labels, for the step path: ``inc(labels, n)`` under one lock; a collector for the registry."""
+
+    def __init__(self, name: str, documentation: str, label_names: tuple[str, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label_names = label_names
+        self._counts: dict[tuple[str, ...], float] = {}
+        self._lock = threading.Lock()
+
+    def inc(self, labels: tuple[str, ...], n: float = 1) -> None:
+        with self._lock:
+            self._counts[labels] = self._counts.get(labels, 0) + n
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return [CounterMetricFamily(self.name, self.documentation, labels=self.label_names)]
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.label_names)
+        with self._lock:
+            counts = list(self._counts.items())
+        for labels, value in counts:
+            family.add_metric(list(labels), value)
+        yield family
+
+
+class StepHistogram:
+    """A histogram with one label, for the step path: ``labels(value).observe(x)`` is a bisect and three
+    additions under one lock; a collector for the registry."""
+
+    def __init__(self, name: str, documentation: str, label_name: str, buckets: tuple[float, ...]) -> None:
+        if list(buckets) != sorted(buckets):
+            raise ValueError(f"histogram buckets must increase, got {buckets}")
+        self.name = name
+        self.documentation = documentation
+        self.label_name = label_name
+        self.buckets = tuple(float(b) for b in buckets)
+        self._children: dict[str, _HistogramChild] = {}
+        self._lock = threading.Lock()
+
+    def labels(self, value: str) -> _HistogramChild:
+        with self._lock:
+            child = self._children.get(value)
+            if child is None:
+                child = self._children[value] = _HistogramChild(self.buckets, self._lock)
+            return child
+
+    def describe(self) -> list[HistogramMetricFamily]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=(self.label_name,))]
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=(self.label_name,))
+        with self._lock:
+            snapshot = [(value, list(child.counts), child.total) for value, child in self._children.items()]
+        for value, counts, total in snapshot:
+            cumulative, running = [], 0
+            for bound, count in zip((*self.buckets, float("inf")), counts):
+                running += count
+                cumulative.append((floatToGoString(bound), running))
+            family.add_metric([value], cumulative, sum_value=total)
+        yield family
+
+
+class _HistogramChild:
+    __slots__ = ("counts", "total", "_bounds", "_lock")
+
+    def __init__(self, bounds: tuple[float, ...], lock: threading.Lock) -> None:
+        self.counts = [0] * (len(bounds) + 1)  # per bucket (not cumulative); the last is +Inf
+        self.total = 0.0
+        self._bounds = bounds
+        self._lock = lock
+
+    def observe(self, amount: float) -> None:
+        index = bisect.bisect_left(self._bounds, amount)  # the first bound >= amount, as Prometheus's le
+        with self._lock:
+            self.counts[index] += 1
+            self.total += amount

@@ -10,6 +10,7 @@ import numpy as np
 
 from rnnpolicy.serve.backend import OnnxBackend
 from rnnpolicy.serve.batcher import Batcher, Chunk
+from rnnpolicy.serve.errors import ServeError
 from rnnpolicy.serve.layout import OutputLayout
 from rnnpolicy.serve.sessions import Session, SessionRegistry, SlotArrays
 from rnnpolicy.spec import ACTION, LOG_STD, LOGITS, MEAN
@@ -44,6 +45,7 @@ class ServedModel:
         # The single-step feeds, refilled per call: batches of one model never run concurrently.
         self._feeds: dict[str, np.ndarray] = {}
         self._batch_sizes = metrics.batch_size.labels(name) if metrics is not None else None
+        self._failed = f"model {name!r} version {self.version} failed to step (see the server log)"
         self.batcher = Batcher(self._run, max_batch=max_batch, max_wait_us=max_wait_us, name=name)
 
     def close(self) -> None:
@@ -52,37 +54,44 @@ class ServedModel:
     # ------------------------------------------------------------------ the batched step
 
     def _run(self, chunks: list[Chunk]) -> None:
-        finished: list[Chunk] = []
         try:
-            self._step(chunks, finished)
-        except Exception:  # never leave a caller waiting: fail the rows not yet answered, advance nothing
+            packed = self._step(chunks)
+        except Exception:  # never leave a caller waiting: fail every row, advance nothing
             _log.exception("model %r: batched step failed", self.name)
             for chunk in chunks:
-                if any(chunk is done for done in finished):
-                    continue
                 for row in chunk.rows:
-                    chunk.job.fail(int(row), grpc.StatusCode.INTERNAL,
-                                   f"model {self.name!r} version {self.version} failed to step (see the server log)")
-                for ready in self.registry.finish(chunk.sessions, None):
-                    self.batcher.submit(ready)
+                    chunk.job.fail(int(row), grpc.StatusCode.INTERNAL, self._failed)
+                self._submit_ready(self.registry.finish(chunk.sessions, None))
+            return
+        self._commit(chunks, packed)
 
-    def _commit(self, chunks: list[Chunk], finished: list[Chunk], packed: np.ndarray) -> None:
-        """Answer each chunk and advance its sessions' seq; the state was written just before."""
+    def _commit(self, chunks: list[Chunk], packed: np.ndarray) -> None:
+        """Advance the chunks' sessions' seq (one registry call) and answer each chunk; the state was written
+        just before."""
+        if len(chunks) == 1:
+            sessions, seqs = chunks[0].sessions, chunks[0].seqs
+        else:
+            sessions = [session for chunk in chunks for session in chunk.sessions]
+            seqs = [seq for chunk in chunks for seq in chunk.seqs]
+        ready = self.registry.finish(sessions, seqs)
         offset = 0
         for chunk in chunks:
             k = len(chunk)
-            ready = self.registry.finish(chunk.sessions, chunk.seqs)
-            finished.append(chunk)
             chunk.job.resolve(chunk.rows, packed[offset:offset + k])
             offset += k
-            for follow in ready:
-                self.batcher.submit(follow)
+        self._submit_ready(ready)
 
-    def _step(self, chunks: list[Chunk], finished: list[Chunk]) -> None:
-        """Run the chunks' rows; nothing (state, last output, seq) changes until every call succeeded."""
-        if len(chunks) == 1 and len(chunks[0]) == 1:
-            self._step_one(chunks[0], finished)
-            return
+    def _submit_ready(self, chunks: list[Chunk]) -> None:
+        """Submit the steps that queued behind finished ones (their sessions are admitted now)."""
+        for chunk in chunks:
+            self.batcher.submit(chunk)
+
+    def _step(self, chunks: list[Chunk]) -> np.ndarray:
+        """Run the chunks' rows, write their next states and cached rows, and return the packed rows
+        ``(total, width)``; nothing (state, last output) changes until every call succeeded."""
+        if len(chunks) == 1 and len(chunks[0]) == 1:  # slot slices instead of gathers and scatters
+            c = chunks[0]
+            return self._run_row(c.sessions[0], c.obs, c.episode_start, c.deterministic)
         if len(chunks) == 1:
             c = chunks[0]
             slots, obs, episode_start = c.slots, c.obs, c.episode_start
@@ -115,17 +124,40 @@ class ServedModel:
             for array, nxt in zip(state_arrays, nexts):
                 array[:, rows, :] = nxt
         self.slots.last_out[slots] = packed
-        self._commit(chunks, finished, packed)
+        return packed
 
-    def _step_one(self, chunk: Chunk, finished: list[Chunk]) -> None:
-        """One row: the same as :meth:`_step` with slot slices instead of gathers and scatters."""
-        session = chunk.sessions[0]
+    def step_now(self, session: Session, seq: int, obs: np.ndarray, episode_start: np.ndarray,
+                 deterministic: bool) -> np.ndarray | None:
+        """Run one admitted step on this thread if the model is idle and return its packed row ``(width,)``
+        (the session's state, cached row and seq advanced); None when the model is busy (submit a Chunk then).
+
+        The lone step's path: no job, chunk or queue. ``ServeError`` INTERNAL when the model fails; then
+        nothing of the session changed.
+        """
+        batcher = self.batcher
+        if not batcher.try_hold():
+            return None
+        try:
+            try:
+                packed = self._run_row(session, obs, episode_start, deterministic)
+            except Exception:  # noqa: BLE001 - answered INTERNAL; the session is released unchanged
+                _log.exception("model %r: step failed", self.name)
+                self._submit_ready(self.registry.finish([session], None))
+                raise ServeError(grpc.StatusCode.INTERNAL, self._failed) from None
+            self._submit_ready(self.registry.finish([session], [seq]))
+            return packed[0]
+        finally:
+            batcher.release()
+
+    def _run_row(self, session: Session, obs: np.ndarray, episode_start: np.ndarray,
+                 deterministic: bool) -> np.ndarray:
+        """Step one session: write its next state and cached row, and return the packed row ``(1, width)``."""
         slot = session.slot
         rows = slice(slot, slot + 1)
         state_arrays = self.slots.state
         feeds = self._feeds
-        feeds["obs"] = chunk.obs
-        feeds["episode_start"] = chunk.episode_start
+        feeds["obs"] = obs                        # (1, obs_dim)
+        feeds["episode_start"] = episode_start    # (1,)
         for name, array in zip(self._state_names, state_arrays):
             view = array[:, rows, :]  # (layers, 1, hidden)
             feeds[name] = view if self._contiguous_slices else np.ascontiguousarray(view)
@@ -133,12 +165,12 @@ class ServedModel:
         if self._batch_sizes is not None:
             self._batch_sizes.observe(1)
         packed = self.layout.pack_values(values, 1)  # (1, width)
-        if self._sampled and not chunk.deterministic:
-            self._sample(packed, chunk.sessions)
+        if self._sampled and not deterministic:
+            self._sample(packed, [session])
         for array, nxt in zip(state_arrays, values[self._n_head:]):
             array[:, rows, :] = nxt
         self.slots.last_out[slot] = packed[0]
-        self._commit([chunk], finished, packed)
+        return packed
 
     def _sample(self, rows: np.ndarray, sessions: list[Session]) -> None:
         """Replace the greedy action in ``rows`` by one drawn with each session's own generator."""

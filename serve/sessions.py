@@ -312,9 +312,10 @@ class SessionRegistry:
 
     # ----------------------------------------------------------------- stepping
 
-    def admit(self, session: Session, seq: int, chunk: Chunk) -> tuple[Admission, np.ndarray | None]:
-        """Check a step's seq: ``ready`` (session now busy; submit ``chunk``), ``cached`` (a repeat:
-        here is the cached row), or ``queued`` (the session is busy; ``chunk`` waits its turn).
+    def admit(self, session: Session, seq: int, chunk: Chunk | None = None) -> tuple[Admission, np.ndarray | None]:
+        """Check a step's seq: ``ready`` (session now busy; run the step), ``cached`` (a repeat: here is
+        the cached row), or ``queued`` (the session is busy; ``chunk`` waits its turn, or with no
+        ``chunk`` nothing changed: admit again with one).
 
         Raises NOT_FOUND when the session is gone and FAILED_PRECONDITION for a seq out of order.
         """
@@ -326,7 +327,7 @@ class SessionRegistry:
             admission = self._admit(session, seq, None)
             if admission == "cached":
                 return admission, session.model.slots.last_out[session.slot].copy()
-            if admission == "queued":
+            if admission == "queued" and chunk is not None:
                 if session.pending is None:
                     session.pending = deque()
                 session.pending.append(chunk)

@@ -487,6 +487,39 @@ def test_a_model_call_failing_mid_batch_advances_no_session(serve_export_dirs):
         srv.stop(None)
 
 
+def test_a_lone_step_failing_in_the_model_advances_nothing(serve_export_dirs):
+    """A lone Step or StepStream step runs at once (ServedModel.step_now); a model failure there is INTERNAL,
+    leaves the session's state and seq as they were, and the same seq then succeeds."""
+    srv, port = create_server({"q_lstm": serve_export_dirs["q_lstm"]}, "127.0.0.1:0")
+    model = srv.models["q_lstm"]
+    real_run = model.backend.run_values
+
+    def failing(feeds):
+        raise RuntimeError("injected failure")
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = policy_pb2_grpc.PolicyServiceStub(channel)
+            sid = _open(stub, "q_lstm")
+            obs = [0.3] * 5
+            stub.Step(pb.StepRequest(session_id=sid, seq=1, obs=obs))
+            before = stub.GetSessionState(pb.GetSessionStateRequest(session_id=sid))
+            model.backend.run_values = failing
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Step(pb.StepRequest(session_id=sid, seq=2, obs=obs), timeout=10)
+            assert err.value.code() == grpc.StatusCode.INTERNAL and "injected" not in err.value.details()
+            [answer] = stub.StepStream(iter([pb.StepRequest(session_id=sid, seq=2, obs=obs)]), timeout=10)
+            assert answer.error.code == grpc.StatusCode.INTERNAL.value[0] and answer.seq == 2
+            # A session left busy would make this wait for ever: the deadline turns that into a failure.
+            after = stub.GetSessionState(pb.GetSessionStateRequest(session_id=sid), timeout=10)
+            assert after.seq == before.seq == 1
+            assert [list(t.data) for t in after.state] == [list(t.data) for t in before.state]
+            model.backend.run_values = real_run
+            assert stub.Step(pb.StepRequest(session_id=sid, seq=2, obs=obs)).seq == 2
+    finally:
+        srv.stop(None)
+
+
 def test_a_bad_second_model_stops_the_first_models_worker(serve_export_dirs, tmp_path):
     import threading
 

@@ -302,3 +302,37 @@ def test_serve_cli_metrics_port(serve_export_dirs, quiet):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_step_histogram_and_counter_match_prometheus_client():
+    """The step path's own histogram and counter expose the same samples as prometheus_client's would:
+    an observation equal to a bound falls in that bucket, buckets are cumulative, +Inf counts all."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from rnnpolicy.serve.metrics import StepCounter, StepHistogram
+
+    buckets = (1e-4, 2.5e-4, 1.0)
+    observations = [5e-5, 1e-4, 1e-4, 2e-4, 0.9, 1.0, 3.0]
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    histogram = StepHistogram("lat_seconds", "doc", "rpc", buckets)
+    counter = StepCounter("steps", "doc", ("model", "code"))
+    ours.register(histogram)
+    ours.register(counter)
+    reference = Histogram("lat_seconds", "doc", ("rpc",), buckets=buckets, registry=theirs)
+    reference_counter = Counter("steps", "doc", ("model", "code"), registry=theirs)
+    for x in observations:
+        histogram.labels("Step").observe(x)
+        reference.labels("Step").observe(x)
+    for labels, n in ((("q", "OK"), 3), (("q", "NOT_FOUND"), 1), (("q", "OK"), 2)):
+        counter.inc(labels, n)
+        reference_counter.labels(*labels).inc(n)
+
+    def samples(registry):
+        return {(s.name, tuple(sorted(s.labels.items())), s.value)
+                for family in text_string_to_metric_families(generate_latest(registry).decode())
+                for s in family.samples if not s.name.endswith("_created")}
+
+    assert samples(ours) == samples(theirs)
+    assert ("lat_seconds_bucket", (("le", "0.0001"), ("rpc", "Step")), 3.0) in samples(ours)
+    with pytest.raises(ValueError, match="buckets must increase"):
+        StepHistogram("x", "doc", "rpc", (1.0, 0.5))
