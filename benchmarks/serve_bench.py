@@ -45,7 +45,8 @@ from rnnpolicy.v1 import policy_pb2 as pb
 from rnnpolicy.v1 import policy_pb2_grpc
 
 OBS_DIM, ACTIONS, HIDDEN = 16, 6, 128
-ECHO_MODES = ("threads", "asyncio")
+ECHO_MODES = ("threads", "asyncio")  # the target's reference: the better of the two per scenario and round
+BUSY_POLL_US = 1000  # serve --busy-poll-us for the low-latency mode, and the same for its echo
 BURST = 128  # concurrent session calls at once: below the servers' limit of 256 concurrent RPCs
 RESULTS = Path(__file__).parent / "results"
 SERVICE = "/rnnpolicy.v1.PolicyService/"
@@ -123,7 +124,16 @@ def run_echo_server(mode: str) -> None:
         print(f"echo serving on 127.0.0.1:{port};", file=sys.stderr, flush=True)
         await server.wait_for_termination()
 
-    asyncio.run(main())
+    if mode == "asyncio":
+        asyncio.run(main())
+        return
+    # asyncio-busy-poll: the same server on a loop that polls before it sleeps, as `serve --busy-poll-us` does.
+    from rnnpolicy.serve.server import BusyPollSelector
+
+    selector = BusyPollSelector()
+    selector.busy_poll = BUSY_POLL_US / 1e6
+    with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(selector)) as runner:
+        runner.run(main())
 
 
 # ------------------------------------------------------------------ servers
@@ -337,10 +347,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per scenario")
     parser.add_argument("--soak", type=int, default=0, help="also run N steps with sessions opening and closing")
-    parser.add_argument("--echo-server", choices=ECHO_MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--echo-server", choices=(*ECHO_MODES, "asyncio-busy-poll"), help=argparse.SUPPRESS)
     parser.add_argument("--max-wait-us", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds over all scenarios; each scenario runs both echo servers and the policy server "
+                        help="rounds over all scenarios; each scenario runs every echo server and both policy servers "
                              "back to back, the order rotating per round; figures are medians over rounds "
                              "(default %(default)s)")
     parser.add_argument("--only", type=_scenarios, default=PLAN, metavar="KIND:SESSIONS,...",
@@ -359,8 +369,10 @@ def main() -> int:
         export = export_bench_model(Path(tmp))
         serve_cmd = [sys.executable, "-m", "rnnpolicy.cli", "serve", "--model", f"bench={export}", "--port", "0",
                      "--max-sessions", "20000", "--max-wait-us", str(args.max_wait_us)]
-        servers = {f"echo-{mode}": start([sys.executable, __file__, "--echo-server", mode]) for mode in ECHO_MODES}
+        servers = {f"echo-{mode}": start([sys.executable, __file__, "--echo-server", mode])
+                   for mode in (*ECHO_MODES, "asyncio-busy-poll")}
         servers["serve"] = start(serve_cmd)
+        servers["serve-busy-poll"] = start(serve_cmd + ["--busy-poll-us", str(BUSY_POLL_US)])
         try:
             names = list(servers)
             runs: dict[str, list[list[dict]]] = {name: [[] for _ in plan] for name in [*names, "echo"]}
@@ -375,15 +387,11 @@ def main() -> int:
                     runs["echo"][i].append(max((runs[f"echo-{mode}"][i][-1] for mode in ECHO_MODES),
                                                key=lambda r: r["steps_per_s"]))
             results["runs"] = runs
-            for name in ("echo", "serve"):
+            for name in ("echo", "serve", "serve-busy-poll", "echo-asyncio-busy-poll"):
                 results[name] = [median_row(rows) for rows in runs[name]]
-            results["ratios"] = [
-                {"kind": kind, "sessions": n,
-                 "throughput": round(float(np.median([s["steps_per_s"] / e["steps_per_s"]
-                                                      for s, e in zip(runs["serve"][i], runs["echo"][i])])), 3),
-                 "p50": round(float(np.median([s["p50_ms"] / e["p50_ms"]
-                                               for s, e in zip(runs["serve"][i], runs["echo"][i])])), 3)}
-                for i, (kind, n) in enumerate(plan)]
+            results["ratios"] = ratios(runs, "serve", "echo", plan)
+            results["ratios_busy_poll"] = ratios(runs, "serve-busy-poll", "echo", plan)
+            results["ratios_busy_poll_echo"] = ratios(runs, "serve-busy-poll", "echo-asyncio-busy-poll", plan)
         finally:
             for proc, _port in servers.values():
                 stop(proc)
@@ -406,7 +414,8 @@ def main() -> int:
             finally:
                 stop(proc)
     results["machine"]["loadavg_at_end"] = loadavg()
-    results["targets"] = targets(results)
+    results["targets"] = targets(results, "serve", results["ratios"])
+    results["targets_busy_poll"] = targets(results, "serve-busy-poll", results["ratios_busy_poll"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "serve_bench" if full else "serve_bench_partial"  # a partial run does not replace the full results
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -427,6 +436,17 @@ def _scenarios(text: str) -> list[tuple[str, int]]:
     return chosen
 
 
+def ratios(runs: dict[str, list[list[dict]]], server: str, reference: str, plan: list[tuple[str, int]]) -> list[dict]:
+    """Per scenario, the medians over rounds of ``server``'s throughput and p50 divided by ``reference``'s."""
+    out = []
+    for i, (kind, n) in enumerate(plan):
+        pairs = list(zip(runs[server][i], runs[reference][i]))
+        out.append({"kind": kind, "sessions": n,
+                    "throughput": round(float(np.median([s["steps_per_s"] / e["steps_per_s"] for s, e in pairs])), 3),
+                    "p50": round(float(np.median([s["p50_ms"] / e["p50_ms"] for s, e in pairs])), 3)})
+    return out
+
+
 def median_row(rows: list[dict]) -> dict:
     """One scenario's figures over rounds: the median of each, and which servers they came from."""
     out = dict(rows[0])
@@ -440,8 +460,9 @@ def _row(results: dict, server: str, kind: str, n: int) -> dict:
     return next(r for r in results[server] if r["kind"] == kind and r["sessions"] == n)
 
 
-def targets(results: dict) -> list[dict]:
-    ratio = {(r["kind"], r["sessions"]): r for r in results["ratios"]}
+def targets(results: dict, server: str, server_ratios: list[dict]) -> list[dict]:
+    """The issue's targets for ``server`` ("serve" or "serve-busy-poll"); memory and soak for "serve" only."""
+    ratio = {(r["kind"], r["sessions"]): r for r in server_ratios}
     out = []
     if ("stream", 1) in ratio:
         p50_1 = ratio[("stream", 1)]["p50"]
@@ -452,9 +473,11 @@ def targets(results: dict) -> list[dict]:
         out.append({"target": "128 streaming sessions throughput >= 0.7x echo (median of per-round ratios)",
                     "value": throughput_128, "limit": 0.7, "met": throughput_128 >= 0.7})
     if ("batch", 256) in ratio:
-        batch = _row(results, "serve", "batch", 256)
+        batch = _row(results, server, "batch", 256)
         out.append({"target": "StepBatch(256) >= 50,000 session-steps/s", "value": batch["steps_per_s"],
                     "limit": 50000, "met": batch["steps_per_s"] >= 50000})
+    if server != "serve":
+        return out
     mem = results.get("memory_10k_sessions")
     if mem:
         out.append({"target": "10,000 sessions <= 100 MB above idle", "value": mem["delta_mb"], "limit": 100,
@@ -471,12 +494,14 @@ def markdown(results: dict) -> str:
     lines = ["# Serving benchmark", "", f"Machine: {results['machine']}; model: {results['model']}; "
              f"{results['seconds_per_scenario']} s per scenario; max_wait_us={results['max_wait_us']}; "
              f"{results['rounds']} rounds.", "",
-             "Each scenario runs against two echo servers (grpcio's thread-pool and asyncio servers) and the policy "
-             "server back to back, the order rotating per round; the echo figure of a round is the echo server with "
-             "the higher throughput (`echo server`: which one, over the rounds). The figures are medians over the "
-             "rounds, and the ratios are medians of the per-round ratios. Load average (1 min) and the vCPU time "
-             "the hypervisor gave to other guests (steal) are recorded per scenario (medians): other work on the "
-             "machine or the host inflates latencies.", "",
+             "Each scenario runs against three echo servers (grpcio's thread-pool and asyncio servers, and the asyncio "
+             f"one polling {BUSY_POLL_US} us before it sleeps) and the policy server in its default mode and with "
+             f"`--busy-poll-us {BUSY_POLL_US}`, back to back, the order rotating per round. The echo figure of a round "
+             "(the targets' reference) is the better of the two plain echo servers by throughput (`echo server`: which "
+             "one, over the rounds). The figures are medians over the rounds, and the ratios are medians of the "
+             "per-round ratios. Load average (1 min) and the vCPU time the hypervisor gave to other guests (steal) "
+             "are recorded per scenario (medians): other work on the machine or the host inflates latencies.", "",
+             "## Default mode (`rnnpolicy serve`)", "",
              "| mode | sessions | echo server | echo steps/s | serve steps/s | throughput ratio | echo p50 ms | serve p50 ms "
              "| p50 ratio | echo p99 ms | serve p99 ms | load echo/serve | steal % echo/serve |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -487,6 +512,21 @@ def markdown(results: dict) -> str:
                      f"| {e['steal_pct']}/{s['steal_pct']} |")
     lines += ["", "| target | measured | limit | met |", "|---|---|---|---|"]
     lines += [f"| {t['target']} | {t['value']} | {t['limit']} | {'yes' if t['met'] else 'NO'} |" for t in results["targets"]]
+    lines += ["", f"## Low-latency mode (`rnnpolicy serve --busy-poll-us {BUSY_POLL_US}`)", "",
+              "Ratios against the same echo as above, and against the echo polling as long (`vs polling echo`).", "",
+              "| mode | sessions | echo steps/s | serve steps/s | throughput ratio | echo p50 ms | serve p50 ms | p50 ratio "
+              "| polling echo steps/s | polling echo p50 ms | throughput vs polling echo | p50 vs polling echo "
+              "| serve p99 ms | steal % serve |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for e, s, r, pe, pr in zip(results["echo"], results["serve-busy-poll"], results["ratios_busy_poll"],
+                               results["echo-asyncio-busy-poll"], results["ratios_busy_poll_echo"]):
+        lines.append(f"| {s['kind']} | {s['sessions']} | {e['steps_per_s']:.0f} | {s['steps_per_s']:.0f} | "
+                     f"{r['throughput']:.2f} | {e['p50_ms']:.3f} | {s['p50_ms']:.3f} | {r['p50']:.2f} | "
+                     f"{pe['steps_per_s']:.0f} | {pe['p50_ms']:.3f} | {pr['throughput']:.2f} | {pr['p50']:.2f} | "
+                     f"{s['p99_ms']:.3f} | {s['steal_pct']} |")
+    lines += ["", "| target | measured | limit | met |", "|---|---|---|---|"]
+    lines += [f"| {t['target']} | {t['value']} | {t['limit']} | {'yes' if t['met'] else 'NO'} |"
+              for t in results["targets_busy_poll"]]
     if "memory_10k_sessions" in results:
         lines += ["", f"memory_10k_sessions: {results['memory_10k_sessions']}"]
     if "soak" in results:

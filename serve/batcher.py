@@ -43,10 +43,12 @@ class Job:
         self._future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._loop_thread = threading.get_ident()
 
-    def resolve(self, rows: np.ndarray | list[int], values: np.ndarray) -> None:
-        """Rows ``rows`` of this job finished with packed outputs ``values``."""
+    def resolve(self, rows: np.ndarray | list[int], values: np.ndarray, copy: bool = True) -> None:
+        """Rows ``rows`` of this job finished with packed outputs ``values`` (with ``copy`` False, a view
+        that no one writes again, such as a batch's fresh output rows)."""
         if self.out is None:
-            self.out = np.array(values, dtype=np.float32)  # a copy: values may be a view of the row cache
+            # A view of the row cache must be copied: the session's next step overwrites it.
+            self.out = np.array(values, dtype=np.float32) if copy else np.asarray(values, dtype=np.float32)
         else:
             self.out[rows] = values
         self._done(len(rows))
@@ -75,9 +77,9 @@ class Job:
         else:  # by the batcher's worker thread
             self._future.get_loop().call_soon_threadsafe(_set_done, self._future)
 
-    async def wait(self) -> None:
-        """Wait, without blocking the event loop, until every row finished."""
-        await self._future
+    def wait(self) -> asyncio.Future[None]:
+        """The future to await (on the event loop that made the job): done when every row finished."""
+        return self._future
 
 
 def _set_done(future: asyncio.Future[None]) -> None:
@@ -88,7 +90,7 @@ def _set_done(future: asyncio.Future[None]) -> None:
 class Chunk:
     """Rows of one job whose sessions are admitted and ready to step."""
 
-    __slots__ = ("job", "rows", "sessions", "slots", "seqs", "obs", "episode_start", "deterministic")
+    __slots__ = ("job", "rows", "sessions", "slots", "seqs", "obs", "episode_start", "deterministic", "size")
 
     def __init__(self, job: Job, rows: np.ndarray, sessions: list, slots: np.ndarray, seqs: list[int],
                  obs: np.ndarray, episode_start: np.ndarray, deterministic: bool) -> None:
@@ -100,9 +102,7 @@ class Chunk:
         self.obs = obs                      # (k, obs_dim) float32
         self.episode_start = episode_start  # (k,) float32, 1.0 zeroes the row's state first
         self.deterministic = deterministic
-
-    def __len__(self) -> int:
-        return len(self.seqs)
+        self.size = len(seqs)               # rows in this chunk
 
 
 class Batcher:
@@ -139,7 +139,7 @@ class Batcher:
             return
         with self._cond:
             self._queue.extend(chunks)
-            self._queued_rows += sum(len(c) for c in chunks)
+            self._queued_rows += sum(c.size for c in chunks)
             self._cond.notify()
 
     def try_hold(self) -> bool:
@@ -199,7 +199,7 @@ class Batcher:
             while self._queue and rows < self.max_batch:
                 chunk = self._queue.popleft()
                 taken.append(chunk)
-                rows += len(chunk)
+                rows += chunk.size
             self._queued_rows -= rows
             self._busy = True
             return taken

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from rnnpolicy.serve.auth import TOKEN_FILE_HELP, Security, is_loopback_host
-from rnnpolicy.serve.server import ServeConfig, create_server, serve_until_signal
+from rnnpolicy.serve.server import MAX_BUSY_POLL_US, ServeConfig, create_server, serve_until_signal
 
 __all__ = ["add_serve_arguments", "parse_models", "run_serve"]
 
@@ -29,6 +29,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser, argv: list[str] | None 
                         help="most steps per onnxruntime call (default %(default)s)")
     parser.add_argument("--max-wait-us", type=int, default=defaults.max_wait_us,
                         help="microseconds a batch waits to fill; 0 runs at once (default %(default)s)")
+    parser.add_argument("--busy-poll-us", type=int, default=defaults.busy_poll_us, metavar="US",
+                        help="microseconds the event loop polls for the next message before it sleeps: lower latency "
+                             "for clients stepping back to back, for that much CPU time; 0 off, at most "
+                             f"{MAX_BUSY_POLL_US} (default %(default)s)")
     parser.add_argument("--threads", type=int, default=defaults.intra_op_threads,
                         help="onnxruntime intra-op threads per model (default %(default)s)")
     parser.add_argument("--max-workers", type=int, default=defaults.max_workers,
@@ -95,7 +99,7 @@ def run_serve(args: argparse.Namespace) -> int:
                          max_message_bytes=args.max_message_bytes,
                          max_sessions_per_principal=args.max_sessions_per_principal, state_dir=args.state_dir,
                          checkpoint_interval=args.checkpoint_interval, reload_interval=args.reload_interval,
-                         metrics_port=args.metrics_port, metrics_host=args.metrics_host)
+                         metrics_port=args.metrics_port, metrics_host=args.metrics_host, busy_poll_us=args.busy_poll_us)
     models = parse_models(args.model)
     security = Security(tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                         auth_tokens=args.auth_tokens)
@@ -105,10 +109,11 @@ def run_serve(args: argparse.Namespace) -> int:
     server, port = create_server(models, f"{args.host}:{args.port}", config, security=security)
     described = ", ".join(f"{name}={m.spec.kind}/{m.spec.cell} v{m.version} ({models[name]})"
                           for name, m in server.models.items())
-    _log.info("serving %s on %s:%d; max_sessions=%d session_ttl=%gs max_batch=%d max_wait_us=%d threads=%d "
-              "sessions_restored=%d state_dir=%s checkpoint_interval=%gs reload_interval=%gs metrics=%s %s",
+    _log.info("serving %s on %s:%d; max_sessions=%d session_ttl=%gs max_batch=%d max_wait_us=%d busy_poll_us=%d "
+              "threads=%d sessions_restored=%d state_dir=%s checkpoint_interval=%gs reload_interval=%gs metrics=%s %s",
               described, args.host, port, config.max_sessions, config.session_ttl, config.max_batch,
-              config.max_wait_us, config.intra_op_threads, len(server.registry), config.state_dir or "-",
+              config.max_wait_us, config.busy_poll_us, config.intra_op_threads, len(server.registry),
+              config.state_dir or "-",
               config.checkpoint_interval, config.reload_interval,
               f"http://{config.metrics_host}:{server.metrics_port}/metrics" if server.metrics_port is not None else "off",
               security.describe())

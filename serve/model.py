@@ -76,8 +76,8 @@ class ServedModel:
         ready = self.registry.finish(sessions, seqs)
         offset = 0
         for chunk in chunks:
-            k = len(chunk)
-            chunk.job.resolve(chunk.rows, packed[offset:offset + k])
+            k = chunk.size
+            chunk.job.resolve(chunk.rows, packed[offset:offset + k], copy=False)  # packed is this batch's own
             offset += k
         self._submit_ready(ready)
 
@@ -89,7 +89,7 @@ class ServedModel:
     def _step(self, chunks: list[Chunk]) -> np.ndarray:
         """Run the chunks' rows, write their next states and cached rows, and return the packed rows
         ``(total, width)``; nothing (state, last output) changes until every call succeeded."""
-        if len(chunks) == 1 and len(chunks[0]) == 1:  # slot slices instead of gathers and scatters
+        if len(chunks) == 1 and chunks[0].size == 1:  # slot slices instead of gathers and scatters
             c = chunks[0]
             return self._run_row(c.sessions[0], c.obs, c.episode_start, c.deterministic)
         if len(chunks) == 1:
@@ -116,7 +116,7 @@ class ServedModel:
         packed = parts[0] if len(parts) == 1 else np.concatenate(parts)  # (total, width)
         offset = 0
         for chunk in chunks:
-            k = len(chunk)
+            k = chunk.size
             if self._sampled and not chunk.deterministic:
                 self._sample(packed[offset:offset + k], chunk.sessions)
             offset += k

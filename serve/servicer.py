@@ -115,7 +115,7 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         self.metrics = metrics or ServeMetrics()
         self._latency = {rpc: self.metrics.step_latency.labels(rpc) for rpc in ("Step", "StepStream", "StepBatch")}
         # Steps admitted in the current turn of the event loop, waiting for its flush, by model (only the loop
-        # touches them; see _batch_this_turn).
+        # touches them; see _begin_step).
         self._admitted: dict[ServedModel, list[Chunk]] = {}
 
     def _info(self, model: ServedModel) -> pb.ModelInfo:
@@ -181,7 +181,11 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
     async def Step(self, request, context):
         started = time.perf_counter()
         try:
-            session, row = await self._step(request, self.principal_of(context))
+            session, row, job = self._begin_step(request, self.principal_of(context))
+            if job is not None:
+                model_name = session.model.name
+                await job.wait()
+                row = self._end_step(job, model_name)
             return self._response(session, request.seq, row)
         finally:  # refused steps are timed too
             self._latency["Step"].observe(time.perf_counter() - started)
@@ -195,7 +199,11 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 if isinstance(request, ServeError):
                     self.metrics.count_steps("", request.code.name)
                     raise request
-                session, row = await self._step(request, principal)
+                session, row, job = self._begin_step(request, principal)
+                if job is not None:  # waiting for its batch (or behind another step of its session)
+                    model_name = session.model.name
+                    await job.wait()
+                    row = self._end_step(job, model_name)
                 response = self._response(session, request.seq, row)
             except ServeError as exc:
                 response = _in_band(request, exc.code, exc.message, exc.expected_seq)
@@ -304,8 +312,11 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 continue
         return None
 
-    async def _step(self, request, principal: str) -> tuple[Session, np.ndarray]:
-        """Run one step and count it; return its session and packed output row."""
+    def _begin_step(self, request, principal: str) -> tuple[Session, np.ndarray | None, Job | None]:
+        """Check and admit one step: ``(session, row, None)`` when it was answered at once (run alone, or
+        a repeat from the cache), ``(session, None, job)`` when it waits for a batch or for the step
+        before it; await the job, then :meth:`_end_step`. A plain function, not a coroutine: a step
+        answered at once costs no coroutine. Counts the step unless it waits."""
         model_name = ""
         try:
             session = self.registry.peek(request.session_id, principal)
@@ -315,9 +326,10 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
             seq = request.seq
             episode_start = _START[1] if request.episode_start else _START[0]
             admission, row = self.registry.admit(session, seq)  # a repeat has its row; "queued" queued nothing
-            if admission == "ready" and not self._admitted and not _callbacks_waiting(asyncio.get_running_loop()):
-                # A lone step (one client, or a quiet moment): no other handler waits to run in this turn
-                # of the loop, so run it now if the model is idle, with no job, batch or second turn.
+            # A lone step (one client, or a quiet moment): no other handler waits to run in this turn of
+            # the loop. It runs now if the model is idle, with no job, batch or second turn of the loop.
+            alone = not self._admitted and not _callbacks_waiting(asyncio.get_running_loop())
+            if admission == "ready" and alone:
                 row = model.step_now(session, seq, obs, episode_start, request.deterministic)
             if row is None:
                 job = Job(1, 0)
@@ -325,25 +337,31 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                 if admission == "queued":  # behind another step of this session: wait in its queue
                     admission, row = self.registry.admit(session, seq, chunk)
                 if admission == "ready":
-                    self._batch_this_turn(model, chunk)
+                    if alone:  # the model is busy: its worker runs the step next
+                        model.batcher.submit(chunk)
+                    else:
+                        self._join_turn(model, chunk)
                 if row is None:
-                    await job.wait()
-                    row = _only_row(job)
+                    return session, None, job
         except ServeError as exc:
             self.metrics.count_steps(model_name, exc.code.name)
             raise
         self.metrics.count_steps(model_name, "OK")
-        return session, row
+        return session, row, None
 
-    def _batch_this_turn(self, model: ServedModel, chunk: Chunk) -> None:
-        """Submit ``chunk`` now when no other handler waits to run in this turn of the event loop, else queue
-        it for the turn's batch (see :meth:`_flush`)."""
-        loop = asyncio.get_running_loop()
-        if not self._admitted and not _callbacks_waiting(loop):
-            model.batcher.submit(chunk)
-            return
+    def _end_step(self, job: Job, model_name: str) -> np.ndarray:
+        """The packed row of a step that waited (ServeError if it was refused meanwhile); counts it."""
+        if job.errors:
+            code, message, expected_seq = job.errors[0]
+            self.metrics.count_steps(model_name, code.name)
+            raise ServeError(code, message, expected_seq=expected_seq)
+        self.metrics.count_steps(model_name, "OK")
+        return job.out[0]
+
+    def _join_turn(self, model: ServedModel, chunk: Chunk) -> None:
+        """Queue ``chunk`` for the batch of this turn of the event loop (see :meth:`_flush`)."""
         if not self._admitted:
-            loop.call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush)
         admitted = self._admitted.get(model)
         if admitted is None:
             self._admitted[model] = [chunk]
@@ -391,14 +409,6 @@ def _checked_obs(values: object, model: ServedModel) -> np.ndarray:
         bad = next(i for i, v in enumerate(values) if not math.isfinite(v))
         raise ServeError(_INVALID, f"obs contains NaN or Inf at index {bad}; expected finite float32 values")
     return np.array(values, dtype=np.float32).reshape(1, n)
-
-
-def _only_row(job: Job) -> np.ndarray:
-    """A single-step job's packed row; ServeError when the step was refused."""
-    if job.errors:
-        code, message, expected_seq = job.errors[0]
-        raise ServeError(code, message, expected_seq=expected_seq)
-    return job.out[0]
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}

@@ -324,7 +324,7 @@ class SessionRegistry:
             if (self._sessions.get(session.session_id) is not session
                     or (self.ttl and not session.busy and now - session.last_used > self.ttl)):
                 self._lookup(session.session_id, now, session.principal)  # NOT_FOUND: closed meanwhile, or expired
-            admission = self._admit(session, seq, None)
+            admission = self._admit(session, seq, None, now)
             if admission == "cached":
                 return admission, session.model.slots.last_out[session.slot].copy()
             if admission == "queued" and chunk is not None:
@@ -362,7 +362,7 @@ class SessionRegistry:
                     session = self._lookup(session_id, now, principal)
                     if model is None:
                         model = session.model
-                    admission = self._admit(session, seq, model)
+                    admission = self._admit(session, seq, model, now)
                 except ServeError as exc:
                     job.fail(row, exc.code, exc.message, exc.expected_seq)
                     continue
@@ -396,7 +396,7 @@ class SessionRegistry:
                 while session.pending:
                     chunk = session.pending.popleft()
                     try:
-                        admission = self._admit(session, chunk.seqs[0], None)
+                        admission = self._admit(session, chunk.seqs[0], None, now)
                     except ServeError as exc:
                         chunk.job.fail(int(chunk.rows[0]), exc.code, exc.message, exc.expected_seq)
                         continue
@@ -421,7 +421,7 @@ class SessionRegistry:
         finally:
             self._waiters -= 1
 
-    def _admit(self, session: Session, seq: int, model: ServedModel | None) -> Admission:
+    def _admit(self, session: Session, seq: int, model: ServedModel | None, now: float) -> Admission:
         if model is not None and session.model is not model:
             raise ServeError(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -442,7 +442,7 @@ class SessionRegistry:
                 expected_seq=expected,
             )
         session.busy = True
-        session.last_used = self._clock()
+        session.last_used = now
         return "ready"
 
     def _lookup(self, session_id: str, now: float, principal: str) -> Session:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 
 import grpc
 import pytest
@@ -22,6 +24,7 @@ from rnnpolicy.v1 import policy_pb2_grpc
         (["--max-sessions-per-principal", "-2"], "max_sessions_per_principal must be >= 0 (0: off), got -2"),
         (["--max-message-bytes", "0"], "max_message_bytes must be >= 1, got 0"),
         (["--metrics-port", "70000"], "metrics_port must be 0..65535, got 70000"),
+        (["--busy-poll-us", "20000"], "busy_poll_us must be 0..10000 (0: off), got 20000"),
         (["--state-dir", "{file}/state"], "cannot be created or written"),
     ],
 )
@@ -76,3 +79,43 @@ def test_handler_threads_start_with_the_server_and_servers_share_one_event_loop(
             assert session.step([0.1] * 5, episode_start=True).seq == 1
     finally:
         second.stop(None)
+
+
+def test_busy_poll_selector_polls_then_waits_and_never_past_the_timeout():
+    from rnnpolicy.serve.server import BusyPollSelector
+
+    reader, writer = socket.socketpair()
+    selector = BusyPollSelector()
+    try:
+        selector.register(reader, 1)  # selectors.EVENT_READ
+        selector.busy_poll = 0.05
+        started = time.perf_counter()
+        assert selector.select(0.01) == []  # a timeout shorter than the poll ends the poll
+        assert time.perf_counter() - started < 0.04
+        started = time.perf_counter()
+        assert selector.select(0.08) == []  # polls 50 ms, then waits the remaining 30 ms
+        assert 0.07 <= time.perf_counter() - started < 0.5
+        threading.Timer(0.02, writer.send, (b"x",)).start()  # arrives while polling
+        started = time.perf_counter()
+        assert [key.fileobj for key, _ in selector.select(None)] == [reader]
+        assert time.perf_counter() - started < 0.045
+        reader.recv(1)
+        threading.Timer(0.1, writer.send, (b"x",)).start()  # arrives after the poll: the blocking wait sees it
+        assert [key.fileobj for key, _ in selector.select(5.0)] == [reader]
+    finally:
+        selector.close()
+        reader.close()
+        writer.close()
+
+
+def test_busy_poll_serves_and_is_withdrawn_when_its_server_stops(serve_export_dirs):
+    from rnnpolicy.serve.server import server_loop
+
+    srv, port = create_server({"q": serve_export_dirs["q_lstm"]}, "127.0.0.1:0", ServeConfig(busy_poll_us=300))
+    try:
+        assert server_loop().busy_poll_seconds == pytest.approx(300e-6)
+        with PolicyClient(f"127.0.0.1:{port}") as client, client.stream_session("q") as session:
+            assert [session.step([0.1] * 5).seq for _ in range(3)] == [1, 2, 3]
+    finally:
+        srv.stop(None)
+    assert server_loop().busy_poll_seconds == 0.0
