@@ -33,6 +33,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser, argv: list[str] | None 
                         help="microseconds the event loop polls for the next message before it sleeps: lower latency "
                              "for clients stepping back to back, for that much CPU time; 0 off, at most "
                              f"{MAX_BUSY_POLL_US} (default %(default)s)")
+    parser.add_argument("--split-batch-rows", type=int, default=defaults.split_batch_rows, metavar="ROWS",
+                        help="an onnxruntime call of at least ROWS rows runs as two halves at once on two threads "
+                             "(with --threads 1); 0 never (default %(default)s)")
     parser.add_argument("--threads", type=int, default=defaults.intra_op_threads,
                         help="onnxruntime intra-op threads per model (default %(default)s)")
     parser.add_argument("--max-workers", type=int, default=defaults.max_workers,
@@ -99,7 +102,8 @@ def run_serve(args: argparse.Namespace) -> int:
                          max_message_bytes=args.max_message_bytes,
                          max_sessions_per_principal=args.max_sessions_per_principal, state_dir=args.state_dir,
                          checkpoint_interval=args.checkpoint_interval, reload_interval=args.reload_interval,
-                         metrics_port=args.metrics_port, metrics_host=args.metrics_host, busy_poll_us=args.busy_poll_us)
+                         metrics_port=args.metrics_port, metrics_host=args.metrics_host, busy_poll_us=args.busy_poll_us,
+                         split_batch_rows=args.split_batch_rows)
     models = parse_models(args.model)
     security = Security(tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                         auth_tokens=args.auth_tokens)
@@ -110,9 +114,9 @@ def run_serve(args: argparse.Namespace) -> int:
     described = ", ".join(f"{name}={m.spec.kind}/{m.spec.cell} v{m.version} ({models[name]})"
                           for name, m in server.models.items())
     _log.info("serving %s on %s:%d; max_sessions=%d session_ttl=%gs max_batch=%d max_wait_us=%d busy_poll_us=%d "
-              "threads=%d sessions_restored=%d state_dir=%s checkpoint_interval=%gs reload_interval=%gs metrics=%s %s",
+              "split_batch_rows=%d threads=%d sessions_restored=%d state_dir=%s checkpoint_interval=%gs reload_interval=%gs metrics=%s %s",
               described, args.host, port, config.max_sessions, config.session_ttl, config.max_batch,
-              config.max_wait_us, config.busy_poll_us, config.intra_op_threads, len(server.registry),
+              config.max_wait_us, config.busy_poll_us, config.split_batch_rows, config.intra_op_threads, len(server.registry),
               config.state_dir or "-",
               config.checkpoint_interval, config.reload_interval,
               f"http://{config.metrics_host}:{server.metrics_port}/metrics" if server.metrics_port is not None else "off",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import grpc
@@ -27,7 +28,8 @@ class ServedModel:
     """One named model: runs admitted steps in batches, gathering and scattering state by slot."""
 
     def __init__(self, name: str, backend: OnnxBackend, registry: SessionRegistry, *, capacity: int,
-                 max_batch: int = 256, max_wait_us: int = 0, metrics: ServeMetrics | None = None) -> None:
+                 max_batch: int = 256, max_wait_us: int = 0, split_rows: int = 0,
+                 metrics: ServeMetrics | None = None) -> None:
         self.name = name
         self.backend = backend
         self.spec = backend.spec
@@ -46,10 +48,15 @@ class ServedModel:
         self._feeds: dict[str, np.ndarray] = {}
         self._batch_sizes = metrics.batch_size.labels(name) if metrics is not None else None
         self._failed = f"model {name!r} version {self.version} failed to step (see the server log)"
+        # A call of at least split_rows rows (0: none) runs as two halves at once, one on this helper thread.
+        self.split_rows = max(2, split_rows) if split_rows else 0
+        self._helper = ThreadPoolExecutor(1, thread_name_prefix=f"rnnpolicy-split-{name}") if split_rows else None
         self.batcher = Batcher(self._run, max_batch=max_batch, max_wait_us=max_wait_us, name=name)
 
     def close(self) -> None:
         self.batcher.close()
+        if self._helper is not None:
+            self._helper.shutdown()
 
     # ------------------------------------------------------------------ the batched step
 
@@ -101,17 +108,18 @@ class ServedModel:
             episode_start = np.concatenate([c.episode_start for c in chunks])
         total = len(slots)
         state_arrays = self.slots.state
-        parts, next_states = [], []
-        for lo in range(0, total, self.max_batch):
-            hi = min(total, lo + self.max_batch)
+        bounds = self._call_bounds(total)
+        calls = []
+        for lo, hi in bounds:
             rows = slots[lo:hi]
-            state = tuple(a[:, rows, :] for a in state_arrays)  # (layers, batch, hidden) each
             feeds = {"obs": obs[lo:hi], "episode_start": episode_start[lo:hi]}
-            feeds.update(zip(self._state_names, state))
-            values = self.backend.run_values(feeds)
+            feeds.update(zip(self._state_names, (a[:, rows, :] for a in state_arrays)))  # (layers, batch, hidden)
+            calls.append(feeds)
+        parts, next_states = [], []
+        for (lo, hi), values in zip(bounds, self._run_calls(calls)):
             if self._batch_sizes is not None:
                 self._batch_sizes.observe(hi - lo)
-            next_states.append((rows, values[self._n_head:]))
+            next_states.append((slots[lo:hi], values[self._n_head:]))
             parts.append(self.layout.pack_values(values, hi - lo))
         packed = parts[0] if len(parts) == 1 else np.concatenate(parts)  # (total, width)
         offset = 0
@@ -148,6 +156,32 @@ class ServedModel:
             return packed[0]
         finally:
             batcher.release()
+
+    def _call_bounds(self, total: int) -> list[tuple[int, int]]:
+        """Row ranges of the onnxruntime calls for ``total`` rows: at most ``max_batch`` each, and a range of
+        at least ``split_rows`` rows cut in two (the halves run at once, see :meth:`_run_calls`)."""
+        bounds = []
+        for lo in range(0, total, self.max_batch):
+            hi = min(total, lo + self.max_batch)
+            if self.split_rows and hi - lo >= self.split_rows:
+                mid = (lo + hi) // 2
+                bounds += [(lo, mid), (mid, hi)]
+            else:
+                bounds.append((lo, hi))
+        return bounds
+
+    def _run_calls(self, calls: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+        """Each call's outputs; with the helper thread, the later half of the calls runs there meanwhile
+        (onnxruntime releases the GIL while it runs, and a session takes concurrent calls)."""
+        if self._helper is None or len(calls) == 1:
+            return [self.backend.run_values(feeds) for feeds in calls]
+        half = len(calls) // 2
+        later = self._helper.submit(lambda: [self.backend.run_values(feeds) for feeds in calls[half:]])
+        try:
+            first = [self.backend.run_values(feeds) for feeds in calls[:half]]
+        finally:
+            outputs = later.result()  # wait for it even if the first half failed: no call outlives the batch
+        return first + outputs
 
     def _run_row(self, session: Session, obs: np.ndarray, episode_start: np.ndarray,
                  deterministic: bool) -> np.ndarray:

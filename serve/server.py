@@ -58,6 +58,10 @@ class ServeConfig:
     """Microseconds a batch waits to fill (0: run at once; steps arriving meanwhile join the next batch)."""
     intra_op_threads: int = 1
     """onnxruntime intra-op threads per model."""
+    split_batch_rows: int = 128
+    """An onnxruntime call of at least this many rows runs as two halves at once on two threads, when
+    ``intra_op_threads`` is 1 (0: never). A 256-row call of a 128-unit LSTM took 0.85-0.92 ms so,
+    against 1.16 ms whole, while the other core was free."""
     max_workers: int = 256
     """Threads for the RPCs other than Step, StepStream and StepBatch (which run on the event loop); also the most concurrent
     RPCs (open streams included), beyond which calls are refused."""
@@ -86,7 +90,8 @@ class ServeConfig:
         for name in ("max_sessions", "max_batch", "intra_op_threads", "max_workers", "max_message_bytes", "max_batch_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("session_ttl", "checkpoint_interval", "reload_interval", "max_wait_us", "max_sessions_per_principal"):
+        for name in ("session_ttl", "checkpoint_interval", "reload_interval", "max_wait_us", "max_sessions_per_principal",
+                     "split_batch_rows"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0: off), got {getattr(self, name)}")
         if self.checkpoint_interval and not self.state_dir:
@@ -314,7 +319,8 @@ def create_server(models: Mapping[str, str | Path], address: str = "127.0.0.1:0"
     def load(name: str, path: Path) -> ServedModel:
         backend = load_backend(path, intra_op_threads=config.intra_op_threads)
         return ServedModel(name, backend, registry, capacity=config.max_sessions, max_batch=config.max_batch,
-                           max_wait_us=config.max_wait_us, metrics=metrics)
+                           max_wait_us=config.max_wait_us, metrics=metrics,
+                           split_rows=config.split_batch_rows if config.intra_op_threads == 1 else 0)
 
     catalog = ModelCatalog(registry, load, on_load=state_dir.keep_model if state_dir else None)
     metrics.bind_versions(lambda: [(m, registry.sessions_of(m)) for m in catalog.versions()])

@@ -487,6 +487,58 @@ def test_a_model_call_failing_mid_batch_advances_no_session(serve_export_dirs):
         srv.stop(None)
 
 
+def test_split_batches_answer_as_whole_ones_and_a_failing_half_advances_nothing(serve_export_dirs):
+    """With split_batch_rows=2 and max_batch=4 a 5-row StepBatch is three onnxruntime calls (2 + 2 rows, the
+    halves at once on two threads, then 1): the same answers as unsplit calls; a failure in the half on the
+    helper thread fails every row and advances no session."""
+    import threading
+
+    split, split_port = create_server({"q_lstm": serve_export_dirs["q_lstm"]}, "127.0.0.1:0",
+                                      ServeConfig(max_batch=4, split_batch_rows=2))
+    whole, whole_port = create_server({"q_lstm": serve_export_dirs["q_lstm"]}, "127.0.0.1:0",
+                                      ServeConfig(max_batch=4, split_batch_rows=0))
+    model = split.models["q_lstm"]
+    real_run = model.backend.run_values
+    helper_calls = []
+
+    def helper_fails(feeds):
+        if threading.current_thread().name.startswith("rnnpolicy-split"):
+            helper_calls.append(len(feeds["obs"]))
+            raise RuntimeError("injected failure")
+        return real_run(feeds)
+
+    rng = np.random.default_rng(3)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{split_port}") as a, grpc.insecure_channel(f"127.0.0.1:{whole_port}") as b:
+            stubs = [policy_pb2_grpc.PolicyServiceStub(a), policy_pb2_grpc.PolicyServiceStub(b)]
+            ids = [[_open(stub, "q_lstm") for _ in range(5)] for stub in stubs]
+            for seq in range(1, 5):
+                obs = rng.normal(size=5 * 5).astype(np.float32).tolist()
+                starts = [seq == 1 or bool(x) for x in rng.integers(0, 2, size=5)]
+                answers = [stub.StepBatch(pb.StepBatchRequest(session_ids=i, seqs=[seq] * 5, obs=obs, episode_start=starts))
+                           for stub, i in zip(stubs, ids)]
+                assert not answers[0].errors and not answers[1].errors
+                np.testing.assert_allclose(answers[0].q_values, answers[1].q_values, rtol=1e-6, atol=1e-6)
+                assert list(answers[0].discrete_actions) == list(answers[1].discrete_actions)
+            assert split.metrics.value("rnnpolicy_batch_size_count", {"model": "q_lstm"}) == 3 * 4
+            assert whole.metrics.value("rnnpolicy_batch_size_count", {"model": "q_lstm"}) == 2 * 4
+            stub, sids = stubs[0], ids[0]
+            before = [stub.GetSessionState(pb.GetSessionStateRequest(session_id=i)) for i in sids]
+            model.backend.run_values = helper_fails
+            failed = stub.StepBatch(pb.StepBatchRequest(session_ids=sids, seqs=[5] * 5, obs=[0.3] * 25), timeout=10)
+            assert helper_calls == [2]
+            assert sorted(e.index for e in failed.errors) == [0, 1, 2, 3, 4]
+            assert all(e.code == grpc.StatusCode.INTERNAL.value[0] for e in failed.errors)
+            after = [stub.GetSessionState(pb.GetSessionStateRequest(session_id=i), timeout=10) for i in sids]
+            for x, y in zip(before, after):
+                assert x.seq == y.seq == 4 and [list(t.data) for t in x.state] == [list(t.data) for t in y.state]
+            model.backend.run_values = real_run
+            assert not stub.StepBatch(pb.StepBatchRequest(session_ids=sids, seqs=[5] * 5, obs=[0.3] * 25)).errors
+    finally:
+        split.stop(None)
+        whole.stop(None)
+
+
 def test_a_lone_step_failing_in_the_model_advances_nothing(serve_export_dirs):
     """A lone Step or StepStream step runs at once (ServedModel.step_now); a model failure there is INTERNAL,
     leaves the session's state and seq as they were, and the same seq then succeeds."""
