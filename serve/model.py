@@ -70,7 +70,10 @@ class ServedModel:
                     chunk.job.fail(int(row), grpc.StatusCode.INTERNAL, self._failed)
                 self._submit_ready(self.registry.finish(chunk.sessions, None))
             return
-        self._commit(chunks, packed)
+        try:
+            self._commit(chunks, packed)
+        except Exception:  # noqa: BLE001 - a bug here must not end the worker thread that runs the next batches
+            _log.exception("model %r: answering a batch failed", self.name)
 
     def _commit(self, chunks: list[Chunk], packed: np.ndarray) -> None:
         """Advance the chunks' sessions' seq (one registry call) and answer each chunk; the state was written

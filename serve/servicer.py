@@ -183,9 +183,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         try:
             session, row, job = self._begin_step(request, self.principal_of(context))
             if job is not None:
-                model_name = session.model.name
                 await job.wait()
-                row = self._end_step(job, model_name)
+                row = self._end_step(job, session)
             return self._response(session, request.seq, row)
         finally:  # refused steps are timed too
             self._latency["Step"].observe(time.perf_counter() - started)
@@ -201,9 +200,8 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
                     raise request
                 session, row, job = self._begin_step(request, principal)
                 if job is not None:  # waiting for its batch (or behind another step of its session)
-                    model_name = session.model.name
                     await job.wait()
-                    row = self._end_step(job, model_name)
+                    row = self._end_step(job, session)
                 response = self._response(session, request.seq, row)
             except ServeError as exc:
                 response = _in_band(request, exc.code, exc.message, exc.expected_seq)
@@ -349,8 +347,10 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):
         self.metrics.count_steps(model_name, "OK")
         return session, row, None
 
-    def _end_step(self, job: Job, model_name: str) -> np.ndarray:
-        """The packed row of a step that waited (ServeError if it was refused meanwhile); counts it."""
+    def _end_step(self, job: Job, session: Session) -> np.ndarray:
+        """The packed row of a step that waited (ServeError if it was refused meanwhile); counts it. The
+        session stayed on its model meanwhile: a session with a step in flight or queued does not migrate."""
+        model_name = session.model.name
         if job.errors:
             code, message, expected_seq = job.errors[0]
             self.metrics.count_steps(model_name, code.name)
