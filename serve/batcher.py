@@ -28,8 +28,8 @@ class Job:
 
     Made on the event loop by the RPC's coroutine, which awaits :meth:`wait`; rows resolve on the
     loop (a batch run there) or on the model's worker thread. ``width`` 0 (single-row jobs only)
-    allocates nothing up front: ``out`` stays None until the row resolves and is then a copy of its
-    packed row ``(1, width)``.
+    allocates nothing up front: ``out`` stays None until the row resolves and is then its packed
+    row ``(1, width)``, copied unless it is a batch's own output.
     """
 
     __slots__ = ("out", "errors", "_remaining", "_lock", "_future", "_loop_thread")

@@ -36,8 +36,8 @@ from rnnpolicy.serve.servicer import PolicyServicer
 from rnnpolicy.serve.sessions import SessionRegistry
 from rnnpolicy.v1 import policy_pb2
 
-__all__ = ["BusyPollSelector", "EventLoopThread", "MAX_BUSY_POLL_US", "PolicyServer", "ServeConfig", "create_server", "server_loop", "serve_until_signal",
-           "SERVICE_NAME"]
+__all__ = ["BusyPollSelector", "EventLoopThread", "MAX_BUSY_POLL_US", "PolicyServer", "ServeConfig", "create_server",
+           "server_loop", "serve_until_signal", "SERVICE_NAME"]
 
 SERVICE_NAME = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
 MAX_BUSY_POLL_US = 10_000
