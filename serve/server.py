@@ -119,15 +119,13 @@ class BusyPollSelector(selectors.DefaultSelector):
         poll = self.busy_poll
         if not poll or (timeout is not None and timeout <= 0):
             return super().select(timeout)
-        if timeout is not None and timeout < poll:
-            poll = timeout
+        if timeout is not None:
+            poll = min(poll, timeout)
         deadline = time.perf_counter() + poll
-        while True:
+        while time.perf_counter() < deadline:
             ready = super().select(0)
-            if ready or time.perf_counter() >= deadline:
-                break
-        if ready or timeout == poll:
-            return ready
+            if ready:
+                return ready
         return super().select(None if timeout is None else timeout - poll)
 
 
