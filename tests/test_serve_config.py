@@ -121,3 +121,15 @@ def test_busy_poll_serves_and_is_withdrawn_when_its_server_stops(serve_export_di
     finally:
         srv.stop(None)
     assert server_loop().busy_poll_seconds == 0.0
+
+
+def test_serve_bench_refuses_an_unknown_scenario_naming_it_and_the_choices():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_bench.py"
+    done = subprocess.run([sys.executable, str(bench), "--only", "stream:1,stream:7"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert "unknown scenario 'stream:7'; expected KIND:SESSIONS from unary:1, unary:16" in done.stderr
