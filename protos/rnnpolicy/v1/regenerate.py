@@ -1,7 +1,8 @@
-"""Regenerate the committed protobuf/gRPC code next to ``policy.proto`` (needs ``grpcio-tools``).
+"""Regenerate the committed protobuf/gRPC code next to the ``.proto`` files (needs ``grpcio-tools``).
 
-``python -m rnnpolicy.v1.regenerate`` rewrites ``policy_pb2.py``, ``policy_pb2.pyi`` and
-``policy_pb2_grpc.py``; ``--check`` writes nothing and exits 1 when they are out of date.
+``python -m rnnpolicy.v1.regenerate`` rewrites ``policy_pb2.py``, ``policy_pb2.pyi``,
+``policy_pb2_grpc.py`` (the service) and ``session_record_pb2.py``, ``session_record_pb2.pyi`` (the
+storage format of sessions); ``--check`` writes nothing and exits 1 when they are out of date.
 protoc runs with ``-I`` at the directory holding ``rnnpolicy/``, so generated imports read
 ``from rnnpolicy.v1 import policy_pb2`` and work without patching.
 """
@@ -13,16 +14,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["GENERATED", "PROTO", "generate", "main"]
+__all__ = ["GENERATED", "PROTOS", "generate", "main"]
 
 _HERE = Path(__file__).resolve().parent
 _INCLUDE = _HERE.parents[1]  # the directory that holds rnnpolicy/v1/policy.proto
-PROTO = "rnnpolicy/v1/policy.proto"
-GENERATED = ("policy_pb2.py", "policy_pb2.pyi", "policy_pb2_grpc.py")
+PROTOS = ("rnnpolicy/v1/policy.proto", "rnnpolicy/v1/session_record.proto")
+GENERATED = ("policy_pb2.py", "policy_pb2.pyi", "policy_pb2_grpc.py", "session_record_pb2.py", "session_record_pb2.pyi")
 
 
 def generate(out_dir: Path) -> dict[str, str]:
-    """Run protoc on ``policy.proto`` into ``out_dir``; return the generated files' text by name."""
+    """Run protoc on the ``.proto`` files into ``out_dir``; return the generated files' text by name."""
     from grpc_tools import protoc  # a dev dependency: imported only to regenerate
 
     import grpc_tools
@@ -35,10 +36,10 @@ def generate(out_dir: Path) -> dict[str, str]:
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
-        str(_INCLUDE / PROTO),
+        *(str(_INCLUDE / proto) for proto in PROTOS),
     ]
     if protoc.main(args) != 0:
-        raise RuntimeError(f"protoc failed on {_INCLUDE / PROTO}")
+        raise RuntimeError(f"protoc failed on {PROTOS}")
     produced = out_dir / "rnnpolicy" / "v1"
     return {name: (produced / name).read_text() for name in GENERATED}
 
