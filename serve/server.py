@@ -265,7 +265,8 @@ class PolicyServer:
             if thread.is_alive():
                 thread.join()
         try:
-            self.checkpoint()
+            if isinstance(self.store, StateDirStore):
+                self.checkpoint()
         except OSError:  # e.g. a full disk: say so, and still release the models
             _log.exception("event=snapshot_failed store=%s: the sessions were not saved", self.store.describe)
         finally:
@@ -287,7 +288,9 @@ class PolicyServer:
         return loaded
 
     def checkpoint(self) -> int:
-        """Persist every session to the store now (the state directory's snapshot); return how many."""
+        """Write every session to the state directory now; return how many (``ValueError`` without one)."""
+        if not isinstance(self.store, StateDirStore):
+            raise ValueError(f"this server has no state_dir to checkpoint to (its sessions live in {self.store.describe})")
         snapshot = self._on_loop(self.coordinator.snapshot)
         self.store.checkpoint(snapshot)
         return len(snapshot.records)

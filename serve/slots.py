@@ -45,6 +45,11 @@ class SlotArrays:
     def give_back(self, slot: int) -> None:
         self._free.append(slot)
 
+    @property
+    def free(self) -> int:
+        """Slots not taken."""
+        return len(self._free)
+
     # ------------------------------------------------------------------ one session
 
     def zero(self, slot: int) -> None:

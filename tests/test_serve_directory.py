@@ -102,7 +102,7 @@ def test_idle_expiry_follows_the_injected_clock_and_spares_busy_sessions():
     [tombstone] = directory.expire_idle()
     assert tombstone.session_id == idle.session_id and tombstone.fate == "expired"
     assert directory.held(busy.session_id) is busy and directory.held(idle.session_id) is None
-    assert model.slots.capacity - len(model.slots._free) == 1  # the expired session's slot went back
+    assert model.slots.capacity - model.slots.free == 1  # the expired session's slot went back
 
 
 def test_another_principals_session_is_denied_exactly_like_an_unknown_id():
