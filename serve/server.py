@@ -44,6 +44,8 @@ __all__ = ["BusyPollSelector", "EventLoopThread", "MAX_BUSY_POLL_US", "PolicySer
 
 SERVICE_NAME = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
 MAX_BUSY_POLL_US = 10_000
+STORE_CHECK_INTERVAL = 1.0
+"""Seconds between checks that a write-through session store can be reached (health follows it)."""
 _log = logging.getLogger("rnnpolicy.serve")
 
 
@@ -191,7 +193,8 @@ class PolicyServer:
     """
 
     def __init__(self, server: grpc.aio.Server, loop: EventLoopThread, servicer: PolicyServicer,
-                 health_servicer: health_aio.HealthServicer, config: ServeConfig, address: str, store: SessionStore) -> None:
+                 health_servicer: health_aio.HealthServicer, config: ServeConfig, address: str, store: SessionStore,
+                 port: int = 0) -> None:
         self.grpc_server = server
         self._loop = loop
         self.servicer = servicer
@@ -199,6 +202,9 @@ class PolicyServer:
         self.health = health_servicer
         self.config = config
         self.address = address
+        """The address asked for (its port may be 0)."""
+        self.port = port
+        """The port bound."""
         self.store = store
         self.metrics_port: int | None = None
         self._stop = threading.Event()
@@ -212,6 +218,10 @@ class PolicyServer:
         if config.checkpoint_interval:
             self._threads.append(threading.Thread(target=self._every, args=(config.checkpoint_interval, self.checkpoint),
                                                   name="rnnpolicy-checkpointer", daemon=True))
+        self._store_reachable = True
+        if store.write_through:
+            self._threads.append(threading.Thread(target=self._every, args=(STORE_CHECK_INTERVAL, self.check_store),
+                                                  name="rnnpolicy-store-health", daemon=True))
 
     @property
     def catalog(self) -> ModelCatalog:
@@ -306,6 +316,18 @@ class PolicyServer:
 
         return self._loop.call(run())
 
+    def check_store(self) -> bool:
+        """Ask the session store whether it can be reached; health turns NOT_SERVING while it cannot (a proxy then
+        routes elsewhere) and SERVING again when it can. Runs every STORE_CHECK_INTERVAL seconds."""
+        reachable = self._loop.call(self.store.healthy(), timeout=STORE_CHECK_INTERVAL + 5.0)
+        if reachable != self._store_reachable and not self._stopped:
+            self._store_reachable = reachable
+            self._set_health(health_pb2.HealthCheckResponse.SERVING if reachable
+                             else health_pb2.HealthCheckResponse.NOT_SERVING)
+            _log.log(logging.INFO if reachable else logging.ERROR, "event=session_store_%s store=%s",
+                     "reachable" if reachable else "unreachable", self.store.describe)
+        return reachable
+
     def _reap(self) -> None:
         if self.config.session_ttl:
             self.expire_idle()
@@ -393,7 +415,7 @@ def create_server(models: Mapping[str, str | Path], address: str = "127.0.0.1:0"
     if port == 0:  # a successful bind, even to port 0, returns the port it got
         catalog.close()
         raise ValueError(f"cannot bind {address!r}: expected a free HOST:PORT")
-    policy_server = PolicyServer(server, loop, servicer, health_servicer, config, address, store)
+    policy_server = PolicyServer(server, loop, servicer, health_servicer, config, address, store, port)
     if start:
         policy_server.start()
     return policy_server, port
