@@ -5,7 +5,8 @@ thread of its own (:func:`server_loop`), so ``create_server`` and :class:`Policy
 plain blocking API. The step RPCs (``Step``, ``StepStream``, ``StepBatch``) are coroutines on
 that loop: thousands of streams cost no thread each, and steps arriving together batch across
 sessions without thread hand-offs. The other RPCs run in a thread pool of ``max_workers`` threads,
-started up front.
+started up front. The calls in progress, open streams included, are capped by ``max_concurrent_rpcs``
+(:mod:`rnnpolicy.serve.admission`), independently of the pool.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from rnnpolicy.serve.admission import Admission, grpc_backstop
 from rnnpolicy.serve.auth import Security, principal_of
 from rnnpolicy.serve.backend import load_backend
 from rnnpolicy.serve.catalog import ModelCatalog
@@ -46,7 +48,7 @@ _log = logging.getLogger("rnnpolicy.serve")
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """Server limits and tuning."""
+    """Server limits and tuning; ``rnnpolicy serve`` makes one option of each field, its docstring the help."""
 
     max_sessions: int = 10_000
     """Most sessions held at once, over all models; CreateSession beyond it is RESOURCE_EXHAUSTED."""
@@ -60,11 +62,15 @@ class ServeConfig:
     """onnxruntime intra-op threads per model."""
     split_batch_rows: int = 128
     """An onnxruntime call of at least this many rows runs as two halves at once on two threads, when
-    ``intra_op_threads`` is 1 (0: never). A 256-row call of a 128-unit LSTM took 0.85-0.92 ms so,
+    there is one intra-op thread (0: never). A 256-row call of a 128-unit LSTM took 0.85-0.92 ms so,
     against 1.16 ms whole, while the other core was free."""
     max_workers: int = 256
-    """Threads for the RPCs other than Step, StepStream and StepBatch (which run on the event loop); also the most concurrent
-    RPCs (open streams included), beyond which calls are refused."""
+    """Threads for the RPCs other than Step, StepStream and StepBatch (those run on the event loop
+    and need no thread), all started with the server."""
+    max_concurrent_rpcs: int = 15_000
+    """Most calls in progress at once, open streams included; a call beyond it is refused at once with
+    RESOURCE_EXHAUSTED. An open stream costs memory, not a thread: room for a stream per session
+    (max_sessions) and half as many other calls."""
     max_message_bytes: int = 4 * 1024 * 1024
     """Largest request accepted; gRPC refuses larger ones with RESOURCE_EXHAUSTED."""
     max_batch_rows: int = 4096
@@ -72,22 +78,26 @@ class ServeConfig:
     max_sessions_per_principal: int = 0
     """Most sessions one principal (auth token) may hold; 0: no limit beyond max_sessions."""
     state_dir: str | None = None
-    """Directory where sessions are saved on shutdown (and every checkpoint_interval) and restored on start."""
+    """Directory where sessions are saved on shutdown (and every checkpoint_interval) and restored on
+    start, so clients continue across restarts."""
     checkpoint_interval: float = 0.0
-    """Seconds between periodic session snapshots to state_dir (0: only on graceful shutdown)."""
+    """Seconds between periodic session snapshots to state_dir; a crash (kill -9) loses at most the
+    steps of that many seconds (0: only on graceful shutdown)."""
     reload_interval: float = 0.0
-    """Seconds between checks of the served export directories for a new model version (0: only on SIGHUP)."""
+    """Seconds between checks of the served export directories for a changed model file, loaded as a
+    new version (0: only on SIGHUP)."""
     metrics_port: int | None = None
-    """Port of the Prometheus /metrics endpoint (0 picks a free one; None: no endpoint)."""
+    """Port of the Prometheus /metrics endpoint (0 picks a free one; unset: no endpoint)."""
     metrics_host: str = "127.0.0.1"
     """Address the metrics endpoint binds."""
     busy_poll_us: int = 0
-    """Microseconds the event loop polls for the next message before it sleeps (0: sleep at once). A
-    low-latency mode for clients that step back to back: it keeps the loop's CPU awake between
-    messages, at the cost of that CPU time (see docs/serving.md)."""
+    """Microseconds the event loop polls for the next message before it sleeps (0: sleep at once; at
+    most 10000). A low-latency mode for clients that step back to back: it keeps the loop's CPU
+    awake between messages, at the cost of that CPU time (see docs/serving.md)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_sessions", "max_batch", "intra_op_threads", "max_workers", "max_message_bytes", "max_batch_rows"):
+        for name in ("max_sessions", "max_batch", "intra_op_threads", "max_workers", "max_concurrent_rpcs",
+                     "max_message_bytes", "max_batch_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("session_ttl", "checkpoint_interval", "reload_interval", "max_wait_us", "max_sessions_per_principal",
@@ -187,7 +197,7 @@ class PolicyServer:
     """
 
     def __init__(self, server: grpc.aio.Server, loop: EventLoopThread, pool: futures.ThreadPoolExecutor,
-                 servicer: PolicyServicer, health_servicer: health.HealthServicer,
+                 servicer: PolicyServicer, health_servicer: health.aio.HealthServicer,
                  config: ServeConfig, address: str, state_dir: StateDir | None) -> None:
         self.grpc_server = server
         self._loop = loop
@@ -235,17 +245,17 @@ class PolicyServer:
         for thread in self._threads:
             thread.start()
         for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            self._loop.call(self.health.set(name, health_pb2.HealthCheckResponse.SERVING))
         return self
 
     def stop(self, grace: float | None = 5.0) -> None:
-        """Stop accepting calls, let in-flight steps finish (up to ``grace`` s), save the sessions to the
-        state directory, then stop the batchers."""
+        """Answer NOT_SERVING to health checks, stop accepting calls, let in-flight steps finish (up to
+        ``grace`` s), save the sessions to the state directory, then stop the batchers."""
         if self._stopped:
             return
         self._stopped = True
         self._loop.busy_poll(self, 0.0)
-        self.health.enter_graceful_shutdown()
+        self._loop.call(self.health.enter_graceful_shutdown())  # health Watch streams hear it before the drain
         limit = (grace or 0.0) + 5.0
         try:
             self._loop.call(self.grpc_server.stop(grace), timeout=limit)
@@ -341,13 +351,17 @@ def create_server(models: Mapping[str, str | Path], address: str = "127.0.0.1:0"
     pool = _started_pool(config.max_workers)
     loop = server_loop()
 
-    async def build() -> grpc.aio.Server:  # an asyncio server belongs to the loop it is created on
-        return grpc.aio.server(migration_thread_pool=pool, options=options, maximum_concurrent_rpcs=config.max_workers,
-                               interceptors=[interceptor] if interceptor is not None else None)
+    # Our admission refuses calls beyond max_concurrent_rpcs so that clients see RESOURCE_EXHAUSTED, never INTERNAL;
+    # grpcio's own limit stays, above it, as a backstop (rnnpolicy.serve.admission).
+    interceptors = [Admission(config.max_concurrent_rpcs)] + ([interceptor] if interceptor is not None else [])
 
-    server = loop.call(build())
+    async def build() -> tuple[grpc.aio.Server, health.aio.HealthServicer]:  # both belong to the loop they are made on
+        return grpc.aio.server(migration_thread_pool=pool, options=options, interceptors=interceptors,
+                               maximum_concurrent_rpcs=grpc_backstop(config.max_concurrent_rpcs)), \
+            health.aio.HealthServicer()
+
+    server, health_servicer = loop.call(build())
     add_policy_service(servicer, server)
-    health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
