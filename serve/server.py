@@ -347,6 +347,11 @@ def create_server(models: Mapping[str, str | Path], address: str = "127.0.0.1:0"
         # Answers may be larger than requests (a StepBatch's head outputs): room above the request limit.
         ("grpc.max_send_message_length", max(2 * config.max_message_bytes, 16 * 1024 * 1024)),
         ("grpc.so_reuseport", 0),
+        # Calls that arrived but that the asyncio server has not picked up yet: grpc core refuses some beyond 1,000
+        # and all beyond 3,000 by default, so thousands of streams opening together would lose some. Our admission
+        # decides instead (rnnpolicy.serve.admission).
+        ("grpc.server.max_pending_requests", grpc_backstop(config.max_concurrent_rpcs)),
+        ("grpc.server.max_pending_requests_hard_limit", grpc_backstop(config.max_concurrent_rpcs)),
     ]
     pool = _started_pool(config.max_workers)
     loop = server_loop()
