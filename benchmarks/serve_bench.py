@@ -409,7 +409,8 @@ async def fleet(port: int, pid: int, seconds: float, robots: int = FLEET_ROBOTS,
             await call.done_writing()
             await call.read()
         except grpc.aio.AioRpcError as err:
-            errors[err.code().name] = errors.get(err.code().name, 0) + 1
+            key = f"{err.code().name} {err.details()!r} at {'the first step' if seq == 1 else 'a later step'}"
+            errors[key] = errors.get(key, 0) + 1
         finally:
             counts["open"] -= 1
 
@@ -492,7 +493,9 @@ def main() -> int:
             servers["serve-busy-poll"] = start(serve_cmd + ["--busy-poll-us", str(BUSY_POLL_US)])
         try:
             names = list(servers)
-            runs: dict[str, list[list[dict]]] = {name: [[] for _ in plan] for name in [*names, "echo"]}
+            runs: dict[str, list[list[dict]]] = {name: [[] for _ in plan] for name in
+                                                 [*(f"echo-{m}" for m in (*ECHO_MODES, "asyncio-busy-poll")),
+                                                  "serve", "serve-busy-poll", "echo"]}
             for round_ in range(args.rounds):
                 for i, (kind, n) in enumerate(plan):
                     # Back to back, the order rotating per round, so all see the same machine load.
