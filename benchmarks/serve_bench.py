@@ -51,6 +51,9 @@ BURST = 128  # concurrent session calls at once: below the servers' limit of 256
 RESULTS = Path(__file__).parent / "results"
 SERVICE = "/rnnpolicy.v1.PolicyService/"
 PLAN = [("unary", 1), ("unary", 16), ("unary", 128), ("stream", 1), ("stream", 16), ("stream", 128), ("batch", 256)]
+SOLO: dict = {}
+"""Scenarios outside the echo comparison, by --only name: an async function (port, server pid) -> a results dict
+with its "targets", run against a fresh policy server of their own (in a full run after the memory figure)."""
 
 
 # ------------------------------------------------------------------ the echo server (a subprocess)
@@ -340,7 +343,120 @@ async def soak(port: int, pid: int, total_steps: int) -> dict:
             "loadavg_start": load_start, "loadavg_end": loadavg()}
 
 
+# ------------------------------------------------------------------ a fleet of robots (10,000 open streams)
+
+
+FLEET_ROBOTS = 10_000
+FLEET_CONNECTIONS = 10_000  # a connection per robot, as robots in the field have
+FLEET_RAMP_S = 20.0  # the robots connect over this long, at random times
+FLEET_RSS_LIMIT_MB = 300
+FLEET_MEASURE_S = 20.0
+
+
+async def fleet(port: int, pid: int, seconds: float, robots: int = FLEET_ROBOTS,
+                connections: int = FLEET_CONNECTIONS) -> dict:
+    """``robots`` robots, each with its own session and its own StepStream held open throughout, each stepping
+    now and then: together at half the server's 128-stream throughput (measured first, on the same server), each
+    at its own phase. Measured over ``seconds`` once every stream is open: every step answered, p50/p99 latency,
+    server RSS and threads against idle, calls refused."""
+    from rnnpolicy.serve.limits import raise_open_file_limit
+
+    raise_open_file_limit(connections)  # this client's side of every connection
+    calibration = await scenario(port, "stream", 128, 3.0)
+    rate = calibration["steps_per_s"] / 2
+    period = robots / rate  # seconds between one robot's steps
+    idle_rss, idle_threads = rss_mb(pid), threads(pid)
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(min(connections, robots))]
+    stubs = [policy_pb2_grpc.PolicyServiceStub(c) for c in channels]
+    obs = np.random.default_rng(0).normal(size=OBS_DIM).astype(np.float32).tolist()
+    ids: list[str] = []
+    for lo in range(0, robots, BURST):
+        ids += [r.session_id for r in await asyncio.gather(*(stubs[(lo + i) % len(stubs)].CreateSession(
+            pb.CreateSessionRequest(model="bench")) for i in range(min(BURST, robots - lo))))]
+    rng = np.random.default_rng(1)
+    start = time.perf_counter() + 1.0
+    measure_from = start + FLEET_RAMP_S + period  # every robot connected and stepped at least once
+    measure_to = measure_from + seconds
+    lat: list[float] = []
+    late: list[float] = []
+    counts = {"sent": 0, "answered": 0, "open": 0, "most_open": 0}
+    errors: dict[str, int] = {}
+    held = {"rss_mb": 0.0, "threads": 0, "open": 0}
+
+    async def robot(i: int) -> None:
+        due = start + rng.uniform(0, FLEET_RAMP_S)
+        await asyncio.sleep(due - time.perf_counter())
+        call = stubs[i % len(stubs)].StepStream(metadata=(("x-session-id", ids[i]),))
+        counts["open"] += 1
+        counts["most_open"] = max(counts["most_open"], counts["open"])
+        seq = 0
+        try:
+            while due < measure_to:
+                seq += 1
+                t = time.perf_counter()
+                counts["sent"] += 1
+                await call.write(pb.StepRequest(session_id=ids[i], seq=seq, obs=obs, deterministic=True))
+                response = await call.read()
+                if response.HasField("error"):
+                    errors[response.error.message] = errors.get(response.error.message, 0) + 1
+                else:
+                    counts["answered"] += 1
+                if measure_from <= t < measure_to:
+                    lat.append(time.perf_counter() - t)
+                    late.append(t - due)
+                due += period * rng.uniform(0.5, 1.5)  # now and then, not in lockstep
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            await call.done_writing()
+            await call.read()
+        except grpc.aio.AioRpcError as err:
+            key = f"{err.code().name} {err.details()!r} at {'the first step' if seq == 1 else 'a later step'}"
+            errors[key] = errors.get(key, 0) + 1
+        finally:
+            counts["open"] -= 1
+
+    async def sample_while_held() -> None:
+        await asyncio.sleep(measure_from + seconds / 2 - time.perf_counter())
+        held.update(rss_mb=rss_mb(pid), threads=threads(pid), open=counts["open"])
+
+    ticks = cpu_ticks()
+    await asyncio.gather(sample_while_held(), *(robot(i) for i in range(robots)))
+    steal = steal_pct(ticks, cpu_ticks())
+    for channel in channels:
+        await channel.close()
+    ms = np.asarray(lat) * 1e3
+    return {"robots": robots, "connections": len(channels), "calibration_128_streams_steps_per_s":
+            calibration["steps_per_s"], "target_steps_per_s": round(rate, 1), "step_period_s": round(period, 3),
+            "measured_s": seconds, "steps_per_s": round(len(lat) / seconds, 1),
+            "sent": counts["sent"], "answered": counts["answered"], "errors": errors,
+            "streams_open_at_sample": held["open"], "most_streams_open": counts["most_open"],
+            "p50_ms": round(float(np.percentile(ms, 50)), 3) if len(ms) else None,
+            "p99_ms": round(float(np.percentile(ms, 99)), 3) if len(ms) else None,
+            "client_late_p99_ms": round(float(np.percentile(np.asarray(late) * 1e3, 99)), 3) if late else None,
+            "idle_rss_mb": round(idle_rss, 1), "rss_mb": round(held["rss_mb"], 1),
+            "rss_delta_mb": round(held["rss_mb"] - idle_rss, 1), "idle_threads": idle_threads,
+            "threads": held["threads"], "loadavg_1m": loadavg()[0], "steal_pct": steal}
+
+
+async def fleet_scenario(port: int, pid: int) -> dict:
+    row = await fleet(port, pid, FLEET_MEASURE_S)
+    return row | {"targets": fleet_targets(row)}
+
+
+def fleet_targets(row: dict) -> list[dict]:
+    """The issue's target for the fleet: every stream held at once, every step answered, RSS bounded."""
+    held = row["streams_open_at_sample"] == row["robots"] and row["most_streams_open"] == row["robots"]
+    return [{"target": f"{row['robots']:,} streams held at once, every step answered, no call refused",
+             "value": f"{row['streams_open_at_sample']} open, {row['answered']}/{row['sent']} answered, "
+                      f"errors {row['errors'] or 'none'}",
+             "limit": "all", "met": held and row["answered"] == row["sent"] and not row["errors"]},
+            {"target": f"RSS with {row['robots']:,} streams held <= {FLEET_RSS_LIMIT_MB} MB above idle",
+             "value": row["rss_delta_mb"], "limit": FLEET_RSS_LIMIT_MB, "met": row["rss_delta_mb"] <= FLEET_RSS_LIMIT_MB}]
+
+
 # ------------------------------------------------------------------ main
+
+
+SOLO["fleet:10000"] = fleet_scenario
 
 
 def main() -> int:
@@ -360,7 +476,8 @@ def main() -> int:
     if args.echo_server:
         run_echo_server(args.echo_server)
         return 0
-    plan = args.only
+    plan = [item for item in args.only if item in PLAN]
+    solo = [name for name in SOLO if args.only == PLAN or name in args.only]
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "grpcio": grpc.__version__,
                                  "loadavg_at_start": loadavg()},
                      "model": f"q-network, LSTM {HIDDEN} units, obs_dim {OBS_DIM}, {ACTIONS} actions",
@@ -370,12 +487,15 @@ def main() -> int:
         serve_cmd = [sys.executable, "-m", "rnnpolicy.cli", "serve", "--model", f"bench={export}", "--port", "0",
                      "--max-sessions", "20000", "--max-wait-us", str(args.max_wait_us)]
         servers = {f"echo-{mode}": start([sys.executable, __file__, "--echo-server", mode])
-                   for mode in (*ECHO_MODES, "asyncio-busy-poll")}
-        servers["serve"] = start(serve_cmd)
-        servers["serve-busy-poll"] = start(serve_cmd + ["--busy-poll-us", str(BUSY_POLL_US)])
+                   for mode in (*ECHO_MODES, "asyncio-busy-poll")} if plan else {}
+        if plan:
+            servers["serve"] = start(serve_cmd)
+            servers["serve-busy-poll"] = start(serve_cmd + ["--busy-poll-us", str(BUSY_POLL_US)])
         try:
             names = list(servers)
-            runs: dict[str, list[list[dict]]] = {name: [[] for _ in plan] for name in [*names, "echo"]}
+            runs: dict[str, list[list[dict]]] = {name: [[] for _ in plan] for name in
+                                                 [*(f"echo-{m}" for m in (*ECHO_MODES, "asyncio-busy-poll")),
+                                                  "serve", "serve-busy-poll", "echo"]}
             for round_ in range(args.rounds):
                 for i, (kind, n) in enumerate(plan):
                     # Back to back, the order rotating per round, so all see the same machine load.
@@ -404,6 +524,13 @@ def main() -> int:
         finally:
             if proc is not None:
                 stop(proc)
+        for name in solo:
+            proc, port = start(serve_cmd)
+            try:
+                results[name] = asyncio.run(SOLO[name](port, proc.pid))
+                print(name, results[name], flush=True)
+            finally:
+                stop(proc)
         if args.soak and full:
             soak_cmd = serve_cmd[:serve_cmd.index("--max-sessions") + 1] + [str(SOAK_MAX_SESSIONS)] + \
                 serve_cmd[serve_cmd.index("--max-sessions") + 2:]
@@ -414,7 +541,7 @@ def main() -> int:
             finally:
                 stop(proc)
     results["machine"]["loadavg_at_end"] = loadavg()
-    results["targets"] = targets(results, "serve", results["ratios"])
+    results["targets"] = targets(results, "serve", results["ratios"]) + [t for name in solo for t in results[name]["targets"]]
     results["targets_busy_poll"] = targets(results, "serve-busy-poll", results["ratios_busy_poll"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "serve_bench" if full else "serve_bench_partial"  # a partial run does not replace the full results
@@ -429,9 +556,12 @@ def _scenarios(text: str) -> list[tuple[str, int]]:
     chosen = []
     for item in text.split(","):
         kind, _, sessions = item.partition(":")
+        if item in SOLO:
+            chosen.append(item)
+            continue
         if not sessions.isdigit() or (kind, int(sessions)) not in PLAN:
             raise argparse.ArgumentTypeError(f"unknown scenario {item!r}; expected KIND:SESSIONS from "
-                                             f"{', '.join(f'{k}:{n}' for k, n in PLAN)}")
+                                             f"{', '.join([f'{k}:{n}' for k, n in PLAN] + list(SOLO))}")
         chosen.append((kind, int(sessions)))
     return chosen
 
@@ -529,6 +659,9 @@ def markdown(results: dict) -> str:
               for t in results["targets_busy_poll"]]
     if "memory_10k_sessions" in results:
         lines += ["", f"memory_10k_sessions: {results['memory_10k_sessions']}"]
+    for name in SOLO:
+        if name in results:
+            lines += ["", f"{name}: { {k: v for k, v in results[name].items() if k != 'targets'} } (targets above)"]
     if "soak" in results:
         soak = {k: v for k, v in results["soak"].items() if k != "rss_mb_samples"}
         lines += ["", f"soak: {soak} (RSS after every 12,800 steps in serve_bench.json)"]

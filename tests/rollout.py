@@ -7,13 +7,15 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from rnnpolicy.export.interface import ONNX_FILE
+
 
 class OfflineRollout:
     """One session's reference: ``model.onnx`` of an export directory (or a ``.onnx`` file) stepped with batch 1."""
 
     def __init__(self, path: Path) -> None:
         path = Path(path)
-        model_file = path / "model.onnx" if path.is_dir() else path
+        model_file = path / ONNX_FILE if path.is_dir() else path
         self.sess = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.sess.get_inputs()]
         self.outputs = [o.name for o in self.sess.get_outputs()]

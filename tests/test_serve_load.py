@@ -18,6 +18,7 @@ import onnxruntime as ort
 import pytest
 
 from rnnpolicy.clients import PolicyClient, PolicyError, Session, StreamSession
+from rnnpolicy.export.interface import ONNX_FILE
 from rnnpolicy.serve import ServeConfig, create_server
 from rnnpolicy.serve.batcher import Batch
 from rnnpolicy.serve.coordinator import Job, Step
@@ -46,7 +47,7 @@ class Reference:
     """One model's ONNX file stepped offline; each :class:`Rollout` keeps one session's state."""
 
     def __init__(self, path) -> None:
-        self.sess = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
+        self.sess = ort.InferenceSession(str(path / ONNX_FILE), providers=["CPUExecutionProvider"])
         self.outputs = [o.name for o in self.sess.get_outputs()]
         self.state_shapes = {i.name: [d if isinstance(d, int) else 1 for d in i.shape]
                              for i in self.sess.get_inputs() if i.name.startswith("state_")}

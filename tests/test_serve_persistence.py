@@ -16,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rnnpolicy.clients import PolicyClient, PolicyError
+from rnnpolicy.export.interface import ONNX_FILE
 from rnnpolicy.serve import ServeConfig, create_server
 from rnnpolicy.serve.persistence import SNAPSHOT_FILE
 from rnnpolicy.v1 import policy_pb2 as pb
@@ -111,7 +112,7 @@ def test_sessions_pinned_to_an_old_version_survive_a_restart_after_the_model_cha
             np.testing.assert_allclose(session.step(obs[t], t == 0).q_values, ref.step(obs[t], t == 0)["q_values"][0],
                                        atol=1e-5)
     srv.stop(None)
-    shutil.copyfile(q_lstm_v2_export / "model.onnx", source / "model.onnx")  # deployed while the server was down
+    shutil.copyfile(q_lstm_v2_export / ONNX_FILE, source / ONNX_FILE)  # deployed while the server was down
     srv, port = create_server({"q": source}, "127.0.0.1:0", config)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
