@@ -28,7 +28,8 @@ def test_unary_and_stream_sessions_agree(target):
     obs = np.random.default_rng(1).normal(size=(15, 5)).astype(np.float32)
     with PolicyClient(target) as client:
         assert {m.name for m in client.list_models()} >= {"q_lstm", "box_lstm"}
-        with client.session("q_lstm") as unary, client.stream_session("q_lstm") as stream:
+        with client.session("q_lstm", transport="unary") as unary, client.session("q_lstm") as stream:
+            assert (unary.transport, stream.transport) == ("unary", "stream")  # a stream is the default
             for i, o in enumerate(obs):
                 a, b = unary.step(o, episode_start=i == 0), stream.step(o, episode_start=i == 0)
                 assert a.action == b.action and a.seq == b.seq == i + 1
@@ -61,7 +62,7 @@ def test_errors_are_one_exception_with_code_and_message(target):
 
 
 def test_step_retries_transient_failures_with_the_same_seq(target):
-    with PolicyClient(target, backoff=0.001) as client, client.session("q_lstm") as session:
+    with PolicyClient(target, backoff=0.001) as client, client.session("q_lstm", transport="unary") as session:
         real = client.stub.Step
         seen = []
 
@@ -75,9 +76,9 @@ def test_step_retries_transient_failures_with_the_same_seq(target):
             def trailing_metadata(self):
                 return ()
 
-        def flaky(request, timeout=None):
+        def flaky(request, **kwargs):
             seen.append(request.seq)
-            response = real(request, timeout=timeout)
+            response = real(request, **kwargs)
             if len(seen) == 1:
                 raise Unavailable()  # applied on the server, answer lost
             return response
@@ -92,21 +93,36 @@ def test_asyncio_client(target):
     async def run():
         async with AsyncPolicyClient(target) as client:
             models = await client.list_models()
-            async with await client.session("pg_gru", seed=1) as session:
+            async with client.session("pg_gru", seed=1) as session:  # a stream by default
+                assert session.transport == "stream"
                 results = [await session.step([0.2] * 4, episode_start=i == 0) for i in range(5)]
+            async with await client.session("pg_gru", seed=1, transport="unary") as unary:  # the older spelling
+                unary_results = [await unary.step([0.2] * 4, episode_start=i == 0) for i in range(5)]
+            opening = client.session("pg_gru")
+            session = await opening
+            with pytest.raises(RuntimeError, match="already awaited"):
+                await opening
+            state = await session.get_state()
+            await session.reset()
+            assert not (await session.get_state())["state_h"].any() and state["state_h"].shape == (2, 8)
+            await session.close()
             with pytest.raises(PolicyError) as err:
                 await client.session("nope")
-            return models, results, err.value.code
+            with pytest.raises(ValueError, match="transport must be one of"):
+                client.session("pg_gru", transport="grpc")
+            return models, results, unary_results, err.value.code
 
-    models, results, code = asyncio.run(run())
+    models, results, unary_results, code = asyncio.run(run())
     assert [r.seq for r in results] == [1, 2, 3, 4, 5] and code == grpc.StatusCode.NOT_FOUND
     assert all(r.logits.shape == (4,) for r in results)
+    assert [r.action for r in results] == [r.action for r in unary_results]
+    np.testing.assert_array_equal([r.logits for r in results], [r.logits for r in unary_results])
 
 
 def test_play_episodes_and_cli(target, capsys):
     with PolicyClient(target) as client:
-        unary = play_episodes(client, "tmaze", "rnnpolicy/TMaze-v0", 3, seed=5)
-        stream = play_episodes(client, "tmaze", "rnnpolicy/TMaze-v0", 3, seed=5, stream=True)
+        unary = play_episodes(client, "tmaze", "rnnpolicy/TMaze-v0", 3, seed=5, transport="unary")
+        stream = play_episodes(client, "tmaze", "rnnpolicy/TMaze-v0", 3, seed=5)
     assert unary.returns == stream.returns and len(unary.returns) == 3
     assert len(unary.successes) == 3
     assert len(unary.step_latencies_s) == len(stream.step_latencies_s) > 3
@@ -157,12 +173,12 @@ def test_stream_step_times_out_then_retries_with_the_same_seq(serve_export_dirs)
 
     model.backend.run_values = stalling
     try:
-        with PolicyClient(f"127.0.0.1:{port}", retries=0) as client, client.stream_session("q_lstm") as session:
+        with PolicyClient(f"127.0.0.1:{port}", retries=0) as client, client.session("q_lstm") as session:
             with pytest.raises(PolicyError) as info:
                 session.step([0.0] * 5, episode_start=True, timeout=0.2)
             assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and "within 0.2 s" in info.value.message
         stalls.append(0.6)
-        with PolicyClient(f"127.0.0.1:{port}", retries=2, backoff=0.01) as client, client.stream_session("q_lstm") as session:
+        with PolicyClient(f"127.0.0.1:{port}", retries=2, backoff=0.01) as client, client.session("q_lstm") as session:
             first = session.step([0.0] * 5, episode_start=True, timeout=0.4)  # times out once, resent with seq 1
             second = session.step([0.0] * 5, timeout=2.0)
             assert (first.seq, second.seq) == (1, 2)
