@@ -227,7 +227,8 @@ class AsyncSession(SessionFields):
 
 class _AioStepStream:
     """One session's ``StepStream`` on ``grpc.aio``, opened at its first step with the session's metadata. A failed
-    or unanswered step drops it (no stale answer can reach a later step); the next step opens a fresh one."""
+    or unanswered step drops it (no stale answer can reach a later step); the next step opens a fresh one, as does
+    a step after the stream ended while idle."""
 
     def __init__(self, client: AsyncPolicyClient, metadata: tuple[tuple[str, str], ...]) -> None:
         self._client = client
@@ -235,18 +236,32 @@ class _AioStepStream:
         self._call: Any = None
         self._expired = False
 
-    def _expire(self, call: Any) -> None:
+    def _open(self) -> Any:
+        self._call = self._client.stub.StepStream(metadata=self._metadata)
+        return self._call
+
+    def _expire(self) -> None:
         self._expired = True
-        call.cancel()
+        self.drop()
 
     async def send(self, request: pb.StepRequest, timeout: float) -> pb.StepResponse:
         call = self._call
-        if call is None:
-            call = self._call = self._client.stub.StepStream(metadata=self._metadata)
+        if call is not None and call.done():
+            call = None  # it ended while idle (say the server restarted)
+        fresh = call is None
+        if fresh:
+            call = self._open()
         self._expired = False
-        expiry = asyncio.get_running_loop().call_later(timeout, self._expire, call)
+        expiry = asyncio.get_running_loop().call_later(timeout, self._expire)
         try:
-            await call.write(request)
+            try:
+                await call.write(request)
+            except grpc.RpcError:
+                if fresh:
+                    raise
+                # It broke while idle, and this loop has not run since to learn it: this step on a fresh one.
+                call = self._open()
+                await call.write(request)
             response = await call.read()
         except (grpc.RpcError, asyncio.CancelledError) as exc:
             self.drop()

@@ -249,7 +249,8 @@ class StreamSession(Session):
 
 class _StepStream:
     """One session's ``StepStream``, opened at its first step with the session's metadata. A failed or unanswered
-    step drops it (no stale answer can reach a later step); the next step opens a fresh one."""
+    step drops it (no stale answer can reach a later step); the next step opens a fresh one, as does a step
+    after the stream ended while idle."""
 
     def __init__(self, client: PolicyClient, metadata: tuple[tuple[str, str], ...]) -> None:
         self._client = client
@@ -265,6 +266,8 @@ class _StepStream:
                          daemon=True).start()
 
     def send(self, request: pb.StepRequest, timeout: float) -> pb.StepResponse:
+        if self._call is not None and not self._answers.empty():
+            self.drop()  # it ended while idle (say the server restarted): not this step's failure, open a fresh one
         if self._call is None:
             self._open()
         self._requests.put(request)

@@ -185,3 +185,80 @@ def test_stream_step_times_out_then_retries_with_the_same_seq(serve_export_dirs)
             assert session.get_state()  # the session is alive and stepped exactly twice
     finally:
         srv.stop(None)
+
+
+def test_a_stream_ended_by_a_server_restart_is_reopened_and_the_sessions_carry_on(serve_export_dirs, tmp_path):
+    """Both clients' default (stream) sessions: the server stops (saving its sessions) and starts again on the same
+    port; the next step opens a fresh stream, with the seq numbering and the state carried on."""
+    from rollout import OfflineRollout
+
+    config = ServeConfig(state_dir=str(tmp_path / "state"))
+    srv, port = create_server({"q": serve_export_dirs["q_lstm"]}, "127.0.0.1:0", config)
+    obs = np.random.default_rng(7).normal(size=(6, 5)).astype(np.float32)
+    refs = [OfflineRollout(serve_export_dirs["q_lstm"]) for _ in range(2)]
+    expected = [[int(ref.step(o, t == 0)["action"][0]) for t, o in enumerate(obs)] for ref in refs]
+
+    async def step_async(session, rows, first):
+        return [(await session.step(o, episode_start=first + t == 0)).action for t, o in enumerate(rows)]
+
+    loop = asyncio.new_event_loop()
+    client, aclient = PolicyClient(f"127.0.0.1:{port}", backoff=0.2), None
+    try:
+        aclient = loop.run_until_complete(_async_client(f"127.0.0.1:{port}"))
+        session = client.session("q")
+        asession = loop.run_until_complete(aclient.session("q"))
+        actions = [session.step(o, episode_start=t == 0).action for t, o in enumerate(obs[:3])]
+        async_actions = loop.run_until_complete(step_async(asession, obs[:3], 0))
+        srv.stop(None)
+        srv, _ = create_server({"q": serve_export_dirs["q_lstm"]}, f"127.0.0.1:{port}", config)
+        actions += [session.step(o).action for o in obs[3:]]
+        async_actions += loop.run_until_complete(step_async(asession, obs[3:], 3))
+        assert (session.seq, asession.seq) == (6, 6)
+        assert actions == expected[0] and async_actions == expected[1]
+        session.close()
+        loop.run_until_complete(asession.close())
+    finally:
+        client.close()
+        if aclient is not None:
+            loop.run_until_complete(aclient.close())
+        loop.close()
+        srv.stop(None)
+
+
+async def _async_client(target):
+    return AsyncPolicyClient(target, backoff=0.2)  # a grpc.aio channel belongs to the running loop
+
+
+def test_asyncio_stream_step_times_out_then_retries_with_the_same_seq(serve_export_dirs):
+    import time
+
+    srv, port = create_server({"q_lstm": serve_export_dirs["q_lstm"]}, "127.0.0.1:0")
+    model = srv.models["q_lstm"]
+    real_run = model.backend.run_values
+    stalls = [0.6]
+
+    def stalling(feeds):
+        if stalls:
+            time.sleep(stalls.pop())
+        return real_run(feeds)
+
+    model.backend.run_values = stalling
+
+    async def run():
+        async with AsyncPolicyClient(f"127.0.0.1:{port}", retries=0) as client:
+            async with client.session("q_lstm") as session:
+                with pytest.raises(PolicyError) as info:
+                    await session.step([0.0] * 5, episode_start=True, timeout=0.2)
+                assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and "within 0.2 s" in info.value.message
+        stalls.append(0.6)
+        async with AsyncPolicyClient(f"127.0.0.1:{port}", retries=2, backoff=0.01) as client:
+            async with client.session("q_lstm") as session:
+                first = await session.step([0.0] * 5, episode_start=True, timeout=0.4)  # resent with seq 1
+                second = await session.step([0.0] * 5, timeout=2.0)
+                return first.seq, second.seq, await session.get_state()
+
+    try:
+        first, second, state = asyncio.run(run())
+        assert (first, second) == (1, 2) and state
+    finally:
+        srv.stop(None)
