@@ -14,7 +14,7 @@ import numpy as np
 
 from rnnpolicy.clients._channel import open_aio_channel, token_metadata
 from rnnpolicy.clients._client import CHANNEL_OPTIONS, SessionFields
-from rnnpolicy.clients._convert import ModelInfo, StepResult, step_result
+from rnnpolicy.clients._convert import ModelInfo, StepResult
 from rnnpolicy.clients._errors import PolicyError
 from rnnpolicy.clients._protocol import (
     DEFAULT_HISTORY,
@@ -167,31 +167,6 @@ class AsyncSession(SessionFields):
         self._metadata = client.metadata + protocol.metadata
         self._stream = _AioStepStream(client, self._metadata) if transport == "stream" else None
 
-    @property
-    def session_id(self) -> str:
-        return self.protocol.session_id
-
-    @property
-    def model(self) -> ModelInfo:
-        return self.protocol.model
-
-    @property
-    def spec(self) -> PolicySpec:
-        return self.protocol.model.spec
-
-    @property
-    def deterministic(self) -> bool:
-        return self.protocol.deterministic
-
-    @property
-    def seq(self) -> int:
-        """The last seq the server applied; the next step sends ``seq + 1``."""
-        return self.protocol.seq
-
-    @seq.setter
-    def seq(self, value: int) -> None:
-        self.protocol.seq = value
-
     async def __aenter__(self) -> AsyncSession:
         return self
 
@@ -205,7 +180,7 @@ class AsyncSession(SessionFields):
                    timeout: float | None = None) -> StepResult:
         """As :meth:`~rnnpolicy.clients.Session.step`: seq numbered, retried with the same seq, replayed."""
         request = self.protocol.step_request(obs, episode_start, deterministic)
-        return step_result(await self._run(self.protocol.step_plan(request), timeout), self.protocol.discrete)
+        return self.protocol.step_result(await self._run(self.protocol.step_plan(request), timeout))
 
     async def reset(self, timeout: float | None = None) -> None:
         await self._run(self.protocol.reset_plan(), timeout)

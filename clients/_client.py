@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 
 from rnnpolicy.clients._channel import open_channel, with_token
-from rnnpolicy.clients._convert import ModelInfo, StepResult, step_result
+from rnnpolicy.clients._convert import ModelInfo, StepResult
 from rnnpolicy.clients._errors import PolicyError
 from rnnpolicy.clients._protocol import (
     DEFAULT_HISTORY,
@@ -216,7 +216,7 @@ class Session(SessionFields):
         checkpoint that expects an older seq gets the lost steps replayed from this session's history first.
         """
         request = self.protocol.step_request(obs, episode_start, deterministic)
-        return step_result(self._run(self.protocol.step_plan(request), timeout), self.protocol.discrete)
+        return self.protocol.step_result(self._run(self.protocol.step_plan(request), timeout))
 
     def reset(self, timeout: float | None = None) -> None:
         """Zero the state; seq numbering carries on."""

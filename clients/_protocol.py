@@ -25,8 +25,10 @@ import numpy as np
 
 from rnnpolicy.clients._convert import (
     ModelInfo,
-    encode_obs,
+    StepResult,
     model_info,
+    obs_encoder,
+    result_decoder,
     state_message,
     state_tensors,
     step_request,
@@ -35,7 +37,7 @@ from rnnpolicy.clients._errors import RETRYABLE, PolicyError
 from rnnpolicy.v1 import policy_pb2 as pb
 
 __all__ = ["DEFAULT_HISTORY", "SESSION_ID_METADATA", "TRANSPORTS", "Backoff", "Call", "Plan", "RetryPolicy",
-           "SessionProtocol", "call_plan", "check_history", "check_transport", "create_plan", "list_models_plan", "step_timed_out"]
+           "SessionProtocol", "call_plan", "settle_plan", "check_history", "check_transport", "create_plan", "list_models_plan", "step_timed_out"]
 
 T = TypeVar("T")
 
@@ -101,9 +103,14 @@ def call_plan(method: str, request: Any, retry: RetryPolicy | None = None) -> Pl
 
     A ``StepResponse`` carrying an in-band error (``StepStream``) counts as that error; one answering
     another seq than the request's is a broken protocol (``INTERNAL``, never retried)."""
-    retries = retry.retries if retry is not None else 0
-    for attempt in range(retries + 1):
-        outcome = yield Call(method, request)
+    return (yield from settle_plan(method, request, (yield Call(method, request)), retry))
+
+
+def settle_plan(method: str, request: Any, outcome: Any, retry: RetryPolicy | None) -> Plan[Any]:
+    """:func:`call_plan` from the outcome of its first attempt on."""
+    retry = retry or RetryPolicy(retries=0)
+    attempt = 0
+    while True:
         if type(outcome) is pb.StepResponse:
             if outcome.HasField("error"):
                 error = outcome.error
@@ -114,10 +121,16 @@ def call_plan(method: str, request: Any, retry: RetryPolicy | None = None) -> Pl
                                   f"to step seq {request.seq}")
         if not isinstance(outcome, PolicyError):
             return outcome
-        if attempt == retries or outcome.code not in RETRYABLE:
+        if attempt == retry.retries or outcome.code not in RETRYABLE:
             raise outcome
         yield Backoff(retry.backoff * 2 ** attempt)
-    raise AssertionError("unreachable")
+        attempt += 1
+        outcome = yield Call(method, request)
+
+
+def _answers(request: pb.StepRequest, outcome: Any) -> bool:
+    """Whether ``outcome`` is the successful answer to the step ``request``."""
+    return type(outcome) is pb.StepResponse and outcome.seq == request.seq and not outcome.HasField("error")
 
 
 def step_timed_out(request: pb.StepRequest, timeout: float) -> PolicyError:
@@ -157,28 +170,35 @@ class SessionProtocol:
         """The last ``history`` steps applied, oldest first, one per seq."""
         self.metadata: tuple[tuple[str, str], ...] = ((SESSION_ID_METADATA, self.session_id),)
         self.closed = False
-        self.discrete = self.model.spec.action.is_discrete
+        self._encode = obs_encoder(self.model.spec)
+        self._decode = result_decoder(self.model.spec)
 
     # ---------------------------------------------------------------- steps
 
     def step_request(self, obs: Any, episode_start: bool = False, deterministic: bool | None = None) -> pb.StepRequest:
         """The step after the last applied one: ``seq + 1``, the observation encoded by the model's spec."""
         det = self.deterministic if deterministic is None else deterministic
-        return step_request(self.session_id, self.seq + 1, encode_obs(self.model.spec, obs), episode_start, det)
+        return step_request(self.session_id, self.seq + 1, self._encode(obs), episode_start, det)
 
     def step_plan(self, request: pb.StepRequest) -> Plan[pb.StepResponse]:
         """Send ``request`` (retried with its seq), replaying lost steps first if the server asks for them."""
-        try:
-            response = yield from call_plan("Step", request, self.retry)
-        except PolicyError as error:
-            replay = self.replay_plan(error)
-            if replay is None:
-                raise
-            for old in replay:
-                yield from call_plan("Step", old, self.retry)
-            response = yield from call_plan("Step", request, self.retry)
+        response = yield Call("Step", request)
+        if not _answers(request, response):  # the common case skips the nested plans
+            try:
+                response = yield from settle_plan("Step", request, response, self.retry)
+            except PolicyError as error:
+                replay = self.replay_plan(error)
+                if replay is None:
+                    raise
+                for old in replay:
+                    yield from call_plan("Step", old, self.retry)
+                response = yield from call_plan("Step", request, self.retry)
         self.applied(request, response)
         return response
+
+    def step_result(self, response: pb.StepResponse) -> StepResult:
+        """What a step answers the caller."""
+        return self._decode(response)
 
     def replay_plan(self, error: PolicyError) -> list[pb.StepRequest] | None:
         """The steps to resend when ``error`` says the server is behind this client (it was restored from a
@@ -230,6 +250,8 @@ class SessionProtocol:
         """Move to another loaded ``version`` of the model (empty: the latest); the session's model becomes it."""
         request = pb.MigrateSessionRequest(session_id=self.session_id, version=version)
         self.model = model_info((yield from call_plan("MigrateSession", request, self.retry)).model)
+        self._encode = obs_encoder(self.model.spec)  # the same shapes (the server refuses others), but its own spec
+        self._decode = result_decoder(self.model.spec)
         return self.model
 
     def close_plan(self) -> Plan[None]:
