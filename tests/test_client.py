@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
-from rnnpolicy.clients import AsyncPolicyClient, PolicyClient, PolicyError
+from rnnpolicy.clients import AsyncPolicyClient, PolicyClient, PolicyError, StreamSession
 from rnnpolicy.clients.cli import add_play_arguments, play_episodes, run_play
 from rnnpolicy.serve import ServeConfig, create_server
 
@@ -39,6 +39,15 @@ def test_unary_and_stream_sessions_agree(target):
             stream.set_state(state)
             unary.reset()
             assert not unary.get_state()["state_h"].any()
+
+
+def test_stream_session_still_works_and_is_deprecated(target):
+    with PolicyClient(target) as client:
+        with pytest.warns(DeprecationWarning, match="session\\(\\) steps over a stream by default"):
+            session = client.stream_session("q_lstm")
+        with session:
+            assert isinstance(session, StreamSession) and session.transport == "stream"
+            assert session.step([0.0] * 5, episode_start=True).seq == 1
 
 
 def test_continuous_result_and_value(target):
