@@ -289,6 +289,9 @@ class _StepStream:
             self._call.cancel()
             self._call = None
 
+    def __del__(self) -> None:
+        self.drop()  # a session dropped without close(): its stream and the stream's threads end with it
+
 
 def _pump(call: Iterator[pb.StepResponse], answers: queue.SimpleQueue) -> None:
     """Move a stream's answers to ``answers``; then ``None`` at its end, or the error that broke it."""

@@ -50,6 +50,27 @@ def test_stream_session_still_works_and_is_deprecated(target):
             assert session.step([0.0] * 5, episode_start=True).seq == 1
 
 
+def test_a_sync_session_dropped_without_close_ends_its_stream_threads(target):
+    import gc
+    import threading
+    import time
+
+    def readers():
+        return sum(t.name == "rnnpolicy-stream-reader" for t in threading.enumerate())
+
+    with PolicyClient(target) as client:
+        before = readers()
+        session = client.session("q_lstm")
+        session.step([0.0] * 5, episode_start=True)
+        assert readers() == before + 1
+        del session
+        gc.collect()
+        deadline = time.monotonic() + 10
+        while readers() > before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert readers() == before
+
+
 def test_continuous_result_and_value(target):
     with PolicyClient(target) as client, client.session("box_lstm") as session:
         result = session.step([0.1, 0.2, 0.3], episode_start=True)
