@@ -2,14 +2,13 @@
 
 A *plan* is a generator that decides what to send and what to make of each answer: it yields
 :class:`Call` (send this request; the driver sends back the response, or the :class:`PolicyError` it
-failed with) and :class:`Backoff` (wait, then start a fresh stream before the next call), and returns
-the result. The transports (``_client.py`` with grpc's sync API, ``_aio.py`` with ``grpc.aio``) only
+failed with) and :class:`Backoff` (wait before the next call), and returns the result. The transports (``_client.py`` with grpc's sync API, ``_aio.py`` with ``grpc.aio``) only
 perform these commands, so seq numbering, retries with the same seq, the replay after a server
 restored from an older checkpoint, and session creation and management are written once, here.
 
     plan = session.step_plan(session.step_request(obs, episode_start=True))
     command = plan.send(None)            # Call("Step", StepRequest(seq=1, ...))
-    command = plan.send(UNAVAILABLE)     # Backoff(0.05): wait, reopen
+    command = plan.send(UNAVAILABLE)     # Backoff(0.05): wait
     command = plan.send(None)            # Call("Step", the same request, seq=1)
     plan.send(response)                  # StopIteration(value=response): applied, seq is now 1
 """
@@ -37,7 +36,8 @@ from rnnpolicy.clients._errors import RETRYABLE, PolicyError
 from rnnpolicy.v1 import policy_pb2 as pb
 
 __all__ = ["DEFAULT_HISTORY", "SESSION_ID_METADATA", "TRANSPORTS", "Backoff", "Call", "Plan", "RetryPolicy",
-           "SessionProtocol", "call_plan", "settle_plan", "check_history", "check_transport", "create_plan", "list_models_plan", "step_timed_out"]
+           "SessionProtocol", "call_plan", "check_history", "check_transport", "create_plan", "list_models_plan",
+           "settle_plan", "step_timed_out"]
 
 T = TypeVar("T")
 
@@ -65,7 +65,8 @@ class Call:
 
 @dataclass(frozen=True)
 class Backoff:
-    """Wait ``seconds`` before the next call; a transport that holds a stream drops it (the next call reopens it)."""
+    """Wait ``seconds`` before the next call. (A stream transport dropped the broken stream when the call failed;
+    the next call opens a fresh one.)"""
 
     seconds: float
 

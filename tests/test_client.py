@@ -75,6 +75,9 @@ def test_continuous_result_and_value(target):
     with PolicyClient(target) as client, client.session("box_lstm") as session:
         result = session.step([0.1, 0.2, 0.3], episode_start=True)
         assert result.action.shape == (2,) and result.value is not None and result.mean is not None
+        version = session.model.version
+        assert session.migrate().version == version == session.model.version  # already on the latest
+        assert session.step([0.1, 0.2, 0.3]).seq == 2
 
 
 def test_errors_are_one_exception_with_code_and_message(target):
