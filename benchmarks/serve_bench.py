@@ -20,7 +20,12 @@ recorded beside every figure: on a busy machine the latencies are not comparable
 Servers run as subprocesses; the load comes from one asyncio client process (this one).
 Results: benchmarks/results/serve_bench.json and serve_bench.md.
 
+The default clients' scenarios (CLIENT_PLAN) measure what a user of ``rnnpolicy.clients`` gets: steps/s and
+p50/p99 of 128 sessions through AsyncPolicyClient and through PolicyClient from 16 threads, against the raw
+128-stream figure of the same round (target: the asyncio client >= 0.8x).
+
     python benchmarks/serve_bench.py [--seconds 3] [--rounds 3] [--soak 1000000]
+    python benchmarks/serve_bench.py --only client-async:128,client-sync:128   # the clients' scenarios alone
 """
 
 from __future__ import annotations
@@ -51,6 +56,11 @@ BURST = 128  # concurrent session calls at once: below the servers' limit of 256
 RESULTS = Path(__file__).parent / "results"
 SERVICE = "/rnnpolicy.v1.PolicyService/"
 PLAN = [("unary", 1), ("unary", 16), ("unary", 128), ("stream", 1), ("stream", 16), ("stream", 128), ("batch", 256)]
+CLIENT_PLAN = [("client-async", 128), ("client-sync", 128)]
+"""128 sessions stepping back to back through rnnpolicy.clients' default (streaming) sessions: AsyncPolicyClient
+in one event loop, and PolicyClient from SYNC_THREADS threads; against `serve` only, each round right after the
+raw 128-stream scenario (the same messages, written by hand) against the same server, its reference."""
+SYNC_THREADS = 16
 SOLO: dict = {}
 """Scenarios outside the echo comparison, by --only name: an async function (port, server pid) -> a results dict
 with its "targets", run against a fresh policy server of their own (in a full run after the memory figure)."""
@@ -271,6 +281,83 @@ async def scenario(port: int, kind: str, sessions: int, seconds: float) -> dict:
             "steal_pct": steal}
 
 
+def _client_row(kind: str, sessions: int, lat: list[float], elapsed: float, ticks: tuple[int, int]) -> dict:
+    ms = np.asarray(lat) * 1e3
+    return {"kind": kind, "sessions": sessions, "calls": len(lat), "steps": len(lat), "seconds": round(elapsed, 3),
+            "steps_per_s": round(len(lat) / elapsed, 1), "p50_ms": round(float(np.percentile(ms, 50)), 4),
+            "p99_ms": round(float(np.percentile(ms, 99)), 4), "loadavg_1m": loadavg()[0],
+            "steal_pct": steal_pct(ticks, cpu_ticks())}
+
+
+def _phases(seconds: float) -> tuple[tuple[str, float], ...]:
+    return (("warm", min(1.0, seconds / 3)), ("measure", seconds))
+
+
+async def default_async_client(port: int, sessions: int, seconds: float) -> dict:
+    """``sessions`` AsyncPolicyClient sessions (its default: a stream each) stepping back to back in one loop."""
+    from rnnpolicy.clients import AsyncPolicyClient
+
+    obs = np.random.default_rng(0).normal(size=OBS_DIM).astype(np.float32)
+    lat: list[float] = []
+    ticks = cpu_ticks()
+
+    async def drive(session, stop_at: float) -> None:
+        while time.perf_counter() < stop_at:
+            t = time.perf_counter()
+            await session.step(obs)
+            lat.append(time.perf_counter() - t)
+
+    async with AsyncPolicyClient(f"127.0.0.1:{port}") as client:
+        opened = [await client.session("bench") for _ in range(sessions)]
+        for _phase, length in _phases(seconds):
+            lat.clear()
+            ticks = cpu_ticks()
+            t0 = time.perf_counter()
+            await asyncio.gather(*(drive(s, t0 + length) for s in opened))
+            elapsed = time.perf_counter() - t0
+        row = _client_row("client-async", sessions, lat, elapsed, ticks)
+        await asyncio.gather(*(s.close() for s in opened))
+    return row
+
+
+def default_sync_client(port: int, sessions: int, seconds: float, threads: int = SYNC_THREADS) -> dict:
+    """``sessions`` PolicyClient sessions (a stream each) on one client, stepped back to back by ``threads``
+    threads, each stepping its share of the sessions in turn."""
+    from rnnpolicy.clients import PolicyClient
+
+    obs = np.random.default_rng(0).normal(size=OBS_DIM).astype(np.float32)
+
+    def drive(group, stop_at: float, lat: list[float]) -> None:
+        while time.perf_counter() < stop_at:
+            for session in group:
+                t = time.perf_counter()
+                session.step(obs)
+                lat.append(time.perf_counter() - t)
+
+    with PolicyClient(f"127.0.0.1:{port}") as client:
+        opened = [client.session("bench") for _ in range(sessions)]
+        for _phase, length in _phases(seconds):
+            lats: list[list[float]] = [[] for _ in range(threads)]
+            ticks = cpu_ticks()
+            t0 = time.perf_counter()
+            workers = [threading.Thread(target=drive, args=(opened[i::threads], t0 + length, lats[i]))
+                       for i in range(threads)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            elapsed = time.perf_counter() - t0
+        for session in opened:
+            session.close()
+    return _client_row("client-sync", sessions, [x for lat in lats for x in lat], elapsed, ticks)
+
+
+def client_scenario(port: int, kind: str, sessions: int, seconds: float) -> dict:
+    if kind == "client-async":
+        return asyncio.run(default_async_client(port, sessions, seconds))
+    return default_sync_client(port, sessions, seconds)
+
+
 async def resident_memory(port: int, pid: int, count: int = 10_000) -> dict:
     load = Load(port)
     await asyncio.sleep(0.5)
@@ -469,15 +556,17 @@ def main() -> int:
                         help="rounds over all scenarios; each scenario runs every echo server and both policy servers "
                              "back to back, the order rotating per round; figures are medians over rounds "
                              "(default %(default)s)")
-    parser.add_argument("--only", type=_scenarios, default=PLAN, metavar="KIND:SESSIONS,...",
-                        help="run only these scenarios, e.g. stream:1,stream:128 (for iterating; the targets need all, "
-                             "and the memory and soak runs are skipped)")
+    parser.add_argument("--only", type=_scenarios, default=PLAN + CLIENT_PLAN, metavar="KIND:SESSIONS,...",
+                        help="run only these scenarios, e.g. stream:1,stream:128 or client-async:128 (for iterating; "
+                             "the targets need all, and the memory and soak runs are skipped)")
     args = parser.parse_args()
     if args.echo_server:
         run_echo_server(args.echo_server)
         return 0
-    plan = [item for item in args.only if item in PLAN]
-    solo = [name for name in SOLO if args.only == PLAN or name in args.only]
+    plan = [s for s in args.only if s in PLAN]
+    client_plan = [s for s in args.only if s in CLIENT_PLAN]
+    full = plan == PLAN and client_plan == CLIENT_PLAN
+    solo = [name for name in SOLO if full or name in args.only]
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "grpcio": grpc.__version__,
                                  "loadavg_at_start": loadavg()},
                      "model": f"q-network, LSTM {HIDDEN} units, obs_dim {OBS_DIM}, {ACTIONS} actions",
@@ -486,16 +575,16 @@ def main() -> int:
         export = export_bench_model(Path(tmp))
         serve_cmd = [sys.executable, "-m", "rnnpolicy.cli", "serve", "--model", f"bench={export}", "--port", "0",
                      "--max-sessions", "20000", "--max-wait-us", str(args.max_wait_us)]
-        servers = {f"echo-{mode}": start([sys.executable, __file__, "--echo-server", mode])
-                   for mode in (*ECHO_MODES, "asyncio-busy-poll")} if plan else {}
-        if plan:
-            servers["serve"] = start(serve_cmd)
+        all_names = [*(f"echo-{mode}" for mode in (*ECHO_MODES, "asyncio-busy-poll")), "serve", "serve-busy-poll"]
+        servers = {"serve": start(serve_cmd)} if plan or client_plan else {}
+        if plan:  # the default clients' scenarios alone need only `serve`
+            servers |= {f"echo-{mode}": start([sys.executable, __file__, "--echo-server", mode])
+                        for mode in (*ECHO_MODES, "asyncio-busy-poll")}
             servers["serve-busy-poll"] = start(serve_cmd + ["--busy-poll-us", str(BUSY_POLL_US)])
         try:
-            names = list(servers)
-            runs: dict[str, list[list[dict]]] = {name: [[] for _ in plan] for name in
-                                                 [*(f"echo-{m}" for m in (*ECHO_MODES, "asyncio-busy-poll")),
-                                                  "serve", "serve-busy-poll", "echo"]}
+            names = [name for name in all_names if name in servers]
+            runs: dict[str, list[list[dict]]] = {name: [[] for _ in plan] for name in [*all_names, "echo"]}
+            client_runs: dict[str, list[dict]] = {kind: [] for kind in ["reference", *(k for k, _ in client_plan)]}
             for round_ in range(args.rounds):
                 for i, (kind, n) in enumerate(plan):
                     # Back to back, the order rotating per round, so all see the same machine load.
@@ -506,7 +595,17 @@ def main() -> int:
                     # The ceiling of this round: the better echo server (by throughput).
                     runs["echo"][i].append(max((runs[f"echo-{mode}"][i][-1] for mode in ECHO_MODES),
                                                key=lambda r: r["steps_per_s"]))
+                if client_plan:  # the raw reference right before the clients, so all see the same machine load
+                    client_runs["reference"].append(asyncio.run(scenario(servers["serve"][1], "stream", 128,
+                                                                         args.seconds)) | {"server": "serve"})
+                    print(f"round {round_} serve raw reference", client_runs["reference"][-1], flush=True)
+                    for kind, n in client_plan:
+                        client_runs[kind].append(client_scenario(servers["serve"][1], kind, n, args.seconds)
+                                                 | {"server": "serve"})
+                        print(f"round {round_} serve {kind}", client_runs[kind][-1], flush=True)
             results["runs"] = runs
+            if client_plan:
+                results["clients"] = client_results(client_runs)
             for name in ("echo", "serve", "serve-busy-poll", "echo-asyncio-busy-poll"):
                 results[name] = [median_row(rows) for rows in runs[name]]
             results["ratios"] = ratios(runs, "serve", "echo", plan)
@@ -515,7 +614,6 @@ def main() -> int:
         finally:
             for proc, _port in servers.values():
                 stop(proc)
-        full = plan == PLAN
         proc, port = start(serve_cmd) if full else (None, 0)
         try:
             if full:
@@ -552,16 +650,16 @@ def main() -> int:
 
 
 def _scenarios(text: str) -> list[tuple[str, int]]:
-    """``stream:1,stream:128`` as [("stream", 1), ("stream", 128)], each one of PLAN's scenarios."""
+    """``stream:1,stream:128`` as [("stream", 1), ("stream", 128)], each one of PLAN's or CLIENT_PLAN's scenarios."""
     chosen = []
     for item in text.split(","):
         kind, _, sessions = item.partition(":")
         if item in SOLO:
             chosen.append(item)
             continue
-        if not sessions.isdigit() or (kind, int(sessions)) not in PLAN:
+        if not sessions.isdigit() or (kind, int(sessions)) not in PLAN + CLIENT_PLAN:
             raise argparse.ArgumentTypeError(f"unknown scenario {item!r}; expected KIND:SESSIONS from "
-                                             f"{', '.join([f'{k}:{n}' for k, n in PLAN] + list(SOLO))}")
+                                             f"{', '.join([f'{k}:{n}' for k, n in PLAN + CLIENT_PLAN] + list(SOLO))}")
         chosen.append((kind, int(sessions)))
     return chosen
 
@@ -574,6 +672,18 @@ def ratios(runs: dict[str, list[list[dict]]], server: str, reference: str, plan:
         out.append({"kind": kind, "sessions": n,
                     "throughput": round(float(np.median([s["steps_per_s"] / e["steps_per_s"] for s, e in pairs])), 3),
                     "p50": round(float(np.median([s["p50_ms"] / e["p50_ms"] for s, e in pairs])), 3)})
+    return out
+
+
+def client_results(client_runs: dict[str, list[dict]]) -> dict:
+    """The default clients' figures (medians over rounds) and their throughput over the raw 128-stream reference
+    of the same round (the median of the per-round ratios)."""
+    reference = client_runs["reference"]
+    out = {"reference_stream_128": median_row(reference)}
+    for kind, rows in client_runs.items():
+        if kind != "reference":
+            ratio = float(np.median([c["steps_per_s"] / r["steps_per_s"] for c, r in zip(rows, reference)]))
+            out[kind] = median_row(rows) | {"throughput_vs_raw_stream": round(ratio, 3)}
     return out
 
 
@@ -608,6 +718,11 @@ def targets(results: dict, server: str, server_ratios: list[dict]) -> list[dict]
                     "limit": 50000, "met": batch["steps_per_s"] >= 50000})
     if server != "serve":
         return out
+    clients = results.get("clients", {})
+    if "client-async" in clients:
+        ratio = clients["client-async"]["throughput_vs_raw_stream"]
+        out.append({"target": "128 sessions through the default AsyncPolicyClient >= 0.8x the raw 128 streams "
+                              "(median of per-round ratios)", "value": ratio, "limit": 0.8, "met": ratio >= 0.8})
     mem = results.get("memory_10k_sessions")
     if mem:
         out.append({"target": "10,000 sessions <= 100 MB above idle", "value": mem["delta_mb"], "limit": 100,
@@ -657,6 +772,22 @@ def markdown(results: dict) -> str:
     lines += ["", "| target | measured | limit | met |", "|---|---|---|---|"]
     lines += [f"| {t['target']} | {t['value']} | {t['limit']} | {'yes' if t['met'] else 'NO'} |"
               for t in results["targets_busy_poll"]]
+    if "clients" in results:
+        clients = results["clients"]
+        ref = clients["reference_stream_128"]
+        lines += ["", "## Default clients (`rnnpolicy.clients`, a stream per session) against `serve`", "",
+                  f"128 sessions stepping back to back: `AsyncPolicyClient` in one event loop, `PolicyClient` from "
+                  f"{SYNC_THREADS} threads; the reference is the raw 128-stream scenario against the same server, run "
+                  "right before them in each round.", "",
+                  "| scenario | steps/s | p50 ms | p99 ms | throughput vs raw streams | load | steal % |",
+                  "|---|---|---|---|---|---|---|",
+                  f"| raw 128 streams | {ref['steps_per_s']:.0f} | {ref['p50_ms']:.3f} | {ref['p99_ms']:.3f} | 1.00 "
+                  f"| {ref['loadavg_1m']} | {ref['steal_pct']} |"]
+        for kind in ("client-async", "client-sync"):
+            if kind in clients:
+                row = clients[kind]
+                lines.append(f"| {kind} 128 | {row['steps_per_s']:.0f} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | "
+                             f"{row['throughput_vs_raw_stream']:.2f} | {row['loadavg_1m']} | {row['steal_pct']} |")
     if "memory_10k_sessions" in results:
         lines += ["", f"memory_10k_sessions: {results['memory_10k_sessions']}"]
     for name in SOLO:

@@ -46,7 +46,9 @@ def test_a_bad_client_history_is_refused_before_a_session_is_opened(serve_export
             with pytest.raises(ValueError, match="history must be >= 0 steps, got -1"):
                 client.session("q", history=-1)
             with pytest.raises(ValueError, match="history must be >= 0 steps, got -1"):
-                client.stream_session("q", history=-1)
+                client.session("q", history=-1, transport="unary")
+            with pytest.raises(ValueError, match="transport must be one of 'stream', 'unary', got 'tcp'"):
+                client.session("q", transport="tcp")
             assert len(srv.directory) == 0  # nothing opened on the server
             session = client.session("q")
             with pytest.raises(ValueError, match="expected_seq must be >= 1, got 0"):
@@ -118,7 +120,8 @@ def test_busy_poll_serves_and_is_withdrawn_when_its_server_stops(serve_export_di
     srv, port = create_server({"q": serve_export_dirs["q_lstm"]}, "127.0.0.1:0", ServeConfig(busy_poll_us=300))
     try:
         assert server_loop().busy_poll_seconds == pytest.approx(300e-6)
-        with PolicyClient(f"127.0.0.1:{port}") as client, client.stream_session("q") as session:
+        with PolicyClient(f"127.0.0.1:{port}") as client, client.session("q") as session:
+            assert session.transport == "stream"
             assert [session.step([0.1] * 5).seq for _ in range(3)] == [1, 2, 3]
     finally:
         srv.stop(None)
