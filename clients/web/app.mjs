@@ -8,8 +8,9 @@
 //
 // window.rnnpolicy (and data-status / data-steps on <body>) exposes the run for tests and tools:
 // status ("loading", "ready", "error"), error, envId, spec, trace (one entry per model step:
-// episode, t, obs, episode_start, action, outputs, reward, terminated, truncated), episodes
-// (return, steps, success) and state (the state after the last step, one array per state tensor).
+// episode, t, obs, episode_start, action, outputs (every output but the next state), reward,
+// terminated, truncated), episodes (return, steps, success) and state (the state after the last
+// step, one flat array per state tensor).
 import { drawHead, drawHeatmap, drawTask } from "./draw.mjs";
 import { encodeObservation } from "./encoding.mjs";
 import { makeEnv } from "./envs.mjs";
@@ -125,6 +126,7 @@ async function tick() {
     }
     const encoded = encodeObservation(run.spec.obs_encoding, obs);
     const { action, outputs } = await runner.step(encoded, episodeStart);
+    for (const name of Object.keys(runner.state)) delete outputs[`next_${name}`]; // the state is in run.state
     const before = obs;
     const result = env.step(action);
     run.state = Object.fromEntries(Object.entries(runner.state).map(([name, t]) => [name, Array.from(t.data)]));

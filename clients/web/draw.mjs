@@ -66,7 +66,9 @@ function drawGrid(ctx, canvas, env, outcome) {
   ctx.fillStyle = COLORS.goal;
   ctx.fillRect(x0 + gx * size + 1, y0 + gy * size + 1, size - 2, size - 2);
   ctx.globalAlpha = 1;
-  label(ctx, env.t === 0 ? "goal (seen now)" : "goal (seen at step 0 only)", x0 + gx * size + size / 2, y0 + gy * size + size / 2);
+  const labelY = gy === 0 ? y0 - 10 : y0 + env.size * size + 12; // beside the grid, next to the corner
+  const labelX = Math.min(Math.max(x0 + gx * size + size / 2, 90), canvas.width - 90);
+  label(ctx, env.t === 0 ? "goal (seen now)" : "goal (seen at step 0 only)", labelX, labelY);
   const held = env.t < env.waitSteps && outcome === null;
   agent(ctx, x0 + env.pos[0] * size + size / 2, y0 + env.pos[1] * size + size / 2, size * 0.3);
   if (held) label(ctx, `held for ${env.waitSteps - env.t} more step(s)`, canvas.width / 2, 14);
@@ -167,19 +169,19 @@ export function drawHead(canvas, title, values, actionNames, chosen) {
   const n = values.length;
   const width = (canvas.width - 120) / n;
   const scale = Math.max(1e-6, ...values.map(Math.abs));
-  const mid = canvas.height / 2 - 4;
+  const mid = (canvas.height - 18) / 2;
   ctx.font = "12px system-ui";
   ctx.textBaseline = "middle";
   ctx.textAlign = "left";
   ctx.fillStyle = COLORS.text;
   ctx.fillText(title, 4, mid);
   values.forEach((v, i) => {
-    const h = (v / scale) * (mid - 6);
+    const h = (v / scale) * (mid - 4);
     ctx.fillStyle = i === chosen ? COLORS.agent : "#90a4ae";
     ctx.fillRect(110 + i * width + 6, mid - Math.max(h, 0), width - 12, Math.abs(h));
     ctx.fillStyle = COLORS.text;
     ctx.textAlign = "center";
-    ctx.fillText(`${actionNames[i] ?? i} ${v.toFixed(2)}`, 110 + i * width + width / 2, canvas.height - 8);
+    ctx.fillText(`${actionNames[i] ?? i} ${v.toFixed(2)}`, 110 + i * width + width / 2, canvas.height - 7);
   });
   ctx.strokeStyle = "#bbb";
   ctx.beginPath();
