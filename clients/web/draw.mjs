@@ -71,7 +71,10 @@ function drawGrid(ctx, canvas, env, outcome) {
   label(ctx, env.t === 0 ? "goal (seen now)" : "goal (seen at step 0 only)", labelX, labelY);
   const held = env.t < env.waitSteps && outcome === null;
   agent(ctx, x0 + env.pos[0] * size + size / 2, y0 + env.pos[1] * size + size / 2, size * 0.3);
-  if (held) label(ctx, `held for ${env.waitSteps - env.t} more step(s)`, canvas.width / 2, 14);
+  if (held) {
+    label(ctx, "held in the middle", x0 / 2, canvas.height / 2 - 8);
+    label(ctx, `for ${env.waitSteps - env.t} more step(s)`, x0 / 2, canvas.height / 2 + 8);
+  }
 }
 
 function agent(ctx, x, y, r) {
