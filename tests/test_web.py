@@ -10,6 +10,7 @@ controls; and save a screenshot in the test's temporary directory.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -349,3 +350,57 @@ def test_page_shows_an_error_for_a_policy_that_does_not_fit(browser, serve_expor
 def test_ported_env_ids_are_the_javascript_ones() -> None:
     text = (WEB_DIR / "envs.mjs").read_text()
     assert all(f'static id = "{env_id}"' in text for env_id in PORTED_ENV_IDS)
+
+
+def _js_block(text: str, heading: str) -> str:
+    return re.search(rf"### {re.escape(heading)}\n.*?```js\n(.*?)```", text, re.S).group(1)
+
+
+def test_the_documented_browser_loop_is_loop_html() -> None:
+    page = (WEB_DIR / "loop.html").read_text()
+    script = re.search(r'<script type="module">\n(.*?)</script>', page, re.S).group(1)
+    for doc in (ROOT / "README.md", ROOT / "docs" / "export.md"):
+        block = _js_block(doc.read_text(), "JavaScript (browser)")
+        assert block.split("\n", 1)[1] == script, doc.name  # after the comment line naming the script tags
+
+
+def test_loop_html_runs_the_episode_python_runs(browser, serve_export_dirs) -> None:
+    export_dir = serve_export_dirs["tmaze"]
+    served = Served(WebPageConfig.from_export(export_dir), find_ort_dist(search=(WEB_DIR,)))
+    page = browser.new_page()
+    try:
+        page.goto(served.url + "loop.html")
+        page.wait_for_function("() => !document.getElementById('out').textContent.startsWith('running')",
+                               timeout=60_000)
+        trace, _ = _python_run(export_dir, "rnnpolicy/TMaze-v0", seed=0, steps=40)
+        steps = next(t + 1 for t, step in enumerate(trace) if step["terminated"] or step["truncated"])
+        success = trace[steps - 1]["reward"] == 1.0
+        assert page.inner_text("#out") == f"success: {str(success).lower()} after {steps} steps"
+    finally:
+        page.close()
+        served.stop()
+
+
+def test_readme_web_command_runs_as_written(serve_export_dirs, tmp_path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Watch the policy in a browser", 1)[1]
+    commands = re.search(r"```bash\n(.*?)```", section, re.S).group(1).splitlines()
+    assert commands[0].startswith("(cd clients/web && npm ci --no-audit --no-fund)")  # what make test runs
+    command = commands[1].split("#")[0].strip()
+    assert command == ".venv/bin/rnnpolicy web runs/tmaze-ppo/export --port 8000"
+    argv = command.replace("runs/tmaze-ppo/export", str(serve_export_dirs["tmaze"])).replace("8000", "0").split()
+    require(None if (WEB_DIR / "node_modules" / "onnxruntime-web").is_dir() else "onnxruntime-web is not installed")
+    assert argv[0] == ".venv/bin/rnnpolicy"  # this interpreter's own, wherever its environment lives
+    process = subprocess.Popen([str(Path(sys.executable).parent / "rnnpolicy"), *argv[1:]], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("rnnpolicy web: rnnpolicy/TMaze-v0 with "), process.stderr.read() if not line else line
+        url = line.split(" at ", 1)[1].split("/ ", 1)[0] + "/"
+        with urllib.request.urlopen(url + "ort/ort.wasm.min.js", timeout=10) as response:
+            assert response.status == 200
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert b'<script type="module" src="app.mjs">' in response.read()
+    finally:
+        process.terminate()
+        process.wait(10)
