@@ -307,14 +307,20 @@ def test_page_acts_as_python_onnxruntime_and_its_controls_work(policy, browser, 
         page.click("#play")
         page.wait_for_function("() => window.rnnpolicy.trace.length >= 20")
         page.click("#play")
-        again = page.evaluate("() => window.rnnpolicy.trace.slice(0, 20).map((s) => s.action)")
-        assert again == [step["action"] for step in trace[:20]]
+        again = page.evaluate("() => window.rnnpolicy.trace.map((s) => s.action)")
+        assert again[:20] == [step["action"] for step in trace[:20]]
 
-        # A few steps into a fresh episode for the picture: the task, the state's columns, the outputs drawn.
-        page.click("#restart")
+        # The keys: space plays and pauses, r restarts, the right arrow steps. A few steps into a fresh
+        # episode for the picture: the task, the state's columns and the outputs drawn.
+        played = len(again)
+        page.keyboard.press(" ")
+        page.wait_for_function(f"() => window.rnnpolicy.trace.length > {played} + 5")
+        page.keyboard.press(" ")
+        assert page.inner_text("#play") == "Play"
+        page.keyboard.press("r")
         page.wait_for_function("() => document.body.dataset.steps === '0'")
         for i in range(1, 7):
-            page.click("#step")
+            page.keyboard.press("ArrowRight")
             page.wait_for_function(f"() => document.getElementById('stat-step').textContent.startsWith('{i} /')")
         assert _colored_pixels(page, "task") > 500
         assert _colored_pixels(page, "heatmap") > 6 * 100  # six columns of units, far from zero in places

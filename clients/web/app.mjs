@@ -4,19 +4,21 @@
 // `rnnpolicy web EXPORT_DIR` serves this folder with config.json (the task and seed), the export's
 // files under export/ and onnxruntime-web's dist/ under ort/. URL parameters override the config:
 // ?seed=N (the first episode's seed; later episodes continue its generator, as gymnasium's
-// reset() does), ?speed=S (steps per second), ?autoplay=0 (start paused).
+// reset() does), ?speed=S (steps per second), ?autoplay=0 (start paused). Keys: space pauses or
+// plays, the right arrow steps, r restarts.
 //
 // window.rnnpolicy (and data-status / data-steps on <body>) exposes the run for tests and tools:
 // status ("loading", "ready", "error"), error, envId, spec, trace (one entry per model step:
 // episode, t, obs, episode_start, action, outputs (every output but the next state), reward,
 // terminated, truncated), episodes (return, steps, success) and state (the state after the last
-// step, one flat array per state tensor).
+// step, one flat array per state tensor). trace and episodes keep their last TRACE_LIMIT entries.
 import { drawHead, drawHeatmap, drawTask } from "./draw.mjs";
 import { encodeObservation } from "./encoding.mjs";
 import { makeEnv } from "./envs.mjs";
 import { PolicyRunner } from "./policy.mjs";
 
 const ort = globalThis.ort;
+const TRACE_LIMIT = 100_000;
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 
@@ -32,6 +34,9 @@ const run = {
 window.rnnpolicy = run;
 
 let env, runner, seed, obs, episodeStart, phase, lastAction, outcome, history, episodeReturn, lastOutputs;
+let episodesDone = 0;
+let successes = 0;
+let speed = 4; // steps per second while playing
 let playing = false;
 let busy = false;
 let timer = null;
@@ -56,10 +61,10 @@ async function main() {
   $("task-name").textContent = config.env_id;
   seed = Number(params.get("seed") ?? config.seed);
   $("seed").value = String(seed);
-  const speed = Number(params.get("speed") ?? config.speed);
+  speed = Number(params.get("speed") ?? config.speed);
   $("speed").value = String(Math.min(Number($("speed").max), speed));
   $("speed-value").textContent = String(speed);
-  wireControls(speed);
+  wireControls();
   restart();
   setStatus("ready");
   if ((params.get("autoplay") ?? "1") !== "0") play();
@@ -75,23 +80,32 @@ function checkCompatible(spec, env, envId) {
   }
 }
 
-function wireControls(initialSpeed) {
-  let speed = initialSpeed;
-  $("play").addEventListener("click", () => (playing ? pause() : play()));
-  $("step").addEventListener("click", async () => {
+function wireControls() {
+  const togglePlay = () => (playing ? pause() : play());
+  const stepOnce = async () => {
     pause();
     await tick();
-  });
-  $("restart").addEventListener("click", async () => {
+  };
+  const restartFromSeed = async () => {
     while (busy) await new Promise((resolve) => setTimeout(resolve, 5));
     seed = Math.max(0, Math.floor(Number($("seed").value) || 0));
     restart();
-  });
+  };
+  $("play").addEventListener("click", togglePlay);
+  $("step").addEventListener("click", stepOnce);
+  $("restart").addEventListener("click", restartFromSeed);
   $("speed").addEventListener("input", () => {
     speed = Number($("speed").value);
     $("speed-value").textContent = String(speed);
   });
-  run.speed = () => speed;
+  document.addEventListener("keydown", (event) => {
+    if (event.target instanceof HTMLInputElement || event.repeat) return;
+    const action = { " ": togglePlay, ArrowRight: stepOnce, r: restartFromSeed }[event.key];
+    if (action) {
+      event.preventDefault();
+      action();
+    }
+  });
   for (const id of ["play", "step", "restart"]) $(id).disabled = false;
 }
 
@@ -100,6 +114,8 @@ function restart() {
   run.trace = [];
   run.episodes = [];
   run.state = null;
+  episodesDone = 0;
+  successes = 0;
   startEpisode(seed);
 }
 
@@ -130,8 +146,9 @@ async function tick() {
     const before = obs;
     const result = env.step(action);
     run.state = Object.fromEntries(Object.entries(runner.state).map(([name, t]) => [name, Array.from(t.data)]));
+    if (run.trace.length >= TRACE_LIMIT) run.trace.shift();
     run.trace.push({
-      episode: run.episodes.length,
+      episode: episodesDone,
       t: history.length,
       obs: Array.from(before),
       episode_start: episodeStart,
@@ -149,7 +166,10 @@ async function tick() {
     episodeReturn += result.reward;
     if (result.terminated || result.truncated) {
       const success = Boolean(result.info.is_success);
+      if (run.episodes.length >= TRACE_LIMIT) run.episodes.shift();
       run.episodes.push({ return: episodeReturn, steps: history.length, success });
+      episodesDone += 1;
+      successes += success ? 1 : 0;
       outcome = result.truncated ? "timeout" : success ? "success" : "failure";
       phase = "reset";
     }
@@ -168,7 +188,7 @@ function play() {
   const loop = async () => {
     if (!playing || timer !== generation) return;
     await tick();
-    setTimeout(loop, 1000 / run.speed());
+    setTimeout(loop, 1000 / speed);
   };
   loop();
 }
@@ -185,12 +205,11 @@ function render() {
   drawHeatmap($("heatmap"), spec.state_tensors.map((s) => s.name), history, env.maxSteps);
   const headName = spec.kind === "q" ? "q_values" : "logits";
   drawHead($("head"), headName, lastOutputs?.[headName], env.actionNames, lastAction);
-  const wins = run.episodes.filter((e) => e.success).length;
-  $("stat-episode").textContent = `${run.episodes.length + (phase === "reset" ? 0 : 1)} (seed ${seed})`;
+  $("stat-episode").textContent = `${episodesDone + (phase === "reset" ? 0 : 1)} (seed ${seed})`;
   $("stat-step").textContent = `${history.length} / ${env.maxSteps}`;
   $("stat-return").textContent = episodeReturn.toFixed(2);
   $("stat-action").textContent = lastAction === null ? "-" : env.actionNames[lastAction];
-  $("stat-success").textContent = run.episodes.length ? `${wins} of ${run.episodes.length} episodes` : "-";
+  $("stat-success").textContent = episodesDone ? `${successes} of ${episodesDone} episodes` : "-";
   document.body.dataset.steps = String(run.trace.length);
 }
 
