@@ -15,6 +15,7 @@ from rnnpolicy.export import export_checkpoint, load_onnx_policy, zero_state
 from rnnpolicy.spec import ACTION, ActionSpec
 from test_export import BOX, DISCRETE, make_checkpoint, make_spec
 from components import require
+from rollout import env_rollout, first_episode
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "clients" / "node"
 SCRIPT = NODE_DIR / "run_episode.mjs"
@@ -80,26 +81,6 @@ def test_node_example_demo_episode(tmp_path: Path) -> None:
     assert len(lines) == 20 and all(len(line["action"]) == 1 for line in lines)
 
 
-def _tmaze_episode(export_dir: Path, seed: int) -> tuple[bool, int]:
-    """Python's T-maze episode with the exported policy: (success, steps), as the README's loops print them."""
-    from rnnpolicy.envs import make_env
-
-    session, spec = load_onnx_policy(export_dir / "model.onnx")
-    env = make_env("rnnpolicy/TMaze-v0")
-    obs, _ = env.reset(seed=seed)
-    state = zero_state(spec, batch=1)
-    episode_start, steps = np.ones(1, np.float32), 0
-    while True:
-        feed = {"obs": spec.obs_encoding.encode(obs)[None], "episode_start": episode_start, **state}
-        out = dict(zip(spec.output_names, session.run(None, feed)))
-        state = {name: out["next_" + name] for name in state}
-        episode_start[:] = 0.0
-        obs, _, terminated, truncated, info = env.step(int(out[ACTION][0]))
-        steps += 1
-        if terminated or truncated:
-            return bool(info["is_success"]), steps
-
-
 def test_readme_node_loop_runs_and_matches_python(serve_export_dirs, tmp_path: Path) -> None:
     """The README's Node.js block, saved in clients/node/ as it says (here: a copy whose node_modules and ../web link there)."""
     readme = (NODE_DIR.parents[1] / "README.md").read_text()
@@ -112,5 +93,5 @@ def test_readme_node_loop_runs_and_matches_python(serve_export_dirs, tmp_path: P
     script.write_text(block.replace("runs/tmaze-ppo/export", str(export_dir)))
     result = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    success, steps = _tmaze_episode(export_dir, seed=0)
+    success, steps = first_episode(env_rollout(export_dir, "rnnpolicy/TMaze-v0", seed=0, steps=40)[0])
     assert result.stdout == f"success: {str(success).lower()} after {steps} steps\n"

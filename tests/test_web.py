@@ -9,6 +9,7 @@ controls; and save a screenshot in the test's temporary directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -18,12 +19,14 @@ import threading
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from components import require
+from rollout import env_rollout, first_episode
 from conftest import _export_random
 from rnnpolicy.cli import main
 from rnnpolicy.clients.web_page import (
@@ -36,7 +39,6 @@ from rnnpolicy.clients.web_page import (
 )
 from rnnpolicy.encoding import ObsEncoding
 from rnnpolicy.envs import make_env
-from rnnpolicy.export import load_onnx_policy, zero_state
 from rnnpolicy.spec import ActionSpec, PolicySpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,14 +166,20 @@ def test_the_web_command_reports_bad_input_in_one_line(serve_export_dirs, tmp_pa
 def test_the_web_command_serves_without_torch(serve_export_dirs, fake_ort) -> None:
     code = ("import sys; sys.modules['torch'] = None; from rnnpolicy.cli import main; "
             "sys.exit(main(sys.argv[1:]))")
-    process = subprocess.Popen([sys.executable, "-c", code, "web", str(serve_export_dirs["tmaze"]), "--port", "0",
-                                "--ort-dir", str(fake_ort)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with _web_command([sys.executable, "-c", code, "web", str(serve_export_dirs["tmaze"]), "--port", "0",
+                       "--ort-dir", str(fake_ort)]) as url:
+        with urllib.request.urlopen(url + "config.json", timeout=10) as response:
+            assert json.loads(response.read())["env_id"] == "rnnpolicy/TMaze-v0"
+
+
+@contextlib.contextmanager
+def _web_command(argv: list[str]) -> Iterator[str]:
+    """Run an ``rnnpolicy web`` command line for the T-maze export until the block ends; yields the page's URL."""
+    process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()
         assert line.startswith("rnnpolicy web: rnnpolicy/TMaze-v0 with "), process.stderr.read() if not line else line
-        url = line.split(" at ", 1)[1].split("/ ", 1)[0] + "/"
-        with urllib.request.urlopen(url + "config.json", timeout=10) as response:
-            assert json.loads(response.read())["env_id"] == "rnnpolicy/TMaze-v0"
+        yield line.split(" at ", 1)[1].split("/ ", 1)[0] + "/"
     finally:
         process.terminate()
         process.wait(10)
@@ -226,28 +234,6 @@ def grid_gru_export(tmp_path_factory) -> Path:
     return _export_random(tmp_path_factory.mktemp("web_models"), "grid_gru", spec, 31)
 
 
-def _python_run(export_dir: Path, env_id: str, seed: int, steps: int) -> tuple[list[dict], dict[str, np.ndarray]]:
-    """The page's loop in Python: env reset(seed) then reset() per episode, onnxruntime carrying the state."""
-    session, spec = load_onnx_policy(export_dir / "model.onnx")
-    env = make_env(env_id)
-    obs, _ = env.reset(seed=seed)
-    state = zero_state(spec, batch=1)
-    episode_start = True
-    trace = []
-    for _ in range(steps):
-        feed = {"obs": spec.obs_encoding.encode(obs)[None], "episode_start": np.array([episode_start], np.float32)}
-        outputs = dict(zip(spec.output_names, session.run(None, {**feed, **state})))
-        state = {name: outputs["next_" + name] for name in state}
-        action = int(outputs["action"][0])
-        next_obs, reward, terminated, truncated, _ = env.step(action)
-        trace.append({"obs": obs.tolist(), "episode_start": episode_start, "action": action, "reward": float(reward),
-                      "terminated": terminated, "truncated": truncated})
-        obs, episode_start = next_obs, False
-        if terminated or truncated:
-            (obs, _), episode_start = env.reset(), True
-    return trace, state
-
-
 def _colored_pixels(page, canvas_id: str) -> int:
     """Pixels of a canvas in a clear colour (not white, grey or black)."""
     return page.evaluate("""(id) => {
@@ -292,7 +278,7 @@ def test_page_acts_as_python_onnxruntime_and_its_controls_work(policy, browser, 
         assert len(trace) == steps + 1  # paused: nothing more
 
         # The same actions, observations, rewards and ends as Python, over several episodes.
-        expected, expected_state = _python_run(export_dir, config.env_id, 3, len(trace))
+        expected, expected_state = env_rollout(export_dir, config.env_id, 3, len(trace))
         keys = ("obs", "episode_start", "action", "reward", "terminated", "truncated")
         for t, (got, want) in enumerate(zip(trace, expected)):
             assert {k: got[k] for k in keys} == want, f"step {t}"
@@ -378,9 +364,7 @@ def test_loop_html_runs_the_episode_python_runs(browser, serve_export_dirs) -> N
         page.goto(served.url + "loop.html")
         page.wait_for_function("() => !document.getElementById('out').textContent.startsWith('running')",
                                timeout=60_000)
-        trace, _ = _python_run(export_dir, "rnnpolicy/TMaze-v0", seed=0, steps=40)
-        steps = next(t + 1 for t, step in enumerate(trace) if step["terminated"] or step["truncated"])
-        success = trace[steps - 1]["reward"] == 1.0
+        success, steps = first_episode(env_rollout(export_dir, "rnnpolicy/TMaze-v0", seed=0, steps=40)[0])
         assert page.inner_text("#out") == f"success: {str(success).lower()} after {steps} steps"
     finally:
         page.close()
@@ -397,16 +381,8 @@ def test_readme_web_command_runs_as_written(serve_export_dirs, tmp_path) -> None
     argv = command.replace("runs/tmaze-ppo/export", str(serve_export_dirs["tmaze"])).replace("8000", "0").split()
     require(None if (WEB_DIR / "node_modules" / "onnxruntime-web").is_dir() else "onnxruntime-web is not installed")
     assert argv[0] == ".venv/bin/rnnpolicy"  # this interpreter's own, wherever its environment lives
-    process = subprocess.Popen([str(Path(sys.executable).parent / "rnnpolicy"), *argv[1:]], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    try:
-        line = process.stdout.readline()
-        assert line.startswith("rnnpolicy web: rnnpolicy/TMaze-v0 with "), process.stderr.read() if not line else line
-        url = line.split(" at ", 1)[1].split("/ ", 1)[0] + "/"
+    with _web_command([str(Path(sys.executable).parent / "rnnpolicy"), *argv[1:]]) as url:
         with urllib.request.urlopen(url + "ort/ort.wasm.min.js", timeout=10) as response:
             assert response.status == 200
         with urllib.request.urlopen(url, timeout=10) as response:
             assert b'<script type="module" src="app.mjs">' in response.read()
-    finally:
-        process.terminate()
-        process.wait(10)
