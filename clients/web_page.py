@@ -74,7 +74,11 @@ def add_web_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = 
 def run_web(args: argparse.Namespace) -> int:
     config = WebPageConfig.from_export(Path(args.export_dir), env_id=args.env, seed=args.seed, speed=args.speed)
     ort_dist = find_ort_dist(args.ort_dir)
-    server, port = create_web_server(config, ort_dist, host=args.host, port=args.port)
+    try:
+        server, port = create_web_server(config, ort_dist, host=args.host, port=args.port)
+    except OSError as exc:
+        raise ValueError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
+                         f"(--port 0 picks a free port)") from None
     shown_host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"rnnpolicy web: {config.env_id} with {config.export_dir} at http://{shown_host}:{port}/ "
           f"(onnxruntime-web from {ort_dist}; Ctrl-C stops)", flush=True)

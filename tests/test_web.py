@@ -13,6 +13,7 @@ import contextlib
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -161,6 +162,17 @@ def test_the_web_command_reports_bad_input_in_one_line(serve_export_dirs, tmp_pa
     )
     assert main(["web", str(serve_export_dirs["tmaze"]), "--ort-dir", str(tmp_path)]) == 2
     assert "rnnpolicy web: error: onnxruntime-web is not installed" in capsys.readouterr().err
+
+
+def test_the_web_command_names_a_port_in_use(serve_export_dirs, fake_ort, capsys) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["web", str(serve_export_dirs["tmaze"]), "--port", str(port), "--ort-dir", str(fake_ort)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"rnnpolicy web: error: cannot listen on 127.0.0.1:{port}: Address already in use (--port 0 picks a free port)"
+    )
 
 
 def test_the_web_command_serves_without_torch(serve_export_dirs, fake_ort) -> None:
