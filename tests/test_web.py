@@ -198,8 +198,11 @@ def _web_command(argv: list[str]) -> Iterator[str]:
 
 
 def test_the_wheel_ships_the_page(tmp_path) -> None:
+    source = tmp_path / "source"  # a copy: building in place would leave build/ in the checkout
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "node_modules", "__pycache__", "build", "runs",
+                                                                "demo", "*.egg-info", "tests", "benchmarks"))
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                             "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+                             "-w", str(tmp_path), str(source)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     (wheel,) = tmp_path.glob("rnnpolicy-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
