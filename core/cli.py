@@ -1,6 +1,6 @@
-"""The ``rnnpolicy`` command: ``train``, ``eval``, ``export``, ``verify``, ``serve``, ``play``.
+"""The ``rnnpolicy`` command: ``train``, ``eval``, ``export``, ``verify``, ``serve``, ``play``, ``web``.
 
-Only the chosen command's module is imported, so ``serve`` and ``play`` run without torch.
+Only the chosen command's module is imported, so ``serve``, ``play`` and ``web`` run without torch.
 Each command module provides ``add_<command>_arguments(parser, argv)`` (``argv``: the
 arguments after the command name, for options that depend on others, such as ``--algo``)
 and ``run_<command>(args) -> int``.
@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "verify": ("rnnpolicy.export.cli", "add_verify_arguments", "run_verify", "check an export against PyTorch (needs rnnpolicy[train])"),
     "serve": ("rnnpolicy.serve.cli", "add_serve_arguments", "run_serve", "serve exported models over gRPC with per-session state"),
     "play": ("rnnpolicy.clients.cli", "add_play_arguments", "run_play", "drive a gymnasium environment through a server"),
+    "web": ("rnnpolicy.clients.web_page", "add_web_arguments", "run_web",
+            "watch an exported policy act in a browser page, served on a local port"),
 }
 
 # Top-level modules that only the [train] extra installs.

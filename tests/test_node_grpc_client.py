@@ -17,6 +17,7 @@ from rnnpolicy.clients import PolicyClient, PolicyError
 from rnnpolicy.serve import ServeConfig, create_server
 from rnnpolicy.serve.auth import Security
 from rnnpolicy.v1 import policy_pb2 as pb
+from components import require
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "clients" / "node"
 SCRIPT = NODE_DIR / "policy_client.mjs"
@@ -32,7 +33,9 @@ def _node_skip_reason() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_node_skip_reason() is not None, reason=str(_node_skip_reason()))
+@pytest.fixture(autouse=True)
+def node() -> None:
+    require(_node_skip_reason())
 
 
 @pytest.fixture(scope="module")
