@@ -26,7 +26,9 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class StepResult:
-    """One step's answer. ``action`` is an int (discrete) or a float32 vector (box)."""
+    """One step's answer. ``action`` is an int (discrete), an int64 vector of the ``k`` entries
+    (multi-discrete and multi-binary; ``spec.action.to_env`` gives it the space's shape) or a float32
+    vector (box)."""
 
     action: int | np.ndarray
     seq: int
@@ -78,8 +80,15 @@ def check_step(response: pb.StepResponse) -> pb.StepResponse:
 
 def step_result(response: pb.StepResponse, discrete: bool) -> StepResult:
     check_step(response)
+    action: int | np.ndarray
+    if response.multi_action:  # only a multi-discrete or multi-binary model fills it, with k >= 1 entries
+        action = np.array(response.multi_action[:], dtype=np.int64)
+    elif discrete:
+        action = int(response.discrete_action)
+    else:
+        action = np.array(response.continuous_action[:], dtype=np.float32)
     return StepResult(
-        action=int(response.discrete_action) if discrete else np.array(response.continuous_action[:], dtype=np.float32),
+        action=action,
         seq=response.seq,
         model_version=response.model_version,
         q_values=_floats(response.q_values),

@@ -220,6 +220,15 @@ class ServedModel:
             for i, session in enumerate(sessions):
                 u = session.generator().random() * cdf[i, -1]
                 rows[i, action.start] = min(int(np.searchsorted(cdf[i], u, side="right")), cdf.shape[1] - 1)
+        elif self.spec.action.is_factored:
+            # One draw per entry, from that entry's slice of the concatenated logits.
+            logits = rows[:, cols[LOGITS]].astype(np.float64)  # (n, sum(nvec))
+            bounds = np.cumsum((0,) + self.spec.action.nvec)
+            for i, session in enumerate(sessions):
+                u = session.generator().random(len(bounds) - 1)  # (k,)
+                for j, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+                    cdf = np.cumsum(np.exp(logits[i, lo:hi] - logits[i, lo:hi].max()))
+                    rows[i, action.start + j] = min(int(np.searchsorted(cdf, u[j] * cdf[-1], side="right")), hi - lo - 1)
         else:
             mean = rows[:, cols[MEAN]]
             std = np.exp(rows[:, cols[LOG_STD]])
