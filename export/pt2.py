@@ -76,7 +76,7 @@ def load_program(path: str | Path) -> tuple[torch.nn.Module, PolicySpec]:
         raise ValueError(f"{str(path)!r} is not a loadable torch.export program: {exc}") from None
     if not extra[PROGRAM_SPEC_FILE]:
         raise ValueError(f"{str(path)!r} has no {PROGRAM_SPEC_FILE!r} extra file: not exported by rnnpolicy")
-    return program.module(), _parse_spec(extra[PROGRAM_SPEC_FILE], path)
+    return program.module().requires_grad_(False), _parse_spec(extra[PROGRAM_SPEC_FILE], path)
 
 
 def aoti_metadata(spec: PolicySpec) -> dict[str, str]:
