@@ -20,7 +20,7 @@ from rnnpolicy.export.cli import add_export_arguments, add_verify_arguments, run
 from rnnpolicy.export.exporter import ExportReport
 from rnnpolicy.export.onnx_export import export_onnx
 from rnnpolicy.export import feed_runner
-from rnnpolicy.export.pt2 import aoti_metadata, load_aoti, load_program
+from rnnpolicy.export.pt2 import aoti_metadata, export_program, load_aoti, load_program
 from rnnpolicy.export.step_module import PolicyStep, step_module
 from rnnpolicy.export.torchscript import load_torchscript
 from rnnpolicy.spec import SPEC_METADATA_KEY, ActionSpec, ObsNormSpec, PolicySpec
@@ -223,6 +223,21 @@ def test_gru_parity_catches_wrong_reset(broken: type[PolicyStep], gru_checkpoint
     assert any(f.startswith("onnxruntime: next_state_h") for f in result.failures), result.failures
     assert not any(f.startswith("torch.export") for f in result.failures)
     assert json.loads((out / "verify.json").read_text())["status"] == "failed"
+
+
+def test_verify_catches_a_wrong_or_foreign_program(gru_checkpoint: Path, tmp_path: Path) -> None:
+    report = export_checkpoint(gru_checkpoint, tmp_path / "e", verify=False)
+    model = step_module(build_model(report.spec)).model
+    model.load_state_dict(torch.load(gru_checkpoint, weights_only=True)["state_dict"])
+    export_program(_NoReset(model.eval()), tmp_path / "e" / "model.pt2")
+    result = verify_export(tmp_path / "e", steps=50, batch_sizes=(3,))
+    assert any(f.startswith("torch.export: next_state_h") for f in result.failures), result.failures
+    assert not any(f.startswith("onnxruntime") for f in result.failures)
+    other = make_checkpoint(tmp_path / "other.pt", make_spec("q", "lstm", DISCRETE, 1))
+    export_checkpoint(other, tmp_path / "o", verify=False)
+    (tmp_path / "e" / "model.pt2").write_bytes((tmp_path / "o" / "model.pt2").read_bytes())
+    with pytest.raises(ValueError, match="'model.pt2' does not match .*spec.json'"):
+        verify_export(tmp_path / "e")
 
 
 def test_cli_export_no_verify_then_verify(gru_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
