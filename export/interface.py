@@ -1,6 +1,7 @@
 """The exported graph's interface, derived from the spec alone (torch-free): names, dtypes, shapes.
 
-``"batch"`` marks the dynamic batch axis. Every exported file (ONNX, torch.export, AOTInductor, TorchScript) and every client use this order.
+``"batch"`` marks the dynamic batch axis. Every exported file (ONNX, torch.export, AOTInductor,
+TorchScript) and every client use this order.
 """
 
 from __future__ import annotations
