@@ -385,7 +385,7 @@ async def soak(port: int, pid: int, total_steps: int) -> dict:
 
     Growth is measured from the later of the round that fills the tombstone cap and the 25% mark.
     """
-    from rnnpolicy.serve.sessions import tombstone_cap
+    from rnnpolicy.serve.directory import tombstone_cap
 
     cap = tombstone_cap(SOAK_MAX_SESSIONS)
     load = Load(port)

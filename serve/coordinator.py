@@ -74,6 +74,13 @@ class Job:
             self.out[row] = values
         self._done()
 
+    def resolve_rows(self, rows: Sequence[int], values: np.ndarray) -> None:
+        """Rows ``rows`` answered with ``values`` ``(len(rows), width)`` (a multi-row job's; one copy for all)."""
+        self.out[rows] = values
+        self._remaining -= len(rows)
+        if not self._remaining and not self.future.done():
+            self.future.set_result(None)
+
     def fail(self, row: int, error: ServeError) -> None:
         """Row ``row`` was refused; its session's state is untouched."""
         if self.errors is None:
@@ -101,6 +108,34 @@ class Step:
         self.deterministic = deterministic
         self.job = job
         self.row = row                      # this step's row in job
+
+
+class Rows:
+    """The steps of one batch as columns: per row its session, seq, answer (job and row) and whether it samples."""
+
+    __slots__ = ("sessions", "seqs", "jobs", "rows", "deterministic")
+
+    def __init__(self, sessions: list[Session], seqs: list[int], jobs: list[Job], rows: list[int],
+                 deterministic: list[bool]) -> None:
+        self.sessions = sessions
+        self.seqs = seqs
+        self.jobs = jobs
+        self.rows = rows
+        self.deterministic = deterministic
+
+    @classmethod
+    def of(cls, steps: Sequence[Step]) -> Rows:
+        return cls([s.session for s in steps], [s.seq for s in steps], [s.job for s in steps], [s.row for s in steps],
+                   [s.deterministic for s in steps])
+
+    def step(self, i: int, batch: Batch) -> Step:
+        """Row ``i`` as a Step again (to redo it alone)."""
+        return Step(self.sessions[i], self.seqs[i], batch.obs[i:i + 1], batch.episode_start[i:i + 1],
+                    self.deterministic[i], self.jobs[i], self.rows[i])
+
+    def slots(self, chosen: Sequence[int] | None = None) -> np.ndarray:
+        sessions = self.sessions if chosen is None else [self.sessions[i] for i in chosen]
+        return np.fromiter((s.slot for s in sessions), dtype=np.intp, count=len(sessions))
 
 
 StepOutcome = tuple[Session, np.ndarray]
@@ -219,7 +254,8 @@ class StepCoordinator:
             await self._claim_missing(session_ids, seqs, principal, job)
         failed = job.errors or {}
         model: ServedModel | None = None
-        ready: list[Step] = []
+        ready: list[int] = []
+        sessions: list[Session] = []
         now = directory.clock()
         ttl = directory.ttl
         for row, (session_id, seq) in enumerate(zip(session_ids, seqs)):
@@ -234,7 +270,8 @@ class StepCoordinator:
                 model = session.model
                 session.busy = True
                 session.last_used = now
-                ready.append(Step(session, seq, obs[row:row + 1], episode_start[row:row + 1], deterministic, job, row))
+                ready.append(row)
+                sessions.append(session)
                 continue
             try:
                 session = directory.lookup(session_id, principal)
@@ -248,16 +285,20 @@ class StepCoordinator:
             except ServeError as exc:
                 job.fail(row, exc)
                 continue
-            step = Step(session, seq, obs[row:row + 1], episode_start[row:row + 1], deterministic, job, row)
             if admission == "ready":
                 session.last_used = now
-                ready.append(step)
+                ready.append(row)
+                sessions.append(session)
             elif admission == "cached":
                 job.resolve(row, session.model.slots.cached(session.slot))
             else:
-                enqueue(session, step)
-        if ready:
-            self._run(model, ready)
+                enqueue(session, Step(session, seq, obs[row:row + 1], episode_start[row:row + 1], deterministic, job, row))
+        if len(ready) == len(session_ids):  # every row ready, the common case: nothing to gather
+            self._run_rows(model, Rows(sessions, seqs, [job] * len(ready), ready, [deterministic] * len(ready)),
+                           obs, episode_start)
+        elif ready:
+            self._run_rows(model, Rows(sessions, [seqs[r] for r in ready], [job] * len(ready), ready,
+                                       [deterministic] * len(ready)), obs[ready], episode_start[ready])
         await job.future
         return model
 
@@ -301,14 +342,21 @@ class StepCoordinator:
             self._run(model, steps)
 
     def _run(self, model: ServedModel, steps: list[Step]) -> None:
-        """Gather the steps' inputs and run them: here when the model is idle, else on its worker thread."""
+        """Run ``steps`` (each of one session, from any requests) as one batch."""
         if len(steps) == 1:
             step = steps[0]
-            batch = Batch(steps, step.obs, step.episode_start, model.slots.inputs(step.session.slot))
+            self._run_rows(model, Rows.of(steps), step.obs, step.episode_start)
         else:
-            slots = np.fromiter((s.session.slot for s in steps), dtype=np.intp, count=len(steps))
-            batch = Batch(steps, np.concatenate([s.obs for s in steps]),
-                          np.concatenate([s.episode_start for s in steps]), model.slots.gather(slots))
+            self._run_rows(model, Rows.of(steps), np.concatenate([s.obs for s in steps]),
+                           np.concatenate([s.episode_start for s in steps]))
+
+    def _run_rows(self, model: ServedModel, rows: Rows, obs: np.ndarray, episode_start: np.ndarray) -> None:
+        """Gather the rows' state and run them: here when the model is idle, else on its worker thread."""
+        if len(rows.sessions) == 1:
+            state = model.slots.inputs(rows.sessions[0].slot)
+        else:
+            state = model.slots.gather(rows.slots())
+        batch = Batch(rows, obs, episode_start, state)
         if model.batcher.try_hold():
             try:
                 run_batches(model.run, [batch])
@@ -344,65 +392,77 @@ class StepCoordinator:
                 self._fail_all(batch.steps, ServeError(_INTERNAL, "step failed inside the server (see the server log)"))
 
     def _commit(self, batch: Batch) -> None:
-        steps = batch.steps
-        model = steps[0].session.model
+        rows: Rows = batch.steps
+        sessions = rows.sessions
+        model = sessions[0].model
         if batch.error is not None:
             _log.error("model %r: batched step failed", model.name, exc_info=batch.error)
-            self._fail_all(steps, ServeError(_INTERNAL, model.failed_message))
+            self._fail_all(rows, ServeError(_INTERNAL, model.failed_message))
             return
         packed = batch.packed
-        sampled = [i for i, s in enumerate(steps) if not s.deterministic] if model.sampled else ()
+        sampled = [i for i, det in enumerate(rows.deterministic) if not det] if model.sampled else ()
         if self._write_through:
-            rng_before = [steps[i].session.generator().bit_generator.state for i in sampled]
+            rng_before = [sessions[i].generator().bit_generator.state for i in sampled]
             if sampled:
-                sample_actions(model.layout, packed, sampled, [steps[i].session.generator() for i in sampled])
+                sample_actions(model.layout, packed, sampled, [sessions[i].generator() for i in sampled])
             asyncio.get_running_loop().create_task(self._write_through_commit(batch, sampled, rng_before))
             return
         if sampled:
-            sample_actions(model.layout, packed, sampled, [steps[i].session.generator() for i in sampled])
-        if len(steps) == 1:
-            model.slots.scatter_one(steps[0].session.slot, batch.next_state, packed)
+            sample_actions(model.layout, packed, sampled, [sessions[i].generator() for i in sampled])
+        if len(sessions) == 1:
+            model.slots.scatter_one(sessions[0].slot, batch.next_state, packed)
         else:
-            slots = np.fromiter((s.session.slot for s in steps), dtype=np.intp, count=len(steps))
-            model.slots.scatter(slots, batch.next_state, packed)
-        self._answer_rows(steps, packed, range(len(steps)))
+            model.slots.scatter(rows.slots(), batch.next_state, packed)
+        self._answer_rows(rows, packed, range(len(sessions)))
 
-    def _answer_rows(self, steps: Sequence[Step], packed: np.ndarray, rows: Sequence[int]) -> None:
-        """Advance the sessions of ``steps[i]`` for ``i`` in ``rows`` and answer them with ``packed[i]``."""
-        chosen = [steps[i] for i in rows]
-        self._release([s.session for s in chosen], [s.seq for s in chosen])
-        for i, step in zip(rows, chosen):
-            step.job.resolve(step.row, packed[i])
+    def _answer_rows(self, rows: Rows, packed: np.ndarray, chosen: Sequence[int]) -> None:
+        """Advance the sessions of rows ``chosen`` and answer them with their ``packed`` rows (the rows of one job
+        that follow each other, one copy for all)."""
+        sessions, seqs, jobs, answer_rows = rows.sessions, rows.seqs, rows.jobs, rows.rows
+        self._release([sessions[i] for i in chosen], [seqs[i] for i in chosen])
+        chosen = list(chosen)
+        start = 0
+        while start < len(chosen):
+            job = jobs[chosen[start]]
+            end = start + 1
+            while end < len(chosen) and jobs[chosen[end]] is job and chosen[end] == chosen[end - 1] + 1:
+                end += 1
+            lo, hi = chosen[start], chosen[end - 1] + 1
+            if hi - lo == 1:
+                job.resolve(answer_rows[lo], packed[lo])
+            else:
+                job.resolve_rows(answer_rows[lo:hi], packed[lo:hi])
+            start = end
 
     async def _write_through_commit(self, batch: Batch, sampled: list[int], rng_before: list[dict]) -> None:
-        steps = batch.steps
-        model = steps[0].session.model
+        rows: Rows = batch.steps
+        sessions = rows.sessions
+        model = sessions[0].model
         wall = self.directory.wall()
-        records = [self._stepped_record(step, batch, i, wall) for i, step in enumerate(steps)]
+        records = [self._stepped_record(rows, batch, i, wall) for i in range(len(sessions))]
         try:
-            applied = await self.store.commit([Commit(r, s.seq - 1) for r, s in zip(records, steps)])
+            applied = await self.store.commit([Commit(r, seq - 1) for r, seq in zip(records, rows.seqs)])
         except StoreUnavailable as exc:
             for i, state in zip(sampled, rng_before):  # the steps never happened: neither did their draws
-                steps[i].session.rng.bit_generator.state = state
-            self._fail_all(steps, store_unavailable(exc))
+                sessions[i].rng.bit_generator.state = state
+            self._fail_all(rows, store_unavailable(exc))
             return
         except Exception:  # noqa: BLE001
-            _log.exception("committing a batch of %d steps failed", len(steps))
-            self._fail_all(steps, ServeError(_INTERNAL, "step failed inside the server (see the server log)"))
+            _log.exception("committing a batch of %d steps failed", len(sessions))
+            self._fail_all(rows, ServeError(_INTERNAL, "step failed inside the server (see the server log)"))
             return
         done = [i for i, ok in enumerate(applied) if ok]
         if done:
-            slots = np.fromiter((steps[i].session.slot for i in done), dtype=np.intp, count=len(done))
-            model.slots.scatter(slots, tuple(n[:, done] for n in batch.next_state), batch.packed[done])
-            self._answer_rows(steps, batch.packed, done)
+            model.slots.scatter(rows.slots(done), tuple(n[:, done] for n in batch.next_state), batch.packed[done])
+            self._answer_rows(rows, batch.packed, done)
         loop = asyncio.get_running_loop()
         for i, ok in enumerate(applied):
             if not ok:  # fenced: another process holds the session now; redo its steps from the stored record
-                stale = steps[i].session
+                stale = sessions[i]
                 finish(stale, None)
                 if self.directory.held(stale.session_id) is stale:
                     self.directory.drop(stale)
-                redo = [steps[i]]
+                redo = [rows.step(i, batch)]
                 while (waiting := next_queued(stale)) is not None:
                     redo.append(waiting)
                 for step in redo:  # in seq order: each claims (one claim per id), then steps
@@ -419,21 +479,21 @@ class StepCoordinator:
         except ServeError as exc:
             step.job.fail(step.row, exc)
 
-    def _stepped_record(self, step: Step, batch: Batch, i: int, wall: float) -> SessionRecord:
-        session = step.session
+    def _stepped_record(self, rows: Rows, batch: Batch, i: int, wall: float) -> SessionRecord:
+        session = rows.sessions[i]
         model = session.model
         return SessionRecord(
             session_id=session.session_id, model=model.name, version=model.version, principal=session.principal,
             seed=session.seed, rng=session.rng.bit_generator.state if session.rng is not None else None,
-            last_seq=step.seq, last_used=wall, epoch=session.epoch,
+            last_seq=rows.seqs[i], last_used=wall, epoch=session.epoch,
             state=tuple(np.array(n[:, i]) for n in batch.next_state),
             state_names=tuple(s.name for s in model.spec.state_tensors), last_out=batch.packed[i].copy(),
             affinity=session.affinity)
 
-    def _fail_all(self, steps: Sequence[Step], error: ServeError) -> None:
-        self._release([s.session for s in steps], None)
-        for step in steps:
-            step.job.fail(step.row, error)
+    def _fail_all(self, rows: Rows, error: ServeError) -> None:
+        self._release(rows.sessions, None)
+        for job, row in zip(rows.jobs, rows.rows):
+            job.fail(row, error)
 
     def _release(self, sessions: Sequence[Session], seqs: Sequence[int] | None) -> None:
         """The sessions' steps ended (``seqs`` applied, or None: nothing advanced); admit the steps queued behind them."""
