@@ -110,6 +110,8 @@ class PolicySpec:
     obs_norm: ObsNormSpec | None = None
     env_id: str = ""
     algo: str = ""
+    env_wrappers: tuple[str, ...] = ()
+    """The ``--wrapper`` values (``module:Callable[:key=value,...]``) applied, in order, to ``env_id`` in training."""
     format_version: int = FORMAT_VERSION
     initial_state: str = "zeros"
     """How an episode's state starts: always ``zeros`` (``episode_start=1`` does the same inside the graph)."""
@@ -208,6 +210,7 @@ class PolicySpec:
                 ),
                 env_id=str(data.get("env_id", "")),
                 algo=str(data.get("algo", "")),
+                env_wrappers=tuple(str(w) for w in data.get("env_wrappers", ())),
                 format_version=int(version),
             )
         except (KeyError, TypeError) as exc:
