@@ -90,7 +90,7 @@ class TrainingEvaluator:
         self._clock = clock
         self._evaluate = evaluate
         self._start = clock()
-        self.schedule = EvalSchedule(config.eval_every or 0, config.eval_max_share)
+        self.schedule = EvalSchedule(config.eval_every or 0, config.eval_max_share or 0.1)
         self.best = BestScore()
         self.eval_time = 0.0
         self._last_cost = 0.0
