@@ -5,7 +5,7 @@ subprocess (so the wall time is a user's, start-up included), then evaluates bot
 ``evaluate(..., episodes=--episodes)`` on ``rnnpolicy eval``'s seeds (10000 on, apart from
 the seeds of the evaluations during training). Results go to ``results/NAME.json`` and ``.md``.
 
-    python benchmarks/default_runs_bench.py --name ppo_cartpole --env rnnpolicy/CartPoleNoVel-v0 --threshold 475
+    python benchmarks/default_runs_bench.py --name ppo_cartpole_default --env rnnpolicy/CartPoleNoVel-v0 --threshold 475
     python benchmarks/default_runs_bench.py --name popgym_repeat_previous_medium --env popgym:popgym-RepeatPreviousMedium-v0 \\
         --threshold 0.5 --seeds 1 2 3 -- --total-steps 5000000
     python benchmarks/default_runs_bench.py --name minigrid_memory_s11 --env minigrid:MiniGrid-MemoryS11-v0 \\

@@ -52,3 +52,21 @@ def test_unset_options_take_the_base_values():
     add_dataclass_arguments(parser, Example, unset_default=True)
     args = parser.parse_args(["--rate", "3"])
     assert dataclass_from_args(Example, args, base={"name": "n", "rate": 1.0, "limit": 7}) == Example("n", 3.0, limit=7)
+
+
+def test_sequence_fields_repeat_and_default_to_the_dataclass_default():
+    import argparse
+    from dataclasses import dataclass
+
+    from rnnpolicy.configcli import add_dataclass_arguments, dataclass_from_args
+
+    @dataclass
+    class WithList:
+        wrapper: tuple[str, ...] = ()
+        """Wrappers."""
+
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, WithList)
+    assert dataclass_from_args(WithList, parser.parse_args([])).wrapper == ()
+    args = parser.parse_args(["--wrapper", "a:B", "--wrapper", "c:D:k=1"])
+    assert dataclass_from_args(WithList, args).wrapper == ("a:B", "c:D:k=1")

@@ -144,3 +144,16 @@ def test_a_rank_other_than_0_evaluates_and_writes_nothing(tmp_path):
 def test_target_return_needs_evaluation():
     with pytest.raises(ValueError, match="target_return=1.0 needs evaluation, got eval_every=0"):
         TrainConfig(algo="ppo", env="x", out="y", eval_every=0, target_return=1.0)
+
+
+def test_resolve_fills_the_evaluation_options():
+    from rnnpolicy.train.api import resolve
+
+    plain, _ = resolve(TrainConfig(algo="ppo", env="CartPole-v1", out="x", total_steps=40_000))
+    assert (plain.eval_every, plain.eval_episodes, plain.eval_max_share, plain.target_return) == (2_000, 10, 0.1, None)
+    entry, _ = resolve(TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out="x"))
+    assert (entry.eval_every, entry.eval_episodes, entry.target_return) == (8192, 32, 1.0)
+    mine, _ = resolve(TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out="x", eval_every=100, target_return=0.5))
+    assert (mine.eval_every, mine.target_return) == (100, 0.5)
+    off, _ = resolve(TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out="x", eval_every=0))
+    assert (off.evaluates, off.target_return) == (False, None)  # the entry's target is dropped with evaluation
