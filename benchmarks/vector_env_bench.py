@@ -50,8 +50,8 @@ def run(prefix: list[str], options: list[str], steps: int, out: Path) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"{shlex.join(command)} failed:\n{done.stderr[-2000:]}")
     rows = list(csv.DictReader((out / "metrics.csv").open()))
-    return {"command": shlex.join(command[command.index("train") - 2:]) if "torch.distributed.run" not in command else
-            "torchrun --standalone --nproc-per-node 2 -m rnnpolicy.cli " + shlex.join(command[command.index("train"):]),
+    launcher = "torchrun --standalone --nproc-per-node 2 -m rnnpolicy.cli" if "torch.distributed.run" in command else "rnnpolicy"
+    return {"command": f"{launcher} {shlex.join(command[command.index('train'):])}",
             "steps": int(float(rows[-1]["step"])), "steps_per_s": round(float(rows[-1]["steps_per_s"])), "wall_s": round(wall, 1)}
 
 
