@@ -40,7 +40,7 @@ DATA_PARALLEL = True
 class Config:
     """Recurrent PPO hyperparameters."""
 
-    num_envs: int = 16
+    num_envs: int = 8
     """Environments stepped side by side (under torchrun: in all, split evenly across the ranks)."""
     rollout_steps: int = 128
     """Steps per environment between updates."""
@@ -50,7 +50,7 @@ class Config:
     """Minibatches per epoch; each holds whole sequences."""
     update_epochs: int = 4
     """Passes over each rollout."""
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3
     """Adam step size."""
     anneal_lr: bool = True
     """Decay the learning rate linearly to 0 over training."""
