@@ -39,7 +39,10 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict:
     command = [sys.executable, "-m", "rnnpolicy.cli", "train", "--algo", args.algo, "--env", args.env, "--seed", str(seed),
                "--out", str(out), "--no-progress", *args.extra]
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"seed": seed, "error": f"timed out after {args.timeout:g} s (killed, no policy evaluated)", "wall_s": args.timeout}
     wall = time.perf_counter() - start
     if done.returncode != 0:
         return {"seed": seed, "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}",
