@@ -20,6 +20,9 @@ def add_play_arguments(parser: argparse.ArgumentParser, argv: list[str] | None =
     parser.add_argument("--target", default="127.0.0.1:50051", help="server HOST:PORT (default %(default)s)")
     parser.add_argument("--model", default="", help="served model name (default: the server's only model)")
     parser.add_argument("--env", required=True, help="gymnasium environment id, e.g. rnnpolicy/TMaze-v0")
+    parser.add_argument("--wrapper", action="append", default=None, metavar="MODULE:CALLABLE[:KEY=VALUE,...]",
+                        help="wrap the environment (repeatable, in order; default: the wrappers the served model "
+                             "was trained with, from its spec)")
     parser.add_argument("--episodes", type=int, default=10, help="episodes to play (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="episode i resets the env with seed+i (default %(default)s)")
     parser.add_argument("--stochastic", action="store_true", help="sample actions instead of the greedy ones")
@@ -52,14 +55,19 @@ class PlayResult:
 
 
 def play_episodes(client: PolicyClient, model: str, env_id: str, episodes: int, seed: int = 0,
-                  deterministic: bool = True, transport: str = "stream") -> PlayResult:
-    """Play ``episodes`` of ``env_id`` through one server session, timing every step's round trip."""
+                  deterministic: bool = True, transport: str = "stream",
+                  wrappers: list[str] | None = None) -> PlayResult:
+    """Play ``episodes`` of ``env_id`` through one server session, timing every step's round trip.
+
+    ``wrappers`` (``module:Callable[:key=value,...]``) default to the ones in the served model's spec.
+    """
     from rnnpolicy.envs import make_env
 
-    env = make_env(env_id)
     result = PlayResult()
+    env = None
     try:
         with client.session(model, seed=seed, deterministic=deterministic, transport=transport) as session:
+            env = make_env(env_id, session.spec.env_wrappers if wrappers is None else wrappers)
             action_space = session.spec.action
             for episode in range(episodes):
                 obs, _ = env.reset(seed=seed + episode)
@@ -76,7 +84,8 @@ def play_episodes(client: PolicyClient, model: str, env_id: str, episodes: int, 
                 if "is_success" in info:
                     result.successes.append(bool(info["is_success"]))
     finally:
-        env.close()
+        if env is not None:
+            env.close()
     return result
 
 
@@ -90,7 +99,7 @@ def run_play(args: argparse.Namespace) -> int:
                       tls_cert=args.tls_cert, tls_key=args.tls_key) as client:
         try:
             result = play_episodes(client, args.model, args.env, args.episodes, args.seed,
-                                   not args.stochastic, args.transport)
+                                   not args.stochastic, args.transport, args.wrapper)
         except PolicyError as exc:
             raise ValueError(f"server {args.target}: {exc}") from None
     for i, total in enumerate(result.returns):

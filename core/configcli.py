@@ -95,9 +95,11 @@ def add_dataclass_arguments(
         elif base in (int, float, str):
             kwargs["type"] = base
         elif get_origin(base) in (tuple, list):
-            item = get_args(base)[0]
-            kwargs["type"] = item
+            # Repeatable, each occurrence adding one or more values; unset parses as None (the field's default).
+            kwargs["type"] = get_args(base)[0]
             kwargs["nargs"] = "+"
+            kwargs["action"] = "extend"
+            kwargs["default"] = None
         else:
             kwargs["type"] = str
         if default is dataclasses.MISSING and not unset_default:

@@ -219,6 +219,8 @@ class PolicySpec:
     algo: str = ""
     image: ImageSpec | None = None
     """Set when the observation is an image read by the convolutional encoder; None: an MLP over ``obs``."""
+    env_wrappers: tuple[str, ...] = ()
+    """The ``--wrapper`` values (``module:Callable[:key=value,...]``) applied, in order, to ``env_id`` in training."""
     initial_state: str = "zeros"
     """How an episode's state starts: always ``zeros`` (``episode_start=1`` does the same inside the graph)."""
 
@@ -336,6 +338,7 @@ class PolicySpec:
                     channels=int(image["channels"]),
                     scale=float(image.get("scale", 1.0)),
                 ),
+                env_wrappers=tuple(str(w) for w in data.get("env_wrappers", ())),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"policy spec is missing or has a malformed field: {exc}") from None

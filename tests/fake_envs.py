@@ -100,6 +100,35 @@ class ImageCueEnv(gym.Env):
         return blank, reward, True, False, {"is_success": bool(reward)}
 
 
+class AppendConstant(gym.ObservationWrapper):
+    """A wrapper for ``--wrapper fake_envs:AppendConstant:value=2.0``: appends ``value`` to a flat Box observation."""
+
+    def __init__(self, env, value=1.0):
+        super().__init__(env)
+        box = env.observation_space
+        self.value = float(value)
+        self.observation_space = spaces.Box(
+            np.append(box.low, -np.inf).astype(np.float32), np.append(box.high, np.inf).astype(np.float32), dtype=np.float32
+        )
+
+    def observation(self, observation):
+        return np.append(observation, self.value).astype(np.float32)
+
+
+class TextToBox(gym.ObservationWrapper):
+    """Makes FakeText-v0's unencodable text observation a one-number Box."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.observation_space = spaces.Box(0.0, 10.0, (1,), np.float32)
+
+    def observation(self, observation):
+        return np.array([len(observation)], np.float32)
+
+
+NOT_CALLABLE = 3
+
+
 for _id, _cls in (("FakeText-v0", TextObsEnv), ("FakeDict-v0", DictObsEnv), ("FakeRecallPair-v0", RecallPairEnv),
                   ("FakeCopyBits-v0", CopyBitsEnv), ("FakeImageCue-v0", ImageCueEnv)):
     if _id not in gym.registry:

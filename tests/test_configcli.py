@@ -63,3 +63,21 @@ def test_a_field_may_keep_another_option_name():
         parser.parse_args(["--name", "x", "--rate", "2"])
     with pytest.raises(ValueError, match=r"options names fields that Example does not have: \['speed'\]"):
         add_dataclass_arguments(argparse.ArgumentParser(), Example, options={"speed": "--speed"})
+
+
+def test_sequence_fields_repeat_and_default_to_the_dataclass_default():
+    import argparse
+    from dataclasses import dataclass
+
+    from rnnpolicy.configcli import add_dataclass_arguments, dataclass_from_args
+
+    @dataclass
+    class WithList:
+        wrapper: tuple[str, ...] = ()
+        """Wrappers."""
+
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, WithList)
+    assert dataclass_from_args(WithList, parser.parse_args([])).wrapper == ()
+    args = parser.parse_args(["--wrapper", "a:B", "--wrapper", "c:D:k=1"])
+    assert dataclass_from_args(WithList, args).wrapper == ("a:B", "c:D:k=1")

@@ -9,6 +9,7 @@ from rnnpolicy.train.api import train
 from rnnpolicy.train.config import TrainConfig
 from rnnpolicy.train.evaluate import evaluate
 from rnnpolicy.train.models import QNetwork, initial_state
+from rnnpolicy.train.periodic_eval import TrainingEvaluator
 from rnnpolicy.train.runlog import RunLog
 
 
@@ -83,7 +84,7 @@ def _learn(tmp_path, cell="lstm", seed=0, env="rnnpolicy/RepeatFirst-v0", total_
     config = TrainConfig(algo="drqn", env=env, out=str(tmp_path), total_steps=total_steps, hidden_size=8, seed=seed, cell="gru" if cell == "gru" else "lstm", feedforward=cell == "ff", progress=False)
     run = RunLog(tmp_path, total_steps, progress=False)
     try:
-        spec, model = drqn.learn(config, drqn.Config(**{**TINY, **overrides}), run)
+        spec, model = drqn.learn(config, drqn.Config(**{**TINY, **overrides}), run, TrainingEvaluator(config, {}))
     finally:
         run.close()
     return spec, model, run.rows

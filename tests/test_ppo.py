@@ -14,6 +14,7 @@ from rnnpolicy.train.envs import make_vector_env
 from rnnpolicy.train.evaluate import evaluate
 from rnnpolicy.train.models import initial_state
 from rnnpolicy.train.normalize import RunningMeanStd
+from rnnpolicy.train.periodic_eval import TrainingEvaluator
 from rnnpolicy.train.runlog import EpisodeTracker, RunLog
 from rnnpolicy.train.sequences import split_sequences
 
@@ -107,24 +108,28 @@ def test_running_mean_std_matches_numpy():
     np.testing.assert_allclose(rms.var, data.var(0))
 
 
-def _learn(tmp_path, env, seed=3, total_steps=512, **algo):
+def _learn(tmp_path, env, seed=3, total_steps=512, evaluation=None, **algo):
     config, algo_config = resolve(
-        TrainConfig(algo="ppo", env=env, out=str(tmp_path), total_steps=total_steps, hidden_size=16, seed=seed, progress=False),
+        TrainConfig(algo="ppo", env=env, out=str(tmp_path), total_steps=total_steps, hidden_size=16, seed=seed, progress=False,
+                    **(evaluation or {"eval_every": 0})),
         dict(num_envs=4, rollout_steps=32, seq_len=16, num_minibatches=2, update_epochs=2, **algo),
     )
     seed_everything(seed)
     run = RunLog(tmp_path, total_steps, progress=False)
-    spec, model = ppo.learn(config, algo_config, run)
+    spec, model = ppo.learn(config, algo_config, run, TrainingEvaluator(config, {}, clock=lambda: 0.0))
     run.close()
     return spec, model, run.rows
 
 
 def test_learn_smoke_discrete(tmp_path):
-    spec, model, rows = _learn(tmp_path, "rnnpolicy/TMaze-v0", eval_every=256, eval_episodes=4)
+    # A clock that never advances: the time share never holds an evaluation back.
+    spec, model, rows = _learn(tmp_path, "rnnpolicy/TMaze-v0", evaluation=dict(eval_every=256, eval_episodes=4, eval_max_share=1.0))
     assert (spec.action.kind, spec.algo, spec.num_cores, spec.obs_norm) == ("discrete", "ppo", 1, None)
     assert [r["step"] for r in rows] == [128, 256, 384, 512]
-    assert {"policy_loss", "value_loss", "entropy", "approx_kl", "steps_per_s", "eval_return"} <= set(rows[0])
+    assert {"policy_loss", "value_loss", "entropy", "approx_kl", "steps_per_s", "eval_return", "best_eval_return"} <= set(rows[0])
     assert np.isnan(rows[0]["eval_return"]) and not np.isnan(rows[1]["eval_return"])
+    assert not np.isnan(rows[-1]["eval_return"])  # the final policy is always evaluated
+    assert (tmp_path / "checkpoint.pt").is_file()
 
 
 def test_learn_smoke_continuous_with_obs_norm(tmp_path):
@@ -148,7 +153,8 @@ def test_same_seed_gives_identical_metrics(tmp_path):
 
 def test_early_stop_at_target_return(tmp_path, capsys):
     # T-maze returns lie in [-0.1, 1]: a target of -1 is met by the first evaluation.
-    _, _, rows = _learn(tmp_path, "rnnpolicy/TMaze-v0", total_steps=2048, eval_every=256, eval_episodes=2, target_return=-1.0)
+    evaluation = dict(eval_every=256, eval_episodes=2, target_return=-1.0, eval_max_share=1.0)
+    _, _, rows = _learn(tmp_path, "rnnpolicy/TMaze-v0", total_steps=2048, evaluation=evaluation)
     assert rows[-1]["step"] == 256 and rows[-1]["eval_return"] >= -1.0
     assert "stopping early at step 256" in capsys.readouterr().err
 
@@ -156,11 +162,11 @@ def test_early_stop_at_target_return(tmp_path, capsys):
 @pytest.mark.parametrize(
     "field,value,match",
     [
-        ("seq_len", 5, "seq_len must divide rollout_steps \\(64\\), got 5"),
+        ("seq_len", 5, "seq_len must divide rollout_steps \\(128\\) or be 0"),
         ("num_envs", 0, "num_envs must be >= 1, got 0"),
         ("gamma", 1.5, "gamma must lie in \\[0, 1\\], got 1.5"),
         ("num_minibatches", 100, "num_minibatches must be at most .* got 100"),
-        ("target_return", 1.0, "needs eval_every > 0"),
+        ("seq_len", -1, "or be 0 \\(whole rollout\\), got -1"),
     ],
 )
 def test_config_rejects_bad_values(field, value, match):
@@ -181,7 +187,7 @@ def test_cli_train_then_eval(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--total-steps", "2000", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
-    assert (out / "checkpoint.pt").is_file() and (out / "metrics.csv").is_file()
+    assert (out / "checkpoint.pt").is_file() and (out / "last.pt").is_file() and (out / "metrics.csv").is_file()
     capsys.readouterr()
     assert main(["eval", str(out / "checkpoint.pt"), "--episodes", "5", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

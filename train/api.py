@@ -5,7 +5,10 @@ An algorithm module (``rnnpolicy.train.ppo``, ``rnnpolicy.train.drqn``) provides
 - ``Config``: a dataclass of its hyperparameters, one docstring per field;
 - ``ENV_DEFAULTS``: ``{env_id: {field: value}}`` so that the defaults solve the built-in tasks
   (keys may also name ``TrainConfig`` fields such as ``total_steps`` and ``hidden_size``);
-- ``learn(config, algo_config, run) -> (spec, model)``.
+- ``DATA_PARALLEL``: whether it runs under ``torchrun`` (:mod:`rnnpolicy.train.distributed`);
+- ``learn(config, algo_config, run, evaluator) -> (spec, model)``, offering the policy to
+  ``evaluator`` (:class:`~rnnpolicy.train.periodic_eval.TrainingEvaluator`) at each log row
+  and stopping once ``evaluator.reached_target``.
 """
 
 from __future__ import annotations
@@ -23,13 +26,17 @@ import numpy as np
 import torch
 
 from rnnpolicy.envs import make_env
-from rnnpolicy.train.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from rnnpolicy.train import distributed
 from rnnpolicy.train.config import TrainConfig
 from rnnpolicy.train.envs import action_spec, observation_encoding
+from rnnpolicy.train.periodic_eval import TrainingEvaluator
 from rnnpolicy.train.runlog import RunLog
 
 ALGORITHMS: dict[str, str] = {"ppo": "rnnpolicy.train.ppo", "drqn": "rnnpolicy.train.drqn"}
-FALLBACK_DEFAULTS: dict[str, Any] = {"total_steps": 100_000, "hidden_size": 64}
+# TrainConfig fields left unset (None) by the user and by the environment's entry.
+FALLBACK_DEFAULTS: dict[str, Any] = {"total_steps": 100_000, "hidden_size": 64, "eval_episodes": 10, "eval_max_share": 0.1}
+EVALUATIONS_PER_RUN = 20
+"""Without an entry, a run evaluates every total_steps / EVALUATIONS_PER_RUN steps."""
 
 
 def algorithm(name: str) -> ModuleType:
@@ -50,23 +57,25 @@ def resolve(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -
     Precedence: what the user gave, then ``ENV_DEFAULTS[env]``, then the dataclasses' own defaults.
     """
     module = algorithm(config.algo)
-    _check_env(config.env, config.algo)
+    _check_env(config.env, config.algo, config.wrapper)
     defaults = env_defaults(config.algo, config.env)
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    filled = {
-        key: defaults.get(key, FALLBACK_DEFAULTS[key])
-        for key in ("total_steps", "hidden_size")
-        if getattr(config, key) is None
-    }
+    filled = {key: defaults[key] for key in train_fields & defaults.keys() if getattr(config, key) is None}
+    if config.eval_every == 0:  # evaluation switched off: an entry's target cannot be checked
+        filled.pop("target_return", None)
+    filled.update({key: value for key, value in FALLBACK_DEFAULTS.items() if getattr(config, key) is None and key not in filled})
     config = dataclasses.replace(config, **filled)
+    if config.eval_every is None:
+        assert config.total_steps is not None
+        config = dataclasses.replace(config, eval_every=max(1, config.total_steps // EVALUATIONS_PER_RUN))
     algo_values = {k: v for k, v in defaults.items() if k not in train_fields}
     algo_values.update({k: v for k, v in (algo_overrides or {}).items() if v is not None})
     return config, module.Config(**algo_values)
 
 
-def _check_env(env_id: str, algo: str) -> None:
-    """Fail before training starts on an environment that cannot be made, encoded or acted in (by ``algo``)."""
-    env = make_env(env_id)
+def _check_env(env_id: str, algo: str, wrappers: tuple[str, ...] = ()) -> None:
+    """Fail before training starts on an environment that cannot be made, wrapped, encoded or acted in (by ``algo``)."""
+    env = make_env(env_id, wrappers)
     try:
         observation_encoding(env)
         action = action_spec(env)
@@ -99,16 +108,33 @@ def train(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -> 
 
 
 def train_resolved(config: TrainConfig, algo_config: Any) -> Path:
-    """:func:`train` for a configuration :func:`resolve` already filled in."""
+    """:func:`train` for a configuration :func:`resolve` already filled in.
+
+    Writes ``last.pt`` and ``checkpoint.pt`` (the best evaluated policy) into the run directory.
+    Under ``torchrun`` every rank trains and rank 0 alone logs, evaluates and writes.
+    """
     if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ValueError("--tensorboard needs the tensorboard package: pip install 'rnnpolicy[tensorboard]'")
+    module = algorithm(config.algo)
+    world_size = distributed.launched_world_size()
+    if world_size > 1 and not module.DATA_PARALLEL:
+        raise ValueError(
+            f"{config.algo} trains in a single process only (its replay buffer and target network are not shared), "
+            f"but it was launched as {world_size} ranks (WORLD_SIZE={world_size}): run it without torchrun, "
+            f"or use --algo ppo for data-parallel training"
+        )
     torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     assert config.total_steps is not None
-    run = RunLog(config.out, config.total_steps, progress=config.progress, tensorboard=config.tensorboard)
+    dp = distributed.setup(resolve_device(config.device))
     try:
-        spec, model = algorithm(config.algo).learn(config, algo_config, run)
+        run = RunLog(config.out, config.total_steps, progress=config.progress, tensorboard=config.tensorboard, write=dp.lead)
+        evaluator = TrainingEvaluator(config, {"train": asdict(config), "algo": asdict(algo_config)}, write=dp.lead)
+        run.postfix = evaluator.postfix
+        try:
+            spec, model = module.learn(config, algo_config, run, evaluator)
+        finally:
+            run.close()
+        return evaluator.finish(spec, model)
     finally:
-        run.close()
-    record = {"train": asdict(config), "algo": asdict(algo_config)}
-    return save_checkpoint(Path(config.out) / CHECKPOINT_NAME, spec, model, record)
+        distributed.teardown()

@@ -1,4 +1,4 @@
-"""``checkpoint.pt``: weights, policy spec, training config and normalisation statistics.
+"""``checkpoint.pt`` and ``last.pt``: weights, policy spec, training config and normalisation statistics.
 
 Only plain containers and tensors are stored, so ``torch.load(path, weights_only=True)`` works.
 """
@@ -16,6 +16,9 @@ from rnnpolicy.spec import PolicySpec
 from rnnpolicy.train.models import ActorCritic, QNetwork, build_model
 
 CHECKPOINT_NAME = "checkpoint.pt"
+"""The run's best evaluated policy (its final one when the run did not evaluate)."""
+LAST_NAME = "last.pt"
+"""The run's final policy."""
 
 
 @dataclass

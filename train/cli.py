@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from rnnpolicy.configcli import add_dataclass_arguments, dataclass_from_args
@@ -35,19 +36,28 @@ def add_train_arguments(parser: argparse.ArgumentParser, argv: list[str] | None 
 
 def run_train(args: argparse.Namespace) -> int:
     from rnnpolicy.train.api import algorithm, resolve, train_resolved
+    from rnnpolicy.train.checkpoint import LAST_NAME
 
     config = dataclass_from_args(TrainConfig, args)
     algo_fields = {f.name for f in dataclasses.fields(algorithm(config.algo).Config)}
     overrides = {k: v for k, v in vars(args).items() if k in algo_fields and v is not None}
     resolved, algo_config = resolve(config, overrides)
-    print(
-        f"training {resolved.algo} on {resolved.env}: {resolved.total_steps} steps, "
-        f"{resolved.cell_kind} {resolved.num_layers}x{resolved.hidden_size}, seed {resolved.seed}",
-        file=sys.stderr,
-    )
-    print(f"{resolved.algo} hyperparameters: {dataclasses.asdict(algo_config)}", file=sys.stderr)
+    lead = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
+    if lead:
+        evaluation = (
+            f"evaluating {resolved.eval_episodes} episodes every {resolved.eval_every} steps"
+            + (f", stopping at return {resolved.target_return:g}" if resolved.target_return is not None else "")
+            if resolved.evaluates else "no evaluation during training"
+        )
+        print(
+            f"training {resolved.algo} on {resolved.env}: {resolved.total_steps} steps, "
+            f"{resolved.cell_kind} {resolved.num_layers}x{resolved.hidden_size}, seed {resolved.seed}; {evaluation}",
+            file=sys.stderr,
+        )
+        print(f"{resolved.algo} hyperparameters: {dataclasses.asdict(algo_config)}", file=sys.stderr)
     path = train_resolved(resolved, algo_config)
-    print(f"wrote {path}")
+    if lead:
+        print(f"wrote {path} (best evaluated policy) and {path.with_name(LAST_NAME)} (final policy)")
     return 0
 
 
@@ -56,6 +66,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser, argv: list[str] | None =
     parser.add_argument("--episodes", type=int, default=100, help="Episodes to run. (default: 100)")
     parser.add_argument("--seed", type=int, default=10_000, help="Seed of the first evaluation episode. (default: 10000)")
     parser.add_argument("--env", default=None, help="Environment id (default: the one the checkpoint was trained on).")
+    parser.add_argument(
+        "--wrapper", action="append", default=None, metavar="MODULE:CALLABLE[:KEY=VALUE,...]",
+        help="Wrap the environment (repeatable, in order; default: the wrappers the checkpoint was trained with).",
+    )
     parser.add_argument("--threads", type=int, default=1, help="Torch intra-op threads. (default: 1)")
     parser.add_argument("--json", action="store_true", help="Print one JSON object instead of text.")
 
@@ -66,7 +80,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from rnnpolicy.train.evaluate import evaluate
 
     torch.set_num_threads(args.threads)
-    result = evaluate(args.checkpoint, episodes=args.episodes, seed=args.seed, env_id=args.env)
+    result = evaluate(args.checkpoint, episodes=args.episodes, seed=args.seed, env_id=args.env, wrappers=args.wrapper)
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0

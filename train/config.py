@@ -15,7 +15,9 @@ class TrainConfig:
     env: str
     """Gymnasium environment id, e.g. rnnpolicy/TMaze-v0, CartPole-v1 or module:EnvId."""
     out: str
-    """Run directory: checkpoint.pt, metrics.csv and learning_curve.png are written here."""
+    """Run directory: checkpoint.pt (best evaluated policy), last.pt (final policy), metrics.csv and learning_curve.png."""
+    wrapper: tuple[str, ...] = ()
+    """Wrap the environment: module:Callable or module:Callable:key=value,key2=value (repeatable, applied in order; recorded in the checkpoint)."""
     total_steps: int | None = None
     """Environment steps to train for (default: the algorithm's default for the environment)."""
     seed: int = 1
@@ -37,7 +39,19 @@ class TrainConfig:
     tensorboard: bool = False
     """Also write TensorBoard event files to RUN_DIR/tensorboard (needs the tensorboard package)."""
     progress: bool = True
-    """Show a progress bar with the running return on stderr."""
+    """Show a progress bar with the running and evaluation returns on stderr."""
+    vector_env: Literal["sync", "async"] = "sync"
+    """Step the environments in this process (sync) or one worker process each (async: for environments whose step is costly)."""
+    eval_every: int | None = None
+    """Evaluate deterministically every this many environment steps; checkpoint.pt keeps the best policy (0: never; default: the environment's entry, else total_steps / 20)."""
+    eval_episodes: int | None = None
+    """Episodes per evaluation during training (default: the environment's entry, else 10)."""
+    eval_seed: int = 1_000_000
+    """Seed of the first evaluation episode during training (apart from `rnnpolicy eval`'s default 10000, so that eval stays a held-out check)."""
+    eval_max_share: float | None = None
+    """Largest share of the wall time evaluations may take: an evaluation due sooner waits, the final one always runs (default: the environment's entry, else 0.1)."""
+    target_return: float | None = None
+    """Stop once an evaluation's mean return reaches this (default: the environment's entry, else none; inf disables an entry's)."""
 
     def __post_init__(self) -> None:
         if self.total_steps is not None and self.total_steps < 1:
@@ -48,6 +62,20 @@ class TrainConfig:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
+        if self.eval_every is not None and self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0 (0: no evaluation), got {self.eval_every}")
+        if self.eval_episodes is not None and self.eval_episodes < 1:
+            raise ValueError(f"eval_episodes must be >= 1, got {self.eval_episodes}")
+        if self.eval_max_share is not None and not 0.0 < self.eval_max_share <= 1.0:
+            raise ValueError(f"eval_max_share must lie in (0, 1], got {self.eval_max_share}")
+        if self.target_return is not None and self.eval_every == 0:
+            raise ValueError(f"target_return={self.target_return} needs evaluation, got eval_every=0")
+        self.wrapper = tuple(self.wrapper)
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether this run evaluates during training (``eval_every`` resolved and not 0)."""
+        return bool(self.eval_every)
 
     @property
     def cell_kind(self) -> str:

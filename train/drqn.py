@@ -28,9 +28,14 @@ from rnnpolicy.train.config import TrainConfig
 from rnnpolicy.train.envs import action_spec, image_spec, make_vector_env, observation_encoding
 from rnnpolicy.train.models import QNetwork, RecurrentState, init_forget_bias, initial_state
 from rnnpolicy.train.replay import SequenceBatch, SequenceCollector, SequenceReplay
+from rnnpolicy.train.periodic_eval import TrainingEvaluator
 from rnnpolicy.train.runlog import EpisodeTracker, RunLog
 
-__all__ = ["Config", "ENV_DEFAULTS", "epsilon_at", "learn", "n_step_targets", "sequence_q_values", "td_loss"]
+__all__ = ["DATA_PARALLEL", "Config", "ENV_DEFAULTS", "epsilon_at", "learn", "n_step_targets", "sequence_q_values", "td_loss"]
+
+
+DATA_PARALLEL = False
+"""DRQN trains in one process: its replay buffer and target network are not shared across ranks."""
 
 
 @dataclass
@@ -191,12 +196,15 @@ def _update_target(target: QNetwork, online: QNetwork, tau: float) -> None:
                 t.lerp_(o, tau)
 
 
-def learn(config: TrainConfig, algo_config: Config, run: RunLog) -> tuple[PolicySpec, QNetwork]:
-    """Train a recurrent Q-network on ``config.env`` for ``config.total_steps`` environment steps."""
+def learn(config: TrainConfig, algo_config: Config, run: RunLog, evaluator: TrainingEvaluator) -> tuple[PolicySpec, QNetwork]:
+    """Train a recurrent Q-network on ``config.env`` for ``config.total_steps`` environment steps.
+
+    One process only (``DATA_PARALLEL = False``): replay and the target network live here.
+    """
     assert config.total_steps is not None and config.hidden_size is not None
     cfg = algo_config
     device = resolve_device(config.device)
-    envs = make_vector_env(config.env, cfg.num_envs, config.seed)
+    envs = make_vector_env(config.env, cfg.num_envs, config.seed, config.wrapper, config.vector_env)
     action = action_spec(envs)
     if not action.is_discrete:
         envs.close()
@@ -211,6 +219,7 @@ def learn(config: TrainConfig, algo_config: Config, run: RunLog) -> tuple[Policy
         obs_encoding=observation_encoding(envs),
         action=action,
         env_id=config.env,
+        env_wrappers=config.wrapper,
         algo="drqn",
         image=image_spec(envs) if config.image_encoder == "cnn" else None,
     )
@@ -237,6 +246,7 @@ def learn(config: TrainConfig, algo_config: Config, run: RunLog) -> tuple[Policy
     q_means: list[float] = []
     start = time.perf_counter()
     next_log = cfg.log_interval
+    snapshot = lambda: (spec, copy.deepcopy(online).cpu().eval())  # noqa: E731
     while step < config.total_steps:
         epsilon = epsilon_at(step, config.total_steps, cfg)
         state = state.masked(1.0 - episode_start)  # the state acted from, stored with the step
@@ -274,15 +284,21 @@ def learn(config: TrainConfig, algo_config: Config, run: RunLog) -> tuple[Policy
 
         if step >= next_log or step >= config.total_steps:
             next_log += cfg.log_interval
+            evaluator.maybe_evaluate(step, snapshot, final=step >= config.total_steps)
             run.log(
                 step,
                 tracker,
                 loss=float(np.mean(losses)) if losses else float("nan"),
                 q_mean=float(np.mean(q_means)) if q_means else float("nan"),
                 epsilon=epsilon,
-                steps_per_s=step / (time.perf_counter() - start),
+                **evaluator.row(),
+                steps_per_s=step / (time.perf_counter() - start - evaluator.eval_time),
             )
             losses.clear()
             q_means.clear()
+            if evaluator.reached_target:
+                run.note(f"stopping early at step {step}: evaluation return "
+                         f"{evaluator.best.mean_return:.3f} reached the target {config.target_return:g}")
+                break
     envs.close()
     return spec, online.cpu().eval()

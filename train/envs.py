@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
+
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
@@ -10,21 +13,31 @@ from rnnpolicy.encoding import ObsEncoding
 from rnnpolicy.envs import make_env
 from rnnpolicy.spec import ActionSpec, ImageSpec
 
+VECTOR_MODES = ("sync", "async")
 
-def make_vector_env(env_id: str, num_envs: int, seed: int) -> gym.vector.SyncVectorEnv:
-    """``num_envs`` copies of ``env_id`` that reset themselves in the step that ends an episode.
 
-    The observation returned with ``terminated | truncated`` is already the next episode's
-    first one (the last one is in ``info["final_obs"]``), so each row's next observation is
-    an episode start exactly when the previous step was done.
+def make_vector_env(
+    env_id: str, num_envs: int, seed: int, wrappers: Sequence[str] = (), mode: str = "sync"
+) -> gym.vector.VectorEnv:
+    """``num_envs`` copies of ``env_id`` (each wrapped by ``wrappers``) that reset themselves in the step that ends an episode.
+
+    ``mode`` ``sync`` steps them in this process; ``async`` gives each its own worker process
+    (gymnasium's ``AsyncVectorEnv``), worth it when one step costs more than the inter-process
+    round trip (about 0.1 ms). The observation returned with ``terminated | truncated`` is already
+    the next episode's first one (the last one is in ``info["final_obs"]``), so each row's next
+    observation is an episode start exactly when the previous step was done.
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-    make_env(env_id).close()  # fail fast, with a clear message, on an unknown id
-    envs = gym.vector.SyncVectorEnv(
-        [lambda: make_env(env_id) for _ in range(num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+    if mode not in VECTOR_MODES:
+        raise ValueError(f"vector_env must be one of {VECTOR_MODES}, got {mode!r}")
+    make_env(env_id, wrappers).close()  # fail fast, with a clear message, on an unknown id or wrapper
+    factories = [functools.partial(make_env, env_id, tuple(wrappers)) for _ in range(num_envs)]
+    autoreset = gym.vector.AutoresetMode.SAME_STEP
+    if mode == "async":
+        envs: gym.vector.VectorEnv = gym.vector.AsyncVectorEnv(factories, autoreset_mode=autoreset)
+    else:
+        envs = gym.vector.SyncVectorEnv(factories, autoreset_mode=autoreset)
     envs.action_space.seed(seed)
     return envs
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from rnnpolicy.encoding import ObsEncoding
 from rnnpolicy.envs import make_env
 from rnnpolicy.train.checkpoint import load_checkpoint
 from rnnpolicy.spec import PolicySpec
@@ -34,22 +36,49 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(checkpoint_path: str | Path, episodes: int = 100, seed: int = 10_000, env_id: str | None = None, batch: int = 16) -> EvalResult:
-    """Run ``episodes`` deterministic episodes, ``batch`` environments side by side, one model call per step."""
+def evaluate(
+    checkpoint_path: str | Path,
+    episodes: int = 100,
+    seed: int = 10_000,
+    env_id: str | None = None,
+    batch: int = 16,
+    wrappers: Sequence[str] | None = None,
+) -> EvalResult:
+    """Run ``episodes`` deterministic episodes, ``batch`` environments side by side, one model call per step.
+
+    The environment is the checkpoint's (``env_id`` and its ``--wrapper`` list) unless given.
+    """
     checkpoint = load_checkpoint(checkpoint_path)
     env_id = env_id or checkpoint.spec.env_id
     if not env_id:
         raise ValueError("the checkpoint names no environment; pass one with --env")
-    return evaluate_model(checkpoint.build(), checkpoint.spec, env_id, episodes=episodes, seed=seed, batch=batch)
+    wrappers = checkpoint.spec.env_wrappers if wrappers is None else wrappers
+    return evaluate_model(checkpoint.build(), checkpoint.spec, env_id, episodes=episodes, seed=seed, batch=batch, wrappers=wrappers)
 
 
 @torch.no_grad()
-def evaluate_model(model: QNetwork | ActorCritic, spec: PolicySpec, env_id: str, episodes: int = 100, seed: int = 10_000, batch: int = 16) -> EvalResult:
+def evaluate_model(
+    model: QNetwork | ActorCritic,
+    spec: PolicySpec,
+    env_id: str,
+    episodes: int = 100,
+    seed: int = 10_000,
+    batch: int = 16,
+    wrappers: Sequence[str] = (),
+) -> EvalResult:
     """:func:`evaluate` for a model in memory (a trainer's in-process evaluation)."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     width = min(batch, episodes)
-    envs = [make_env(env_id) for _ in range(width)]
+    envs = [make_env(env_id, wrappers) for _ in range(width)]
+    features = ObsEncoding.from_space(envs[0].observation_space).flat_dim
+    if features != spec.obs_dim:
+        for env in envs:
+            env.close()
+        raise ValueError(
+            f"environment {env_id!r} with wrappers {list(wrappers)} encodes to {features} features, but the policy takes "
+            f"{spec.obs_dim}: evaluate it on the environment and wrappers it was trained with"
+        )
     obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
     started = width
     state = initial_state(spec, width)

@@ -10,7 +10,6 @@ to equal length and runs them through the recurrent core in one fused call per m
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,8 +22,9 @@ from torch import Tensor
 from rnnpolicy.spec import ObsNormSpec, PolicySpec
 from rnnpolicy.train.api import resolve_device
 from rnnpolicy.train.config import TrainConfig
+from rnnpolicy.train import distributed
+from rnnpolicy.train.distributed import DataParallel
 from rnnpolicy.train.envs import action_spec, image_spec, make_vector_env, observation_encoding
-from rnnpolicy.train.evaluate import evaluate_model
 from rnnpolicy.train.models import (
     ActorCritic,
     RecurrentState,
@@ -34,10 +34,13 @@ from rnnpolicy.train.models import (
     initial_state,
 )
 from rnnpolicy.train.normalize import RunningMeanStd
+from rnnpolicy.train.periodic_eval import TrainingEvaluator
 from rnnpolicy.train.runlog import EpisodeTracker, RunLog
 from rnnpolicy.train.sequences import PaddedSequences, split_sequences
 
-EVAL_SEED = 10_000
+
+DATA_PARALLEL = True
+"""Runs data-parallel under torchrun (see :mod:`rnnpolicy.train.distributed`)."""
 
 
 @dataclass
@@ -45,11 +48,11 @@ class Config:
     """Recurrent PPO hyperparameters."""
 
     num_envs: int = 8
-    """Environments stepped side by side."""
-    rollout_steps: int = 64
+    """Environments stepped side by side (under torchrun: in all, split evenly across the ranks)."""
+    rollout_steps: int = 128
     """Steps per environment between updates."""
-    seq_len: int = 16
-    """BPTT chunk length: the rollout is cut into chunks of this many steps, each starting from its stored state."""
+    seq_len: int = 0
+    """BPTT chunk length: the rollout is cut into chunks of this many steps, each starting from its stored state (0: the whole rollout, so gradients run back through whole episodes up to rollout_steps long)."""
     num_minibatches: int = 4
     """Minibatches per epoch; each holds whole sequences."""
     update_epochs: int = 4
@@ -64,8 +67,8 @@ class Config:
     """GAE lambda."""
     clip_coef: float = 0.2
     """PPO ratio clipping."""
-    ent_coef: float = 0.0
-    """Entropy bonus weight."""
+    ent_coef: float = 0.01
+    """Entropy bonus weight: keeps the policy exploring until a signal is found."""
     vf_coef: float = 0.5
     """Value loss weight."""
     max_grad_norm: float = 0.5
@@ -82,58 +85,65 @@ class Config:
     """Normalise observations by running statistics, stored in the spec so the exported graph does it too."""
     normalize_advantages: bool = True
     """Standardise advantages within each minibatch."""
-    target_return: float | None = None
-    """Stop once the deterministic evaluation's mean return reaches this (needs eval_every > 0)."""
-    eval_every: int = 0
-    """Evaluate in-process every this many environment steps (0: never)."""
-    eval_episodes: int = 10
-    """Episodes per in-process evaluation."""
 
     def __post_init__(self) -> None:
-        positive = ("num_envs", "rollout_steps", "seq_len", "num_minibatches", "update_epochs", "eval_episodes")
-        for name in positive:
+        for name in ("num_envs", "rollout_steps", "num_minibatches", "update_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.rollout_steps % self.seq_len != 0:
-            raise ValueError(f"seq_len must divide rollout_steps ({self.rollout_steps}), got {self.seq_len}")
-        if self.num_minibatches > self.num_envs * (self.rollout_steps // self.seq_len):
-            raise ValueError(
-                f"num_minibatches must be at most the number of sequences per rollout "
-                f"({self.num_envs * (self.rollout_steps // self.seq_len)}), got {self.num_minibatches}"
-            )
+        if self.seq_len < 0 or (self.seq_len and self.rollout_steps % self.seq_len != 0):
+            raise ValueError(f"seq_len must divide rollout_steps ({self.rollout_steps}) or be 0 (whole rollout), got {self.seq_len}")
+        self.check_split(1)
         for name in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         for name in ("learning_rate", "clip_coef", "max_grad_norm", "reward_scale"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("ent_coef", "vf_coef", "eval_every"):
+        for name in ("ent_coef", "vf_coef"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.target_return is not None and self.eval_every == 0:
-            raise ValueError(f"target_return={self.target_return} needs eval_every > 0 to be checked, got eval_every=0")
 
+    @property
+    def chunk_len(self) -> int:
+        """Steps per BPTT chunk: ``seq_len``, or the whole rollout when it is 0."""
+        return self.seq_len or self.rollout_steps
+
+    def check_split(self, world_size: int) -> None:
+        """``ValueError`` unless ``world_size`` ranks can share the environments, each filling every minibatch."""
+        if self.num_envs % world_size:
+            raise ValueError(f"num_envs must be a multiple of the {world_size} data-parallel ranks, got {self.num_envs}")
+        sequences = self.num_envs // world_size * (self.rollout_steps // self.chunk_len)
+        if self.num_minibatches > sequences:
+            where = "per rollout" if world_size == 1 else f"per rank's rollout ({world_size} ranks)"
+            raise ValueError(f"num_minibatches must be at most the number of sequences {where} ({sequences}), got {self.num_minibatches}")
+
+# The built-in tasks were tuned on these values (Config's defaults are for ids without an entry).
+_BUILTIN: dict[str, Any] = dict(num_envs=8, rollout_steps=64, seq_len=16, learning_rate=1e-3, ent_coef=0.0)
 
 # Memory tasks: BPTT over the whole rollout, so the gradient reaches the cue at each episode's start
 # (with the LSTM forget-gate bias of 1, see Config.forget_bias). Training stops once a deterministic
 # evaluation of 32 episodes is solved (return 1, or 0.95 on MemoryGrid, whose steps cost 0.01), so a
 # run takes seconds, not the whole total_steps; the feed-forward ablation runs total_steps.
 _MEMORY_TASK: dict[str, Any] = dict(
-    rollout_steps=64, seq_len=64, num_minibatches=2, update_epochs=8, learning_rate=3e-3,
+    _BUILTIN, rollout_steps=64, seq_len=64, num_minibatches=2, update_epochs=8, learning_rate=3e-3,
     eval_every=8192, eval_episodes=32, target_return=1.0,
 )
 
 # Per-environment defaults that solve the built-in tasks (keys may name TrainConfig fields).
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
+    # PPO's policy swings on this task: a seed evaluating 420 at 65k steps fell to 290 by 90k. So a run
+    # evaluates 20 episodes every 5k steps (up to a quarter of its time: about 0.3 s each at full speed)
+    # and stops at the first perfect evaluation, leaving that policy in both checkpoint.pt and last.pt.
     "rnnpolicy/CartPoleNoVel-v0": dict(
-        total_steps=100_000, hidden_size=64, num_envs=16, rollout_steps=32, seq_len=32, num_minibatches=2,
+        _BUILTIN, total_steps=200_000, hidden_size=64, num_envs=16, rollout_steps=32, seq_len=32, num_minibatches=2,
         update_epochs=8, learning_rate=2e-3, gamma=0.98, gae_lambda=0.8, reward_scale=0.1,
+        eval_every=5_000, eval_episodes=20, eval_max_share=0.25, target_return=500.0,
     ),
     # 16 environments (2048 steps per update, same 4 minibatches) for 500k steps: about as many gradient
     # steps as 8 environments for 300k, on twice the data each, at ~1.5x the steps/s. Seeds 1-5 evaluate
     # at -149..-230 (20 deterministic episodes).
     "rnnpolicy/PendulumNoVel-v0": dict(
-        total_steps=500_000, hidden_size=64, num_envs=16, rollout_steps=128, seq_len=32, num_minibatches=4,
+        _BUILTIN, total_steps=500_000, hidden_size=64, num_envs=16, rollout_steps=128, seq_len=32, num_minibatches=4,
         update_epochs=10, learning_rate=1e-3, gamma=0.9, gae_lambda=0.95, normalize_obs=True, reward_scale=0.1,
         shared_core=False, init_log_std=-0.5,
     ),
@@ -147,6 +157,8 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
         gae_lambda=0.95, ent_coef=0.03, target_return=0.95,
     ),
 }
+# The same task with 1 ms of CPU per step (the --vector-env async and torchrun test bed).
+ENV_DEFAULTS["rnnpolicy/SlowCartPoleNoVel-v0"] = ENV_DEFAULTS["rnnpolicy/CartPoleNoVel-v0"]
 
 
 def compute_gae(
@@ -230,6 +242,7 @@ def _build(config: TrainConfig, algo: Config, envs: gym.vector.VectorEnv, obs_no
         num_cores=1 if algo.shared_core else 2,
         obs_norm=obs_norm,
         env_id=config.env,
+        env_wrappers=config.wrapper,
         algo="ppo",
         image=image_spec(envs) if config.image_encoder == "cnn" else None,
     )
@@ -241,59 +254,69 @@ def _build(config: TrainConfig, algo: Config, envs: gym.vector.VectorEnv, obs_no
     return spec, model
 
 
-def learn(config: TrainConfig, algo: Config, run: RunLog) -> tuple[PolicySpec, ActorCritic]:
-    """Train a recurrent actor-critic with PPO; returns its spec (with final obs_norm) and the model."""
+def learn(config: TrainConfig, algo: Config, run: RunLog, evaluator: TrainingEvaluator) -> tuple[PolicySpec, ActorCritic]:
+    """Train a recurrent actor-critic with PPO; returns its spec (with final obs_norm) and the model.
+
+    Under torchrun each rank steps ``num_envs / world_size`` environments (seeded so that the ranks
+    together step the same environments as one process would) and gradients are averaged.
+    """
     assert config.total_steps is not None
+    dp = distributed.current()
+    algo.check_split(dp.world_size)
     device = resolve_device(config.device)
-    envs = make_vector_env(config.env, algo.num_envs, config.seed)
+    num_envs = algo.num_envs // dp.world_size
+    env_seed = config.seed + dp.rank * num_envs
+    envs = make_vector_env(config.env, num_envs, env_seed, config.wrapper, config.vector_env)
     encoding = observation_encoding(envs)
     obs_rms = RunningMeanStd(encoding.flat_dim) if algo.normalize_obs else None
     spec, model = _build(config, algo, envs, obs_rms.to_spec() if obs_rms else None)
     model.to(device)
+    dp.broadcast_parameters(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=algo.learning_rate, eps=1e-5)
     rng = np.random.default_rng(config.seed)
-    tracker = EpisodeTracker(algo.num_envs)
+    tracker = EpisodeTracker(num_envs)
 
-    steps_per_update = algo.num_envs * algo.rollout_steps
+    steps_per_update = algo.num_envs * algo.rollout_steps  # over all ranks
     num_updates = max(1, config.total_steps // steps_per_update)
-    raw_obs, _ = envs.reset(seed=config.seed)
+    raw_obs, _ = envs.reset(seed=env_seed)
     next_obs = torch.as_tensor(encoding.encode_batch(raw_obs), device=device)  # (B, F)
-    next_start = torch.ones(algo.num_envs, device=device)  # (B,)
-    state = initial_state(spec, algo.num_envs, device)
-    step, eval_time, next_eval = 0, 0.0, algo.eval_every
+    next_start = torch.ones(num_envs, device=device)  # (B,)
+    state = initial_state(spec, num_envs, device)
+    step = 0
     start_time = time.perf_counter()
+    snapshot = lambda: _policy(spec, model)  # noqa: E731
 
     for update in range(1, num_updates + 1):
         if algo.anneal_lr:
             optimizer.param_groups[0]["lr"] = algo.learning_rate * (1.0 - (update - 1) / num_updates)
         rollout, next_obs, next_start, state = _collect(model, envs, algo, tracker, next_obs, next_start, state)
         step += steps_per_update
-        stats = _update(model, optimizer, rollout, algo, rng)
+        stats = _update(model, optimizer, rollout, algo, rng, dp)
         if obs_rms is not None:
-            # Statistics stay frozen through a rollout and its update, then take in that rollout.
-            obs_rms.update(rollout.obs.cpu().numpy())
+            # Statistics stay frozen through a rollout and its update, then take in that rollout (every rank's).
+            obs_rms.update(dp.gather_rows(rollout.obs).cpu().numpy())
             model.normalizer.mean.copy_(torch.as_tensor(obs_rms.mean, dtype=torch.float32))
             model.normalizer.var.copy_(torch.as_tensor(obs_rms.var, dtype=torch.float32))
 
-        eval_return = math.nan
-        if algo.eval_every and step >= next_eval:
-            next_eval += algo.eval_every
-            eval_start = time.perf_counter()
-            eval_return = evaluate_model(model.cpu(), spec, config.env, episodes=algo.eval_episodes, seed=EVAL_SEED).mean_return
-            model.to(device)
-            eval_time += time.perf_counter() - eval_start
-        train_time = time.perf_counter() - start_time - eval_time
-        run.log(step, tracker, **stats, eval_return=eval_return, eval_time=eval_time, steps_per_s=step / train_time)
-        if algo.target_return is not None and eval_return >= algo.target_return:
-            run.note(f"stopping early at step {step}: evaluation return {eval_return:.3f} reached the target {algo.target_return:g}")
+        evaluator.maybe_evaluate(step, snapshot, final=update == num_updates)
+        train_time = time.perf_counter() - start_time - evaluator.eval_time
+        run.log(step, tracker, **stats, **evaluator.row(), steps_per_s=step / train_time)
+        if dp.any(evaluator.reached_target, device):
+            if dp.lead:
+                run.note(f"stopping early at step {step}: evaluation return "
+                         f"{evaluator.best.mean_return:.3f} reached the target {config.target_return:g}")
             break
     envs.close()
+    return _policy(spec, model)
 
-    # The model's normaliser buffers read spec.obs_norm when built: rebuild from the final spec.
-    final_spec = _final_spec(spec, model)
-    final = ActorCritic(final_spec)
-    final.load_state_dict(model.cpu().state_dict())
-    return final_spec, final
+
+def _policy(spec: PolicySpec, model: ActorCritic) -> tuple[PolicySpec, ActorCritic]:
+    """A CPU copy of the policy as it stands, with its spec (``obs_norm`` from the model's buffers)."""
+    # The model's normaliser buffers read spec.obs_norm when built: build from the current spec.
+    current = _final_spec(spec, model)
+    policy = ActorCritic(current)
+    policy.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    return current, policy.eval()
 
 
 def _cat_rows(states: list[RecurrentState]) -> RecurrentState:
@@ -327,14 +350,14 @@ def _collect(
     """Step the environments ``rollout_steps`` times; returns the rollout and where the next one starts."""
     encoding = model.spec.obs_encoding
     device = next_obs.device
-    steps, num_envs = algo.rollout_steps, algo.num_envs
+    steps, num_envs = algo.rollout_steps, envs.num_envs
     obs, starts, actions, logprobs, values, chunk_states = [], [], [], [], [], []
     rewards = np.zeros((steps, num_envs), dtype=np.float64)
     terminated = np.zeros((steps, num_envs), dtype=bool)
     truncated = np.zeros((steps, num_envs), dtype=bool)
     final_values = np.zeros((steps, num_envs), dtype=np.float32)
     for t in range(steps):
-        if t % algo.seq_len == 0:
+        if t % algo.chunk_len == 0:
             chunk_states.append(state)
         obs.append(next_obs)
         starts.append(next_start)
@@ -373,7 +396,7 @@ def _collect(
         returns=torch.as_tensor(returns, dtype=torch.float32, device=device).flatten(),
         episode_start=starts_t.flatten(),
         chunk_states=_cat_rows(chunk_states),
-        sequences=split_sequences(starts_t.cpu().numpy() > 0, algo.seq_len),
+        sequences=split_sequences(starts_t.cpu().numpy() > 0, algo.chunk_len),
     )
     return rollout, next_obs, next_start, state
 
@@ -403,8 +426,20 @@ def evaluate_sequences(model: ActorCritic, rollout: Rollout, seqs: PaddedSequenc
     return dist.log_prob(actions), dist.entropy(), value, index
 
 
-def _update(model: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Rollout, algo: Config, rng: np.random.Generator) -> dict[str, float]:
-    """``update_epochs`` passes of clipped PPO over minibatches of whole sequences; returns the last epoch's means."""
+def _update(
+    model: ActorCritic,
+    optimizer: torch.optim.Optimizer,
+    rollout: Rollout,
+    algo: Config,
+    rng: np.random.Generator,
+    dp: DataParallel = distributed.SINGLE,
+) -> dict[str, float]:
+    """``update_epochs`` passes of clipped PPO over minibatches of whole sequences; returns the last epoch's means.
+
+    Data-parallel (``dp``), each rank's minibatch is its share of one minibatch: the step counts
+    and advantage statistics are summed over the ranks and the gradients averaged, so the update
+    equals one process's on the ranks' data together (exactly so with one minibatch per epoch).
+    """
     num_sequences = rollout.sequences.lengths.shape[0]
     for _ in range(algo.update_epochs):
         totals: dict[str, Tensor] = {}
@@ -412,12 +447,16 @@ def _update(model: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Rollo
             seqs = rollout.sequences.select(rows)
             logprob, entropy, value, index = evaluate_sequences(model, rollout, seqs)
             mask = torch.as_tensor(seqs.mask, dtype=torch.float32, device=logprob.device)  # (L, S)
-            count = mask.sum()
+            # Means over the steps of every rank's minibatch: each rank's sum / the ranks' step count,
+            # times world_size, which the gradient average divides out again.
+            count = dp.all_sum(mask.sum()) / dp.world_size
             masked_mean = lambda x: (x * mask).sum() / count  # noqa: E731
             advantages = rollout.advantages[index]  # (L, S)
             if algo.normalize_advantages:
-                mean = masked_mean(advantages)
-                std = torch.sqrt(masked_mean((advantages - mean) ** 2))
+                with torch.no_grad():
+                    moments = dp.all_sum(torch.stack([(advantages * mask).sum(), (advantages**2 * mask).sum()]))
+                    mean = moments[0] / (count * dp.world_size)
+                    std = torch.sqrt((moments[1] / (count * dp.world_size) - mean**2).clamp(min=0.0))
                 advantages = (advantages - mean) / (std + 1e-8)
             log_ratio = logprob - rollout.logprobs[index]
             ratio = log_ratio.exp()
@@ -428,6 +467,7 @@ def _update(model: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Rollo
             loss = policy_loss + algo.vf_coef * value_loss - algo.ent_coef * entropy_mean
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            dp.all_reduce_gradients(model.parameters())
             torch.nn.utils.clip_grad_norm_(model.parameters(), algo.max_grad_norm)
             optimizer.step()
             with torch.no_grad():

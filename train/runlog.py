@@ -6,6 +6,7 @@ import csv
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +61,21 @@ class RunLog:
     """Writes one ``metrics.csv`` row per :meth:`log` call and keeps the progress bar current.
 
     Every row has ``step``, ``wall_time``, ``episodes``, ``mean_return`` and ``success_rate``
-    (over the last 100 episodes), then whatever the algorithm passes (losses, epsilon, ...).
+    (over the last 100 episodes), then whatever the algorithm passes (losses, epsilon, the
+    evaluation columns ``eval_return``, ``eval_success_rate``, ``best_eval_return``, ...).
+    ``write=False`` (a data-parallel rank other than 0) keeps the rows in memory only.
     """
 
-    def __init__(self, out_dir: str | Path, total_steps: int, *, progress: bool = True, tensorboard: bool = False) -> None:
+    def __init__(
+        self, out_dir: str | Path, total_steps: int, *, progress: bool = True, tensorboard: bool = False, write: bool = True
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.total_steps = total_steps
-        self.progress = progress
-        self.tensorboard = tensorboard
+        self.write = write
+        self.progress = progress and write
+        self.tensorboard = tensorboard and write
+        self.postfix: Callable[[], dict[str, str]] = dict
+        """Extra progress-bar fields, e.g. the latest evaluation return."""
         self.start = time.perf_counter()
         self.rows: list[dict[str, float]] = []
         self._file = None
@@ -102,12 +110,14 @@ class RunLog:
             "success_rate": tracker.success_rate,
             **{k: float(v) for k, v in metrics.items()},
         }
+        self.rows.append(row)
+        if not self.write:
+            return
         if self._writer is None:
             self._open(list(row))
         assert self._writer is not None and self._file is not None
         self._writer.writerow(row)
         self._file.flush()
-        self.rows.append(row)
         if self._tb is not None:
             for key, value in row.items():
                 if key != "step":
@@ -117,6 +127,7 @@ class RunLog:
             postfix = {"return": f"{tracker.mean_return:.2f}"}
             if not np.isnan(tracker.success_rate):
                 postfix["success"] = f"{tracker.success_rate:.2f}"
+            postfix.update(self.postfix())
             self._bar.set_postfix(postfix, refresh=False)
         self._last_step = step
 
@@ -146,14 +157,25 @@ def plot_learning_curve(rows: list[dict[str, float]], path: Path) -> None:
 
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, [r["mean_return"] for r in rows], label="mean return (last 100 episodes)")
+    ax.plot(steps, [r["mean_return"] for r in rows], label="training return (last 100 episodes)")
+    evaluated = [r for r in rows if not np.isnan(r.get("eval_return", np.nan))]
+    if evaluated:
+        ax.plot([r["step"] for r in evaluated], [r["eval_return"] for r in evaluated], "o-", color="tab:orange",
+                markersize=3, label="evaluation return (deterministic)")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("return")
-    if any(not np.isnan(r["success_rate"]) for r in rows):
+    handles, labels = ax.get_legend_handles_labels()
+    if any(not np.isnan(r["success_rate"]) for r in rows) or any(not np.isnan(r.get("eval_success_rate", np.nan)) for r in evaluated):
         twin = ax.twinx()
-        twin.plot(steps, [r["success_rate"] for r in rows], color="tab:green", label="success rate")
+        twin.plot(steps, [r["success_rate"] for r in rows], color="tab:green", alpha=0.6, label="training success rate")
+        if evaluated:
+            twin.plot([r["step"] for r in evaluated], [r["eval_success_rate"] for r in evaluated], "s--", color="tab:red",
+                      markersize=3, label="evaluation success rate")
         twin.set_ylabel("success rate")
         twin.set_ylim(-0.05, 1.05)
+        more_handles, more_labels = twin.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels, fontsize="small", loc="best")
     ax.set_title(path.parent.name)
     ax.grid(alpha=0.3)
     fig.tight_layout()
