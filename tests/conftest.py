@@ -71,3 +71,19 @@ def serve_export_dirs(tmp_path_factory):
 def q_lstm_v2_export(tmp_path_factory):
     """A second version of ``q_lstm``: the same spec (state, observation and action shapes), other weights."""
     return _export_random(tmp_path_factory.mktemp("serve_models_v2"), "q_lstm", _serve_specs()["q_lstm"], 999)
+
+
+# ---------------------------------------------------------------- cluster fixtures (tests/cluster_procs.py)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A ``redis-server`` on a free loopback port in a temporary directory, AOF on; stopped afterwards
+    (skips, or fails with RNNPOLICY_REQUIRE_ALL=1, where redis-server is missing)."""
+    from cluster_procs import start_redis
+
+    server = start_redis(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()
