@@ -21,7 +21,8 @@ tombstone: a later call finds it unknown.
 
 URL: ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]``, ``rediss://`` (TLS; redis-py's ``ssl_*`` query
 options, e.g. ``?ssl_ca_certs=ca.pem``) or ``unix:///path/redis.sock``. redis-py's query options
-apply (``socket_timeout``, ``socket_connect_timeout``...; defaults here 2 s and 1 s), plus this
+apply (``socket_timeout``, ``socket_connect_timeout``, ``max_connections``...; defaults here 2 s, 1 s
+and 64 connections, beyond which commands wait for a free one), plus this
 store's own: ``prefix``, ``tombstone_ttl`` (seconds) and ``count_commits``.
 """
 
@@ -166,12 +167,16 @@ class RedisStore(SessionStore):
         if count not in ("0", "1", "true", "false"):
             raise ValueError(f"session store {redacted_url(url)!r}: count_commits must be 0 or 1, got {count!r}")
         try:
-            client = redis.asyncio.Redis.from_url(
-                redis_url, socket_timeout=2.0, socket_connect_timeout=1.0,  # the URL's own options win
+            # A blocking pool: beyond max_connections concurrent commands, callers wait for a connection
+            # (up to 5 s, then StoreUnavailable) instead of failing at once.
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                redis_url, max_connections=64, timeout=5.0,
+                socket_timeout=2.0, socket_connect_timeout=1.0,  # the URL's own options win
                 # One immediate reconnect-and-retry on a broken connection (a Redis that restarted), none on a
                 # timeout; then StoreUnavailable. A commit retried after it had in fact been applied is refused
                 # by its own seq check, and the caller answers from the stored record: no step applied twice.
                 retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+            client = redis.asyncio.Redis.from_pool(pool)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"session store {redacted_url(url)!r}: {exc}") from None
         return cls(client, ttl=ttl, describe=redacted_url(url), prefix=own.get("prefix", DEFAULT_PREFIX),
