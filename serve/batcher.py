@@ -1,123 +1,84 @@
-"""Cross-session batching: steps that arrive together run as one onnxruntime call.
+"""One model version's worker thread: it runs the batches that arrive while the model is busy.
 
-A :class:`Chunk` is some rows of one :class:`Job` (a Step, one stream message, or a StepBatch)
-whose sessions are ready to step. :meth:`Batcher.submit` queues chunks for the model's one
-worker thread, which takes everything queued (up to ``max_batch`` rows, waiting up to
-``max_wait_us`` for a batch to fill) and hands it to the model's runner. With ``max_wait_us``
-0 (the default) a step that finds the model idle and nothing queued runs at once on the
-calling thread, skipping two thread hand-offs; steps arriving meanwhile queue for the worker
-and run together in its next batch. Batches of one model never run concurrently.
+A :class:`Batch` is some admitted steps' inputs, gathered on the event loop: ``obs`` ``(k, obs_dim)``,
+``episode_start`` ``(k,)`` and the state inputs, each ``(layers, k, hidden)``. When the model is idle
+the coordinator runs a batch itself (:meth:`Batcher.try_hold`, then :meth:`Batcher.release`); when
+it is busy the batch is :meth:`Batcher.submit`-ted and the worker takes everything queued (up to
+``max_batch`` rows, waiting up to ``max_wait_us`` for more), runs it as one call, splits the results
+back into the batches and hands them to ``deliver`` (which passes them to the event loop). Batches
+of one model never run concurrently. The batcher knows nothing of sessions.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import threading
 import time
 from collections import deque
-from typing import Callable, Iterator
+from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["Batcher", "Chunk", "Job"]
+__all__ = ["Batch", "Batcher", "Runner", "run_batches"]
+
+Runner = Callable[[np.ndarray, np.ndarray, tuple], tuple[np.ndarray, tuple]]
+"""``(obs (k, obs_dim), episode_start (k,), state) -> (packed (k, width), next_state)``, each state tensor
+``(layers, k, hidden)``."""
 
 
-class Job:
-    """The answer to one request: a packed output row per step, or an error per failed row.
+class Batch:
+    """Inputs of some steps, and after the run their results (or the exception that failed them)."""
 
-    Made on the event loop by the RPC's coroutine, which awaits :meth:`wait`; rows resolve on the
-    loop (a batch run there) or on the model's worker thread. ``width`` 0 (single-row jobs only)
-    allocates nothing up front: ``out`` stays None until the row resolves and is then its packed
-    row ``(1, width)``, copied unless it is a batch's own output.
-    """
+    __slots__ = ("steps", "obs", "episode_start", "state", "size", "packed", "next_state", "error")
 
-    __slots__ = ("out", "errors", "_remaining", "_lock", "_future", "_loop_thread")
-
-    def __init__(self, rows: int, width: int) -> None:
-        self.out = np.zeros((rows, width), dtype=np.float32) if width else None
-        self.errors: dict[int, tuple[object, str, int]] | None = None  # row -> (code, message, expected seq)
-        self._remaining = rows
-        # A single row resolves once; rows of a StepBatch may resolve on two threads at once.
-        self._lock = threading.Lock() if rows > 1 else None
-        self._future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._loop_thread = threading.get_ident()
-
-    def resolve(self, rows: np.ndarray | list[int], values: np.ndarray, copy: bool = True) -> None:
-        """Rows ``rows`` of this job finished with packed outputs ``values`` (with ``copy`` False, a view
-        that no one writes again, such as a batch's fresh output rows)."""
-        if self.out is None:
-            # A view of the row cache must be copied: the session's next step overwrites it.
-            self.out = np.array(values, dtype=np.float32) if copy else np.asarray(values, dtype=np.float32)
-        else:
-            self.out[rows] = values
-        self._done(len(rows))
-
-    def fail(self, row: int, code: object, message: str, expected_seq: int = 0) -> None:
-        """Row ``row`` was refused with status ``code``; its state is untouched."""
-        if self._lock is None:
-            self.errors = {row: (code, message, expected_seq)}
-        else:
-            with self._lock:
-                if self.errors is None:
-                    self.errors = {}
-                self.errors[row] = (code, message, expected_seq)
-        self._done(1)
-
-    def _done(self, count: int) -> None:
-        if self._lock is None:
-            self._remaining = 0
-        else:
-            with self._lock:
-                self._remaining -= count
-                if self._remaining:
-                    return
-        if threading.get_ident() == self._loop_thread:  # resolved by a batch run on the loop
-            _set_done(self._future)
-        else:  # by the batcher's worker thread
-            self._future.get_loop().call_soon_threadsafe(_set_done, self._future)
-
-    def wait(self) -> asyncio.Future[None]:
-        """The future to await (on the event loop that made the job): done when every row finished."""
-        return self._future
-
-
-def _set_done(future: asyncio.Future[None]) -> None:
-    if not future.done():  # a cancelled call's future stays cancelled
-        future.set_result(None)
-
-
-class Chunk:
-    """Rows of one job whose sessions are admitted and ready to step."""
-
-    __slots__ = ("job", "rows", "sessions", "slots", "seqs", "obs", "episode_start", "deterministic", "size")
-
-    def __init__(self, job: Job, rows: np.ndarray, sessions: list, slots: np.ndarray, seqs: list[int],
-                 obs: np.ndarray, episode_start: np.ndarray, deterministic: bool) -> None:
-        self.job = job
-        self.rows = rows                    # indices into job.out
-        self.sessions = sessions            # the Session of each row
-        self.slots = slots                  # (k,) state slot of each row
-        self.seqs = seqs
+    def __init__(self, steps: Sequence[object], obs: np.ndarray, episode_start: np.ndarray,
+                 state: tuple[np.ndarray, ...]) -> None:
+        self.steps = steps                  # the coordinator's step of each row
         self.obs = obs                      # (k, obs_dim) float32
         self.episode_start = episode_start  # (k,) float32, 1.0 zeroes the row's state first
-        self.deterministic = deterministic
-        self.size = len(seqs)               # rows in this chunk
+        self.state = state                  # each (layers, k, hidden)
+        self.size = len(obs)
+        self.packed: np.ndarray | None = None       # (k, width) after the run
+        self.next_state: tuple[np.ndarray, ...] = ()  # each (layers, k, hidden) after the run
+        self.error: BaseException | None = None
+
+
+def run_batches(runner: Runner, batches: list[Batch]) -> None:
+    """Run ``batches`` as one call and set each one's results (or, if the call failed, its error)."""
+    try:
+        if len(batches) == 1:
+            b = batches[0]
+            b.packed, b.next_state = runner(b.obs, b.episode_start, b.state)
+            return
+        obs = np.concatenate([b.obs for b in batches])
+        episode_start = np.concatenate([b.episode_start for b in batches])
+        state = tuple(np.concatenate(parts, axis=1) for parts in zip(*(b.state for b in batches)))
+        packed, next_state = runner(obs, episode_start, state)
+    except Exception as exc:  # noqa: BLE001 - every row of the call fails; the caller answers them
+        for b in batches:
+            b.error = exc
+        return
+    offset = 0
+    for b in batches:
+        k = b.size
+        b.packed = packed[offset:offset + k]
+        b.next_state = tuple(n[:, offset:offset + k] for n in next_state)
+        offset += k
 
 
 class Batcher:
-    """One model's queue of ready chunks and the worker thread that runs them in batches."""
+    """One model version's queue of batches and the worker thread that runs them while the model is busy."""
 
-    def __init__(self, runner: Callable[[list[Chunk]], None], *, max_batch: int = 256,
+    def __init__(self, runner: Runner, deliver: Callable[[list[Batch]], None], *, max_batch: int = 256,
                  max_wait_us: int = 0, name: str = "model") -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait_us < 0:
             raise ValueError(f"max_wait_us must be >= 0, got {max_wait_us}")
         self._runner = runner
+        self._deliver = deliver
         self.max_batch = max_batch
         self.max_wait = max_wait_us / 1e6
-        self._queue: deque[Chunk] = deque()
+        self._queue: deque[Batch] = deque()
         self._queued_rows = 0
         self._busy = False
         self._closed = False
@@ -125,26 +86,13 @@ class Batcher:
         self._thread = threading.Thread(target=self._work, name=f"rnnpolicy-batcher-{name}", daemon=True)
         self._thread.start()
 
-    def submit(self, chunk: Chunk) -> None:
-        """Queue ``chunk`` (or, when the model is idle and nothing waits, run it now on this thread)."""
-        self.submit_many([chunk])
-
-    def submit_many(self, chunks: list[Chunk]) -> None:
-        """Queue ``chunks`` (or, when the model is idle and nothing waits, run them now as one batch on this thread)."""
-        if self.try_hold():
-            try:
-                self._runner(chunks)
-            finally:
-                self.release()
-            return
-        with self._cond:
-            self._queue.extend(chunks)
-            self._queued_rows += sum(c.size for c in chunks)
-            self._cond.notify()
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def try_hold(self) -> bool:
-        """Take the model for a run on this thread if it is idle, nothing is queued and batches do not wait
-        to fill (``max_wait_us`` 0); the caller runs, then calls :meth:`release`. False: submit instead."""
+        """Take the model for a run on the calling thread if it is idle, nothing is queued and batches do not
+        wait to fill (``max_wait_us`` 0); the caller runs, then calls :meth:`release`. False: submit instead."""
         with self._cond:
             if self._busy or self._queue or self.max_wait:
                 return False
@@ -158,19 +106,12 @@ class Batcher:
             if self._queue:
                 self._cond.notify()
 
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """Hold the model still: wait for the running batch, run none until the block ends (steps queue meanwhile)."""
+    def submit(self, batch: Batch) -> None:
+        """Queue ``batch`` for the worker; its results go to ``deliver``."""
         with self._cond:
-            while self._busy:
-                self._cond.wait()
-            self._busy = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
+            self._queue.append(batch)
+            self._queued_rows += batch.size
+            self._cond.notify()
 
     def close(self, timeout: float = 5.0) -> None:
         """Run what is queued, then stop the worker."""
@@ -179,7 +120,7 @@ class Batcher:
             self._cond.notify_all()
         self._thread.join(timeout)
 
-    def _take(self) -> list[Chunk] | None:
+    def _take(self) -> list[Batch] | None:
         with self._cond:
             while not self._closed and (self._busy or not self._queue):
                 self._cond.wait()
@@ -192,27 +133,28 @@ class Batcher:
                     if left <= 0:
                         break
                     self._cond.wait(left)
-            while self._busy:  # an inline run started while we waited
+            while self._busy:  # a run on the loop started while we waited
                 self._cond.wait()
-            taken: list[Chunk] = []
+            taken: list[Batch] = []
             rows = 0
-            while self._queue and rows < self.max_batch:
-                chunk = self._queue.popleft()
-                taken.append(chunk)
-                rows += chunk.size
+            while self._queue and (not taken or rows + self._queue[0].size <= self.max_batch):
+                batch = self._queue.popleft()
+                taken.append(batch)
+                rows += batch.size
             self._queued_rows -= rows
             self._busy = True
             return taken
 
     def _work(self) -> None:
         while True:
-            chunks = self._take()
-            if chunks is None:
+            batches = self._take()
+            if batches is None:
                 return
             try:
-                self._runner(chunks)
+                run_batches(self._runner, batches)
+                self._deliver(batches)
             finally:
-                chunks = None  # do not hold the batch (and its sessions) until the next one arrives
+                batches = None  # do not hold the batch (and its steps) until the next one arrives
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()

@@ -8,8 +8,9 @@ stay pinned to the version they started on until they close or are migrated
 size or action space differ. A version that is no longer the latest is unloaded once its last
 session is gone (:meth:`ModelCatalog.retire`).
 
-Lock order: the catalog's lock, then the session registry's. Creating, migrating and retiring
-all hold the catalog lock, so a version cannot be unloaded while a session is being put on it.
+The catalog's lock guards its dictionaries against the reloader thread. Putting sessions on a
+version (create, migrate, restore) and retiring versions all run on the server's event loop, so a
+version cannot be unloaded while a session is being put on it.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import grpc
 
 from rnnpolicy.serve.backend import file_version, resolve_model_file
 from rnnpolicy.serve.errors import ServeError, shown
+from rnnpolicy.serve.directory import Session
 from rnnpolicy.serve.model import ServedModel
-from rnnpolicy.serve.sessions import Session, SessionRegistry
 from rnnpolicy.spec import PolicySpec
 
 __all__ = ["ModelCatalog", "incompatibility"]
@@ -53,9 +54,10 @@ def incompatibility(old: PolicySpec, new: PolicySpec) -> str | None:
 class ModelCatalog:
     """Served models by name and version; new sessions get each name's latest version."""
 
-    def __init__(self, registry: SessionRegistry, load: ModelLoader,
+    def __init__(self, load: ModelLoader, sessions_of: Callable[[ServedModel], int],
                  on_load: Callable[[ServedModel], None] | None = None) -> None:
-        self._registry = registry
+        self._sessions_of = sessions_of
+        """Open sessions on a version (read on the event loop, by :meth:`retire`)."""
         self._load = load
         self._on_load = on_load
         """Called with each version loaded (the state directory keeps a copy of its file)."""
@@ -96,7 +98,7 @@ class ModelCatalog:
         changes again; the versions already loaded keep serving.
         """
         loaded = []
-        for name, source in list(self._sources.items()):
+        for name, source in list(self._sources.items()):  # on the reloader thread; retire() runs on the loop
             try:
                 path = resolve_model_file(source)
                 stat = path.stat()
@@ -128,14 +130,13 @@ class ModelCatalog:
                 self._install(model, latest=True)
             _log.info("event=model_loaded model=%s version=%s previous=%s path=%s", name, model.version, previous, path)
             loaded.append(model)
-        self.retire()
         return loaded
 
     def retire(self) -> list[ServedModel]:
-        """Unload versions that are not the latest and hold no session; return them."""
+        """Unload versions that are not the latest and hold no session; return them. On the event loop."""
         with self._lock:
             gone = [m for key, m in self._versions.items()
-                    if self._latest.get(m.name) is not m and self._registry.sessions_of(m) == 0]
+                    if self._latest.get(m.name) is not m and self._sessions_of(m) == 0]
             for model in gone:
                 del self._versions[(model.name, model.version)]
         for model in gone:
@@ -183,15 +184,11 @@ class ModelCatalog:
 
     # ------------------------------------------------------------------ sessions on versions
 
-    def create_session(self, name: str, seed: int | None, principal: str) -> Session:
-        """Open a session on the latest version of ``name``."""
+    def migration_target(self, session: Session, version: str = "") -> ServedModel:
+        """The version ``session`` may move to: its model's latest; ``version``, when given, must be that version.
+        FAILED_PRECONDITION when it is another or its state, observations or actions differ."""
+        session_id = session.session_id
         with self._lock:
-            return self._registry.create(self.latest(name), seed, principal)
-
-    def migrate(self, session_id: str, principal: str, version: str = "") -> Session:
-        """Move a session to its model's latest version; ``version``, when given, must be that version."""
-        with self._lock:
-            session = self._registry.get(session_id, principal)
             target = self._latest[session.model.name]
             if version and version != target.version:
                 loaded = sorted(v for (n, v) in self._versions if n == target.name)
@@ -203,7 +200,7 @@ class ModelCatalog:
                 raise ServeError(grpc.StatusCode.FAILED_PRECONDITION,
                                  f"session {session_id!r} cannot migrate from version {session.model.version!r} to "
                                  f"{target.version!r} of model {target.name!r}: {reason}; open a new session instead")
-            return self._registry.migrate(session_id, principal, target)
+            return target
 
     def close(self) -> None:
         """Stop every version's batcher (the server is shutting down)."""

@@ -38,9 +38,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser, argv: list[str] | None 
                              "(with --threads 1); 0 never (default %(default)s)")
     parser.add_argument("--threads", type=int, default=defaults.intra_op_threads,
                         help="onnxruntime intra-op threads per model (default %(default)s)")
-    parser.add_argument("--max-workers", type=int, default=defaults.max_workers,
-                        help="threads for the RPCs other than Step, StepStream and StepBatch (which run on the event loop); "
-                             "also the most concurrent calls, open streams included (default %(default)s)")
+    parser.add_argument("--max-concurrent-rpcs", type=int, default=defaults.max_concurrent_rpcs,
+                        help="most calls in progress at once, open streams included (an open stream costs no thread); "
+                             "beyond it calls are refused RESOURCE_EXHAUSTED (default %(default)s)")
     parser.add_argument("--quiet-sessions", action="store_true",
                         help="do not log a line per session lifecycle event (metrics still count them)")
     parser.add_argument("--grace", type=float, default=5.0,
@@ -98,7 +98,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port}: expected 0..65535")
     config = ServeConfig(max_sessions=args.max_sessions, session_ttl=args.session_ttl, max_batch=args.max_batch,
-                         max_wait_us=args.max_wait_us, intra_op_threads=args.threads, max_workers=args.max_workers,
+                         max_wait_us=args.max_wait_us, intra_op_threads=args.threads, max_concurrent_rpcs=args.max_concurrent_rpcs,
                          max_message_bytes=args.max_message_bytes,
                          max_sessions_per_principal=args.max_sessions_per_principal, state_dir=args.state_dir,
                          checkpoint_interval=args.checkpoint_interval, reload_interval=args.reload_interval,
@@ -116,7 +116,7 @@ def run_serve(args: argparse.Namespace) -> int:
     _log.info("serving %s on %s:%d; max_sessions=%d session_ttl=%gs max_batch=%d max_wait_us=%d busy_poll_us=%d "
               "split_batch_rows=%d threads=%d sessions_restored=%d state_dir=%s checkpoint_interval=%gs reload_interval=%gs metrics=%s %s",
               described, args.host, port, config.max_sessions, config.session_ttl, config.max_batch,
-              config.max_wait_us, config.busy_poll_us, config.split_batch_rows, config.intra_op_threads, len(server.registry),
+              config.max_wait_us, config.busy_poll_us, config.split_batch_rows, config.intra_op_threads, len(server.directory),
               config.state_dir or "-",
               config.checkpoint_interval, config.reload_interval,
               f"http://{config.metrics_host}:{server.metrics_port}/metrics" if server.metrics_port is not None else "off",

@@ -30,8 +30,8 @@ SERVICE = pb.DESCRIPTOR.services_by_name["PolicyService"]
 
 
 def add_policy_service(servicer: PolicyServicer, server: grpc.aio.Server) -> None:
-    """Register every PolicyService method of ``servicer`` on ``server`` (coroutines run on the event loop,
-    plain methods in the server's thread pool), each request parsed by :func:`_parser`."""
+    """Register every PolicyService method of ``servicer`` on ``server`` (coroutines on the event loop), each
+    request parsed by :func:`_parser`."""
     handlers = {}
     for method in SERVICE.methods:
         parse = _parser(getattr(pb, method.input_type.name))
@@ -66,20 +66,14 @@ def _parser(request_type: type) -> Callable[[bytes], object]:
 
 
 def _refusing_unparsed(behavior: Callable) -> Callable:
-    """``behavior``, with a request that did not parse answered by its ServeError instead."""
-    if inspect.iscoroutinefunction(behavior):
-        @functools.wraps(behavior)
-        async def handle_async(request: object, context: grpc.aio.ServicerContext):
-            if isinstance(request, ServeError):
-                await context.abort(request.code, request.message)
-            return await behavior(request, context)
-
-        return handle_async
+    """``behavior`` (a coroutine), with a request that did not parse answered by its ServeError instead."""
+    if not inspect.iscoroutinefunction(behavior):
+        raise TypeError(f"{behavior.__name__} must be a coroutine (every RPC runs on the event loop)")
 
     @functools.wraps(behavior)
-    def handle(request: object, context: grpc.ServicerContext):
+    async def handle(request: object, context: grpc.aio.ServicerContext):
         if isinstance(request, ServeError):
-            context.abort(request.code, request.message)
-        return behavior(request, context)
+            await context.abort(request.code, request.message)
+        return await behavior(request, context)
 
     return handle

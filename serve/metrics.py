@@ -23,17 +23,16 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
-if TYPE_CHECKING:
-    from rnnpolicy.serve.model import ServedModel
-    from rnnpolicy.serve.sessions import Session, SessionEvent
+__all__ = ["ServeMetrics", "VersionSessions"]
 
-__all__ = ["ServeMetrics"]
+VersionSessions = tuple[str, str, int, int]
+"""A model version's ``(name, version, open sessions, bytes of state per session)``."""
 
 _events_log = logging.getLogger("rnnpolicy.serve.sessions")
 
@@ -54,16 +53,16 @@ class ServeMetrics:
             self.registry.register(metric)
         self.sessions = {
             event: Counter(f"rnnpolicy_sessions_{event}", f"Sessions {event}", ("model",), registry=self.registry)
-            for event in ("created", "closed", "expired", "migrated", "restored")
+            for event in ("created", "closed", "expired", "migrated", "restored", "claimed")
         }
         self.refused = Counter("rnnpolicy_sessions_refused", "CreateSession calls refused, by limit",
                                ("reason",), registry=self.registry)
-        self._versions: Callable[[], list[tuple[ServedModel, int]]] | None = None
+        self._versions: Callable[[], list[VersionSessions]] | None = None
         self.registry.register(_SessionGauges(self))
         self._http = None
 
-    def bind_versions(self, versions: Callable[[], list[tuple[ServedModel, int]]]) -> None:
-        """Where the scrape-time gauges read ``(model version, open sessions)`` pairs."""
+    def bind_versions(self, versions: Callable[[], list[VersionSessions]]) -> None:
+        """Where the scrape-time gauges read each model version's open sessions and bytes per session."""
         self._versions = versions
 
     # ------------------------------------------------------------------ updates
@@ -71,20 +70,15 @@ class ServeMetrics:
     def count_steps(self, model: str, code: str, n: int = 1) -> None:
         self.steps.inc((model, code), n)
 
-    def session_event(self, event: SessionEvent, session: Session | None, fields: dict) -> None:
-        """The registry's listener: count the event and log it as one ``key=value`` line."""
-        model = session.model.name if session is not None else fields.get("model", "")
+    def session_event(self, event: str, fields: dict) -> None:
+        """The session directory's listener: count the event and log it as one ``key=value`` line."""
         if event == "refused":
             self.refused.labels(fields.get("reason", "")).inc()
         else:
-            self.sessions[event].labels(model).inc()
+            self.sessions[event].labels(fields.get("model", "")).inc()
         if _events_log.isEnabledFor(logging.INFO):
             parts = [f"event=session_{event}"]
-            if session is not None:
-                parts += [f"session_id={session.session_id}", f"model={model}", f"version={session.model.version}",
-                          f"principal={session.principal or '-'}", f"seq={session.last_seq}"]
-            parts += [f"{key}={value if value != '' else '-'}" for key, value in fields.items()
-                      if session is None or key != "model"]
+            parts += [f"{key}={value if value != '' else '-'}" for key, value in fields.items()]
             _events_log.info(" ".join(parts))
 
     # ------------------------------------------------------------------ HTTP
@@ -125,9 +119,9 @@ class _SessionGauges:
     def collect(self):
         active = GaugeMetricFamily("rnnpolicy_sessions_active", "Open sessions", labels=("model", "version"))
         resident = 0
-        for model, count in (self._metrics._versions() if self._metrics._versions else []):
-            active.add_metric([model.name, model.version], count)
-            resident += count * model.slots.bytes_per_slot
+        for name, version, count, bytes_per_session in (self._metrics._versions() if self._metrics._versions else []):
+            active.add_metric([name, version], count)
+            resident += count * bytes_per_session
         yield active
         yield GaugeMetricFamily("rnnpolicy_state_bytes_resident",
                                 "Bytes of hidden state and cached outputs of open sessions", value=resident)

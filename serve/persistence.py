@@ -1,4 +1,4 @@
-"""``--state-dir``: sessions survive restarts.
+"""``--state-dir``: sessions survive restarts, as a :class:`~rnnpolicy.serve.store.SessionStore`.
 
 Layout of a state directory::
 
@@ -6,16 +6,17 @@ Layout of a state directory::
     DIR/models/NAME/VERSION.onnx       a copy of every model version sessions were pinned to
     DIR/sessions.snapshot.rejected-*   a snapshot that could not be restored, moved aside
 
-A snapshot is an ``.npz`` archive: ``header`` (UTF-8 JSON: format, the time it was written, per
-model version the sessions' ids, owners, seeds, sampling-generator states, last seq and idle
-time, plus the closed/expired tombstones) and, per model version ``g``, ``g{i}_state{j}``
-``(layers, sessions, hidden)`` and ``g{i}_last_out`` ``(sessions, width)``. It is written to
-``sessions.snapshot.tmp``, fsynced, renamed over ``sessions.snapshot`` and the directory fsynced,
-so a crash leaves either the old snapshot or the new one, never a torn file.
+The snapshot is one ``rnnpolicy.v1.SessionSnapshot`` protobuf message
+(``protos/rnnpolicy/v1/session_record.proto``): a format name and version (2), the time it was
+written, one ``SessionRecord`` per open session (state rows, last seq, cached last response,
+sampling-generator state, model name and version, owner, last-use time) and the closed/expired
+tombstones. Version 1 (before rnnpolicy 0.2) was an ``.npz`` archive; such a file is refused with
+that reason and moved aside. The snapshot is written to ``sessions.snapshot.tmp``, fsynced, renamed
+over ``sessions.snapshot`` and the directory fsynced, so a crash leaves either the old snapshot or
+the new one, never a torn file.
 
-Consistency: :func:`capture` pauses every model's batcher (no step is mid-way between writing a
-state and advancing its seq) and holds the registry lock while it copies, so each session's
-state, seq and cached last response belong to the same step.
+Consistency: the server takes the snapshot on its event loop, where every step commits its state
+row, cached response and seq in one callback, so each session's record belongs to one step.
 
 Restoring is all or nothing: a snapshot that is corrupt, of another format version, or names a
 model version that is neither served nor kept under ``models/`` (or whose shapes differ) is
@@ -26,57 +27,39 @@ server was down does not count towards a session's TTL.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import logging
 import os
 import shutil
 import threading
 import time
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from google.protobuf.message import DecodeError
 
 from rnnpolicy.serve.catalog import ModelCatalog
+from rnnpolicy.serve.directory import SessionDirectory
 from rnnpolicy.serve.model import ServedModel
-from rnnpolicy.serve.sessions import SessionRecord, SessionRegistry
+from rnnpolicy.serve.records import RecordError, SessionRecord, Tombstone, record_from_message, record_message
+from rnnpolicy.serve.store import SessionStore, Snapshot
+from rnnpolicy.v1 import session_record_pb2 as rpb
 
-__all__ = ["SNAPSHOT_FILE", "SnapshotError", "StateDir", "capture"]
+__all__ = ["SNAPSHOT_FILE", "SnapshotError", "StateDirStore", "restore_sessions"]
 
 _log = logging.getLogger("rnnpolicy.serve")
 
 SNAPSHOT_FILE = "sessions.snapshot"
 FORMAT = "rnnpolicy-sessions"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class SnapshotError(ValueError):
     """A snapshot that cannot be restored: corrupt, another format, or incompatible with the models."""
 
 
-@dataclass
-class _Group:
-    """The sessions of one model version in a snapshot."""
-
-    model: ServedModel
-    records: list[SessionRecord]
-
-
-def capture(registry: SessionRegistry, catalog: ModelCatalog) -> tuple[list[_Group], list[tuple[str, str, float, str]]]:
-    """A consistent copy of every open session, grouped by model version, and the tombstones."""
-    versions = catalog.versions()
-    with contextlib.ExitStack() as stack:
-        for model in versions:
-            stack.enter_context(model.batcher.paused())
-        by_model, tombstones = registry.records()
-    return [_Group(model, by_model[model]) for model in versions if by_model.get(model)], tombstones
-
-
-class StateDir:
+class StateDirStore(SessionStore):
     """One server's state directory: session snapshots and the model versions they need."""
+
+    describe = "state-dir"
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -104,129 +87,103 @@ class StateDir:
         _fsync_file(tmp)
         os.replace(tmp, target)
 
-    # ------------------------------------------------------------------ saving
+    # ------------------------------------------------------------------ the store
 
-    def save(self, registry: SessionRegistry, catalog: ModelCatalog) -> int:
-        """Write every open session atomically; return how many."""
+    def checkpoint(self, snapshot: Snapshot) -> None:
+        """Write ``snapshot`` atomically."""
         with self._save_lock:
             started = time.perf_counter()
-            groups, tombstones = capture(registry, catalog)
-            header = {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "written_at": time.time(),
-                "groups": [_group_header(g) for g in groups],
-                "tombstones": tombstones,
-            }
-            arrays: dict[str, np.ndarray] = {"header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)}
-            for i, group in enumerate(groups):
-                for j in range(len(group.model.slots.state)):
-                    arrays[f"g{i}_state{j}"] = np.stack([r.state[j] for r in group.records], axis=1)
-                arrays[f"g{i}_last_out"] = np.stack([r.last_out for r in group.records])
+            message = rpb.SessionSnapshot(
+                format=FORMAT, format_version=FORMAT_VERSION, written_at=time.time(),
+                sessions=[record_message(r) for r in snapshot.records],
+                tombstones=[rpb.Tombstone(session_id=t.session_id, fate=t.fate, wall=t.wall, principal=t.principal)
+                            for t in snapshot.tombstones])
             with open(self._tmp, "wb") as f:
-                np.savez(f, **arrays)
+                f.write(message.SerializeToString())
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(self._tmp, self.snapshot)
             _fsync_dir(self.root)
-            count = sum(len(g.records) for g in groups)
-            _log.info("event=snapshot_written sessions=%d path=%s seconds=%.3f", count, self.snapshot,
+            _log.info("event=snapshot_written sessions=%d path=%s seconds=%.3f", len(snapshot.records), self.snapshot,
                       time.perf_counter() - started)
-            return count
 
-    # ------------------------------------------------------------------ restoring
-
-    def restore(self, registry: SessionRegistry, catalog: ModelCatalog) -> int:
-        """Restore the snapshot's sessions (all or none); return how many. A bad snapshot is moved aside."""
+    def restore(self) -> Snapshot:
+        """The snapshot's sessions (none without one); ``SnapshotError`` for one that cannot be read."""
         if self._tmp.exists():
             _log.warning("event=snapshot_tmp_removed path=%s reason='a write was interrupted'", self._tmp)
             self._tmp.unlink()
         if not self.snapshot.exists():
-            return 0
+            return Snapshot()
+        data = self.snapshot.read_bytes()
+        if data.startswith(b"PK"):
+            raise SnapshotError(f"format version 1 (an .npz archive written before rnnpolicy 0.2), expected "
+                                f"{FORMAT!r} version {FORMAT_VERSION}; this version cannot restore it")
         try:
-            groups, tombstones = self._read(catalog)
-        except SnapshotError as exc:
-            aside = self.root / f"{SNAPSHOT_FILE}.rejected-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-            os.replace(self.snapshot, aside)
-            _log.error("event=snapshot_rejected path=%s moved_to=%s reason=%r; starting with no sessions "
-                       "(serve the missing model versions and move the file back to restore it)",
-                       self.snapshot, aside, str(exc))
-            catalog.retire()  # versions loaded only for this snapshot
-            return 0
-        count = registry.restore(groups, tombstones)
-        _log.info("event=snapshot_restored sessions=%d path=%s", count, self.snapshot)
-        return count
-
-    def _read(self, catalog: ModelCatalog) -> tuple[list[tuple[ServedModel, list[SessionRecord]]], list]:
+            message = rpb.SessionSnapshot.FromString(data)
+        except (DecodeError, ValueError) as exc:
+            raise SnapshotError(f"unreadable snapshot ({len(data)} bytes): {exc}") from None
+        if message.format != FORMAT or message.format_version != FORMAT_VERSION:
+            raise SnapshotError(f"format {message.format!r} version {message.format_version}, "
+                                f"expected {FORMAT!r} version {FORMAT_VERSION}")
         try:
-            with np.load(self.snapshot, allow_pickle=False) as archive:
-                header = json.loads(archive["header"].tobytes().decode())
-                if header.get("format") != FORMAT or header.get("format_version") != FORMAT_VERSION:
-                    raise SnapshotError(f"format {header.get('format')!r} version {header.get('format_version')!r}, "
-                                        f"expected {FORMAT!r} version {FORMAT_VERSION}")
-                groups = []
-                for i, group in enumerate(header["groups"]):
-                    model = self._model_for(catalog, group)
-                    states = [archive[f"g{i}_state{j}"] for j in range(len(model.slots.state))]
-                    last_out = archive[f"g{i}_last_out"]
-                    groups.append((model, _records(group, model, states, last_out)))
-                tombstones = [tuple(t) for t in header["tombstones"]]
-        except SnapshotError:
-            raise
-        except (OSError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile, EOFError,
-                io.UnsupportedOperation) as exc:
-            raise SnapshotError(f"unreadable snapshot: {type(exc).__name__}: {exc}") from None
-        return groups, tombstones
+            records = [record_from_message(m) for m in message.sessions]
+        except RecordError as exc:
+            raise SnapshotError(str(exc)) from None
+        return Snapshot(records, [Tombstone(t.session_id, t.fate, t.wall, t.principal) for t in message.tombstones])
 
-    def _model_for(self, catalog: ModelCatalog, group: dict) -> ServedModel:
-        name, version = group["model"], group["version"]
-        model = catalog.get(name, version)
-        if model is None:
-            if name not in catalog.latest_models:
-                raise SnapshotError(f"{len(group['sessions'])} sessions are on model {name!r}, which this server "
-                                    f"does not serve (it serves {sorted(catalog.latest_models)})")
-            kept = self.model_file(name, version)
-            if not kept.is_file():
-                raise SnapshotError(f"{len(group['sessions'])} sessions are on version {version!r} of model {name!r}, "
-                                    f"which is neither served nor kept at {kept}")
-            model = catalog.add_version(name, kept)
-            if model.version != version:
-                raise SnapshotError(f"{kept} holds version {model.version!r}, expected {version!r}")
-        shapes = [[s.layers, s.hidden] for s in model.spec.state_tensors]
-        if group["state_shapes"] != shapes or group["width"] != model.layout.width:
-            raise SnapshotError(f"model {name!r} version {version!r}: the snapshot's state shapes "
-                                f"{group['state_shapes']} and output width {group['width']} differ from the "
-                                f"model's {shapes} and {model.layout.width}")
-        return model
+    def reject(self, reason: str) -> Path:
+        """Move the snapshot aside (it could not be restored) and log why; return where it went."""
+        aside = self.root / f"{SNAPSHOT_FILE}.rejected-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        os.replace(self.snapshot, aside)
+        _log.error("event=snapshot_rejected path=%s moved_to=%s reason=%r; starting with no sessions "
+                   "(serve the missing model versions and move the file back to restore it)",
+                   self.snapshot, aside, reason)
+        return aside
 
 
-def _group_header(group: _Group) -> dict:
-    model = group.model
-    return {
-        "model": model.name,
-        "version": model.version,
-        "state_shapes": [[s.layers, s.hidden] for s in model.spec.state_tensors],
-        "width": model.layout.width,
-        "sessions": [{"session_id": r.session_id, "principal": r.principal, "seed": r.seed, "rng": r.rng,
-                      "last_seq": r.last_seq, "idle_seconds": r.idle_seconds} for r in group.records],
-    }
+def restore_sessions(store: StateDirStore, catalog: ModelCatalog, directory: SessionDirectory) -> int:
+    """Reopen the snapshot's sessions (all or none; a bad snapshot is moved aside); return how many.
+
+    Runs before the server starts (nothing else touches the directory yet). Model versions that are not
+    served are loaded from the state directory's copies.
+    """
+    try:
+        snapshot = store.restore()
+        placed = [(record, _model_for(store, catalog, record)) for record in snapshot.records]
+        if len(directory) + len(placed) > directory.max_sessions:
+            raise SnapshotError(f"the snapshot holds {len(placed)} sessions, more than max_sessions "
+                                f"{directory.max_sessions} allows beside the {len(directory)} open")
+        for record, model in placed:
+            record.check_shapes([(s.name, s.layers, s.hidden) for s in model.spec.state_tensors], model.layout.width)
+    except (SnapshotError, RecordError) as exc:
+        if store.snapshot.exists():
+            store.reject(str(exc))
+        catalog.retire()  # versions loaded only for this snapshot
+        return 0
+    for record, model in placed:
+        directory.adopt(record, model)
+    for tombstone in snapshot.tombstones:
+        if directory.held(tombstone.session_id) is None:
+            directory.remember(tombstone)
+    _log.info("event=snapshot_restored sessions=%d path=%s", len(placed), store.snapshot)
+    return len(placed)
 
 
-def _records(group: dict, model: ServedModel, states: list[np.ndarray], last_out: np.ndarray) -> list[SessionRecord]:
-    sessions = group["sessions"]
-    n = len(sessions)
-    for j, array in enumerate(states):  # (layers, n, hidden)
-        spec = model.spec.state_tensors[j]
-        if array.shape != (spec.layers, n, spec.hidden) or array.dtype != np.float32:
-            raise SnapshotError(f"state tensor {j} of model {model.name!r} has shape {array.shape} {array.dtype}, "
-                                f"expected {(spec.layers, n, spec.hidden)} float32")
-    if last_out.shape != (n, model.layout.width):
-        raise SnapshotError(f"cached outputs of model {model.name!r} have shape {last_out.shape}, "
-                            f"expected {(n, model.layout.width)}")
-    return [SessionRecord(session_id=s["session_id"], principal=s["principal"], seed=s["seed"], rng=s["rng"],
-                          last_seq=int(s["last_seq"]), idle_seconds=float(s["idle_seconds"]),
-                          state=tuple(a[:, k, :] for a in states), last_out=last_out[k])
-            for k, s in enumerate(sessions)]
+def _model_for(store: StateDirStore, catalog: ModelCatalog, record: SessionRecord) -> ServedModel:
+    name, version = record.model, record.version
+    model = catalog.get(name, version)
+    if model is None:
+        if name not in catalog.latest_models:
+            raise SnapshotError(f"session {record.session_id!r} is on model {name!r}, which this server "
+                                f"does not serve (it serves {sorted(catalog.latest_models)})")
+        kept = store.model_file(name, version)
+        if not kept.is_file():
+            raise SnapshotError(f"session {record.session_id!r} is on version {version!r} of model {name!r}, "
+                                f"which is neither served nor kept at {kept}")
+        model = catalog.add_version(name, kept)
+        if model.version != version:
+            raise SnapshotError(f"{kept} holds version {model.version!r}, expected {version!r}")
+    return model
 
 
 def _fsync_file(path: Path) -> None:

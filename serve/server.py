@@ -2,10 +2,10 @@
 
 The gRPC server is grpcio's asyncio server, running on the process's one server event loop in a
 thread of its own (:func:`server_loop`), so ``create_server`` and :class:`PolicyServer` keep a
-plain blocking API. The step RPCs (``Step``, ``StepStream``, ``StepBatch``) are coroutines on
-that loop: thousands of streams cost no thread each, and steps arriving together batch across
-sessions without thread hand-offs. The other RPCs run in a thread pool of ``max_workers`` threads,
-started up front.
+plain blocking API. Every RPC is a coroutine on that loop, which owns all session state (see
+:mod:`rnnpolicy.serve.coordinator`): thousands of open streams cost no thread each, and steps
+arriving together batch across sessions without thread hand-offs. ``max_concurrent_rpcs`` bounds
+the calls in progress, open streams included; a call beyond it is refused RESOURCE_EXHAUSTED.
 """
 
 from __future__ import annotations
@@ -22,18 +22,21 @@ from pathlib import Path
 from typing import Any, Coroutine, Mapping
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from rnnpolicy.serve.auth import Security, principal_of
 from rnnpolicy.serve.backend import load_backend
 from rnnpolicy.serve.catalog import ModelCatalog
+from rnnpolicy.serve.coordinator import StepCoordinator
+from rnnpolicy.serve.directory import SessionDirectory
 from rnnpolicy.serve.handlers import add_policy_service
 from rnnpolicy.serve.metrics import ServeMetrics
 from rnnpolicy.serve.model import ServedModel
-from rnnpolicy.serve.persistence import StateDir
+from rnnpolicy.serve.persistence import StateDirStore, restore_sessions
 from rnnpolicy.serve.servicer import PolicyServicer
-from rnnpolicy.serve.sessions import SessionRegistry
+from rnnpolicy.serve.store import MemoryStore, SessionStore
 from rnnpolicy.v1 import policy_pb2
 
 __all__ = ["BusyPollSelector", "EventLoopThread", "MAX_BUSY_POLL_US", "PolicyServer", "ServeConfig", "create_server",
@@ -62,9 +65,9 @@ class ServeConfig:
     """An onnxruntime call of at least this many rows runs as two halves at once on two threads, when
     ``intra_op_threads`` is 1 (0: never). A 256-row call of a 128-unit LSTM took 0.85-0.92 ms so,
     against 1.16 ms whole, while the other core was free."""
-    max_workers: int = 256
-    """Threads for the RPCs other than Step, StepStream and StepBatch (which run on the event loop); also the most concurrent
-    RPCs (open streams included), beyond which calls are refused."""
+    max_concurrent_rpcs: int = 20_000
+    """Most calls in progress at once, open streams included (an open stream costs no thread); a call beyond it is
+    refused RESOURCE_EXHAUSTED."""
     max_message_bytes: int = 4 * 1024 * 1024
     """Largest request accepted; gRPC refuses larger ones with RESOURCE_EXHAUSTED."""
     max_batch_rows: int = 4096
@@ -87,7 +90,8 @@ class ServeConfig:
     messages, at the cost of that CPU time (see docs/serving.md)."""
 
     def __post_init__(self) -> None:
-        for name in ("max_sessions", "max_batch", "intra_op_threads", "max_workers", "max_message_bytes", "max_batch_rows"):
+        for name in ("max_sessions", "max_batch", "intra_op_threads", "max_concurrent_rpcs", "max_message_bytes",
+                     "max_batch_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("session_ttl", "checkpoint_interval", "reload_interval", "max_wait_us", "max_sessions_per_principal",
@@ -186,17 +190,16 @@ class PolicyServer:
     (``checkpoint_interval``).
     """
 
-    def __init__(self, server: grpc.aio.Server, loop: EventLoopThread, pool: futures.ThreadPoolExecutor,
-                 servicer: PolicyServicer, health_servicer: health.HealthServicer,
-                 config: ServeConfig, address: str, state_dir: StateDir | None) -> None:
+    def __init__(self, server: grpc.aio.Server, loop: EventLoopThread, servicer: PolicyServicer,
+                 health_servicer: health_aio.HealthServicer, config: ServeConfig, address: str, store: SessionStore) -> None:
         self.grpc_server = server
         self._loop = loop
-        self._pool = pool
         self.servicer = servicer
+        self.coordinator = servicer.coordinator
         self.health = health_servicer
         self.config = config
         self.address = address
-        self.state_dir = state_dir
+        self.store = store
         self.metrics_port: int | None = None
         self._stop = threading.Event()
         self._stopped = False
@@ -206,7 +209,7 @@ class PolicyServer:
         if config.reload_interval:
             self._threads.append(threading.Thread(target=self._every, args=(config.reload_interval, self.reload_models),
                                                   name="rnnpolicy-reloader", daemon=True))
-        if config.checkpoint_interval and state_dir is not None:
+        if config.checkpoint_interval:
             self._threads.append(threading.Thread(target=self._every, args=(config.checkpoint_interval, self.checkpoint),
                                                   name="rnnpolicy-checkpointer", daemon=True))
 
@@ -220,8 +223,8 @@ class PolicyServer:
         return self.catalog.latest_models
 
     @property
-    def registry(self) -> SessionRegistry:
-        return self.servicer.registry
+    def directory(self) -> SessionDirectory:
+        return self.coordinator.directory
 
     @property
     def metrics(self) -> ServeMetrics:
@@ -234,9 +237,15 @@ class PolicyServer:
         self._loop.busy_poll(self, self.config.busy_poll_us / 1e6)
         for thread in self._threads:
             thread.start()
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
         return self
+
+    def _set_health(self, status: int) -> None:
+        async def set_all() -> None:
+            for name in ("", SERVICE_NAME):
+                await self.health.set(name, status)
+
+        self._loop.call(set_all())
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Stop accepting calls, let in-flight steps finish (up to ``grace`` s), save the sessions to the
@@ -245,25 +254,28 @@ class PolicyServer:
             return
         self._stopped = True
         self._loop.busy_poll(self, 0.0)
-        self.health.enter_graceful_shutdown()
+        self._loop.call(self.health.enter_graceful_shutdown())  # NOT_SERVING first: proxies stop routing here
         limit = (grace or 0.0) + 5.0
         try:
             self._loop.call(self.grpc_server.stop(grace), timeout=limit)
         except futures.TimeoutError:
             _log.warning("gRPC did not finish stopping within %.1f s; saving and closing anyway", limit)
-        self._pool.shutdown(wait=False, cancel_futures=True)
         self._stop.set()
         for thread in self._threads:
             if thread.is_alive():
                 thread.join()
         try:
-            if self.state_dir is not None:
+            if isinstance(self.store, StateDirStore):
                 self.checkpoint()
         except OSError:  # e.g. a full disk: say so, and still release the models
-            _log.exception("event=snapshot_failed path=%s: the sessions were not saved", self.state_dir.snapshot)
+            _log.exception("event=snapshot_failed store=%s: the sessions were not saved", self.store.describe)
         finally:
             self.catalog.close()
             self.metrics.close()
+            try:
+                self._loop.call(self.store.close(), timeout=5.0)
+            except Exception:  # noqa: BLE001 - closing connections must not stop the shutdown
+                _log.exception("closing the session store failed")
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         """Block until the server stops (True) or ``timeout`` s pass (False)."""
@@ -271,18 +283,33 @@ class PolicyServer:
 
     def reload_models(self) -> list[ServedModel]:
         """Load every served export directory whose model file changed as a new version; return those."""
-        return self.catalog.reload()
+        loaded = self.catalog.reload()
+        self._on_loop(self.catalog.retire)
+        return loaded
 
     def checkpoint(self) -> int:
         """Write every session to the state directory now; return how many (``ValueError`` without one)."""
-        if self.state_dir is None:
-            raise ValueError("this server has no state_dir to checkpoint to")
-        return self.state_dir.save(self.registry, self.catalog)
+        if not isinstance(self.store, StateDirStore):
+            raise ValueError(f"this server has no state_dir to checkpoint to (its sessions live in {self.store.describe})")
+        snapshot = self._on_loop(self.coordinator.snapshot)
+        self.store.checkpoint(snapshot)
+        return len(snapshot.records)
+
+    def expire_idle(self) -> int:
+        """Expire the sessions idle past the TTL now; return how many (the reaper does it every few seconds)."""
+        return self._on_loop(self.coordinator.expire_idle)
+
+    def _on_loop(self, action):
+        """Run ``action()`` on the server's event loop, which owns the sessions, and return its result."""
+        async def run():
+            return action()
+
+        return self._loop.call(run())
 
     def _reap(self) -> None:
         if self.config.session_ttl:
-            self.registry.expire_idle()
-        self.catalog.retire()
+            self.expire_idle()
+        self._on_loop(self.catalog.retire)
 
     def _every(self, interval: float, action) -> None:
         while not self._stop.wait(interval):
@@ -294,10 +321,11 @@ class PolicyServer:
 
 def create_server(models: Mapping[str, str | Path], address: str = "127.0.0.1:0",
                   config: ServeConfig | None = None, *, start: bool = True,
-                  security: Security | None = None) -> tuple[PolicyServer, int]:
+                  security: Security | None = None, store: SessionStore | None = None) -> tuple[PolicyServer, int]:
     """Load ``models`` (name -> export directory or ``.onnx`` file) and bind ``address``; return the server and its port.
 
     ``security``: TLS (optionally mutual) and token authentication (:class:`~rnnpolicy.serve.auth.Security`).
+    ``store``: where sessions live beyond this process (default: ``config.state_dir``'s snapshots, or memory only).
     ``ValueError`` names a model that cannot be loaded, an address that cannot be bound, or an unreadable or
     mismatched certificate, key or token file.
     """
@@ -307,30 +335,38 @@ def create_server(models: Mapping[str, str | Path], address: str = "127.0.0.1:0"
     security = security or Security()
     credentials = security.server_credentials()  # before loading models: bad files fail fast
     interceptor = security.interceptor()
-    state_dir = StateDir(config.state_dir) if config.state_dir else None
+    if store is None:
+        store = StateDirStore(config.state_dir) if config.state_dir else MemoryStore()
     metrics = ServeMetrics()
-    registry = SessionRegistry(max_sessions=config.max_sessions, ttl=config.session_ttl,
-                               max_sessions_per_principal=config.max_sessions_per_principal,
-                               private_ids=security.auth,  # unknown ids answer like others' (nothing to probe)
-                               listener=metrics.session_event)
+    directory = SessionDirectory(max_sessions=config.max_sessions, ttl=config.session_ttl,
+                                 max_sessions_per_principal=config.max_sessions_per_principal,
+                                 private_ids=security.auth,  # unknown ids answer like others' (nothing to probe)
+                                 listener=metrics.session_event)
+    loop = server_loop()
+    coordinator: StepCoordinator | None = None
 
     def load(name: str, path: Path) -> ServedModel:
         backend = load_backend(path, intra_op_threads=config.intra_op_threads)
-        return ServedModel(name, backend, registry, capacity=config.max_sessions, max_batch=config.max_batch,
-                           max_wait_us=config.max_wait_us, metrics=metrics,
+        return ServedModel(name, backend, capacity=config.max_sessions, deliver=coordinator.deliver,
+                           max_batch=config.max_batch, max_wait_us=config.max_wait_us,
+                           observe_batch=metrics.batch_size.labels(name).observe,
                            split_rows=config.split_batch_rows if config.intra_op_threads == 1 else 0)
 
-    catalog = ModelCatalog(registry, load, on_load=state_dir.keep_model if state_dir else None)
-    metrics.bind_versions(lambda: [(m, registry.sessions_of(m)) for m in catalog.versions()])
+    keep = store.keep_model if isinstance(store, StateDirStore) else None
+    catalog = ModelCatalog(load, directory.sessions_of, on_load=keep)
+    coordinator = StepCoordinator(directory, store, catalog, metrics)
+    coordinator.bind_loop(loop.loop)
+    metrics.bind_versions(lambda: [(m.name, m.version, directory.sessions_of(m), m.slots.bytes_per_slot)
+                                   for m in catalog.versions()])
     try:
         for name, path in models.items():
             catalog.add(name, path)
-        if state_dir is not None:
-            state_dir.restore(registry, catalog)
+        if isinstance(store, StateDirStore):
+            restore_sessions(store, catalog, directory)  # before the server starts: nothing else runs yet
     except Exception:  # a later model failed to load: stop the workers of those already loaded
         catalog.close()
         raise
-    servicer = PolicyServicer(catalog, registry, max_batch_rows=config.max_batch_rows, metrics=metrics,
+    servicer = PolicyServicer(coordinator, max_batch_rows=config.max_batch_rows,
                               **({"principal_of": principal_of} if security.auth else {}))  # else: everyone is ""
     options = [
         ("grpc.max_receive_message_length", config.max_message_bytes),
@@ -338,16 +374,14 @@ def create_server(models: Mapping[str, str | Path], address: str = "127.0.0.1:0"
         ("grpc.max_send_message_length", max(2 * config.max_message_bytes, 16 * 1024 * 1024)),
         ("grpc.so_reuseport", 0),
     ]
-    pool = _started_pool(config.max_workers)
-    loop = server_loop()
 
-    async def build() -> grpc.aio.Server:  # an asyncio server belongs to the loop it is created on
-        return grpc.aio.server(migration_thread_pool=pool, options=options, maximum_concurrent_rpcs=config.max_workers,
-                               interceptors=[interceptor] if interceptor is not None else None)
+    async def build() -> tuple[grpc.aio.Server, health_aio.HealthServicer]:  # an asyncio server belongs to the loop it is created on
+        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+                                 interceptors=[interceptor] if interceptor is not None else None)
+        return server, health_aio.HealthServicer()
 
-    server = loop.call(build())
+    server, health_servicer = loop.call(build())
     add_policy_service(servicer, server)
-    health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
@@ -357,27 +391,12 @@ def create_server(models: Mapping[str, str | Path], address: str = "127.0.0.1:0"
         port = 0
         _log.debug("bind failed: %s", exc)
     if port == 0:  # a successful bind, even to port 0, returns the port it got
-        pool.shutdown(wait=False)
         catalog.close()
         raise ValueError(f"cannot bind {address!r}: expected a free HOST:PORT")
-    policy_server = PolicyServer(server, loop, pool, servicer, health_servicer, config, address, state_dir)
+    policy_server = PolicyServer(server, loop, servicer, health_servicer, config, address, store)
     if start:
         policy_server.start()
     return policy_server, port
-
-
-def _started_pool(workers: int) -> futures.ThreadPoolExecutor:
-    """A thread pool with all ``workers`` threads started now.
-
-    ``ThreadPoolExecutor`` starts a thread whenever a task finds none idle, so a burst of concurrent
-    calls would otherwise grow the server's memory (thread stacks, allocator arenas) long after start.
-    """
-    pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rnnpolicy-rpc")
-    barrier = threading.Barrier(workers + 1)
-    for _ in range(workers):
-        pool.submit(barrier.wait)  # each waits, so every submit finds no idle thread and starts one
-    barrier.wait()
-    return pool
 
 
 def serve_until_signal(server: PolicyServer, grace: float = 5.0) -> None:

@@ -82,14 +82,14 @@ def test_node_episode_matches_python_client_and_closes_its_session(server, model
     observations = np.random.default_rng(3).uniform(-2, 2, (12, spec.obs_dim)).astype(np.float32)
     obs_json = tmp_path / "obs.json"
     obs_json.write_text(json.dumps(observations.tolist()))
-    sessions_before = len(srv.registry)
+    sessions_before = len(srv.directory)
 
     result = run_node("--target", target, "--model", model, "--obs-json", str(obs_json), "--token", "t0k3n")
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 1
     out = json.loads(result.stdout)
 
-    assert len(srv.registry) == sessions_before  # CloseSession freed the slot
+    assert len(srv.directory) == sessions_before  # CloseSession freed the slot
     with PolicyClient(target) as client, pytest.raises(PolicyError) as closed:
         client.call("Step", pb.StepRequest(session_id=out["session_id"], seq=13, obs=observations[0].tolist()))
     assert closed.value.code == grpc.StatusCode.NOT_FOUND
@@ -150,7 +150,7 @@ def test_node_over_mutual_tls_sends_the_token_on_every_call(secure_server, tmp_p
     result = run_node(*tls, *client_cert, "--token-file", str(token_file), "--steps", "3")
     assert result.returncode == 0, result.stderr  # every RPC kind (list, create, step, close) passed the token check
     assert [s["seq"] for s in json.loads(result.stdout)["steps"]] == [1, 2, 3]
-    assert len(srv.registry) == 0
+    assert len(srv.directory) == 0
 
     wrong_token = run_node(*tls, *client_cert, "--token", "not-a-token-0123456789")
     assert wrong_token.returncode == 2

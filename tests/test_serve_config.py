@@ -46,7 +46,7 @@ def test_a_bad_client_history_is_refused_before_a_session_is_opened(serve_export
                 client.session("q", history=-1)
             with pytest.raises(ValueError, match="history must be >= 0 steps, got -1"):
                 client.stream_session("q", history=-1)
-            assert len(srv.registry) == 0  # nothing opened on the server
+            assert len(srv.directory) == 0  # nothing opened on the server
             session = client.session("q")
             with pytest.raises(ValueError, match="expected_seq must be >= 1, got 0"):
                 session.resync(0)
@@ -67,14 +67,15 @@ def test_migrating_an_unknown_session_is_refused(serve_export_dirs):
         srv.stop(None)
 
 
-def test_handler_threads_start_with_the_server_and_servers_share_one_event_loop(serve_export_dirs):
-    """The pool is full from the start (no memory creep as bursts grow it), and stopping one server
+def test_a_server_starts_no_handler_threads_and_servers_share_one_event_loop(serve_export_dirs):
+    """Every RPC runs on the event loop (no thread per call or per open stream), and stopping one server
     leaves the process's event loop serving the next."""
-    before = set(threading.enumerate())  # other tests' pools may still be winding down: count new threads only
-    first, port = create_server({"q": serve_export_dirs["q_lstm"]}, "127.0.0.1:0", ServeConfig(max_workers=12))
-    assert sum(t.name.startswith("rnnpolicy-rpc") for t in set(threading.enumerate()) - before) == 12
+    before = set(threading.enumerate())  # other tests' threads may still be winding down: count new threads only
+    first, port = create_server({"q": serve_export_dirs["q_lstm"]}, "127.0.0.1:0")
+    started = sorted(t.name for t in set(threading.enumerate()) - before)
+    assert not any(name.startswith("rnnpolicy-rpc") for name in started), started
     first.stop(None)
-    second, port = create_server({"q": serve_export_dirs["q_lstm"]}, "127.0.0.1:0", ServeConfig(max_workers=4))
+    second, port = create_server({"q": serve_export_dirs["q_lstm"]}, "127.0.0.1:0")
     try:
         with PolicyClient(f"127.0.0.1:{port}") as client, client.session("q") as session:
             assert session.step([0.1] * 5, episode_start=True).seq == 1

@@ -608,7 +608,7 @@ class World:
         if request.model not in self.infos:
             assert code in (SC.NOT_FOUND, SC.INVALID_ARGUMENT), f"{where}: unknown model answered {code}"
             return
-        assert code == SC.OK, f"{where}: {code} with {len(self.server.registry)} sessions open (a leak?)"
+        assert code == SC.OK, f"{where}: {code} with {len(self.server.directory)} sessions open (a leak?)"
         assert response.model.name == request.model and response.session_id, where
         self.scratch.append(response.session_id)
         self.scratch_dim[response.session_id] = int(response.model.obs_shape[0])
@@ -779,7 +779,7 @@ def mutate(data, payload: bytes) -> bytes:
 @pytest.fixture(scope="module")
 def world(serve_export_dirs):
     config = ServeConfig(max_sessions=200, session_ttl=0, max_message_bytes=MAX_MESSAGE, max_batch_rows=MAX_ROWS,
-                         max_workers=16)
+                         max_concurrent_rpcs=512)
     server, port = create_server(serve_export_dirs, "127.0.0.1:0", config)
     w = World(server, port, serve_export_dirs)
     try:
@@ -960,6 +960,6 @@ def test_the_server_still_serves_after_the_fuzz(world):
             assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=30).status == \
                 health_pb2.HealthCheckResponse.SERVING
     assert {m.name for m in world.stub.ListModels(pb.ListModelsRequest(), timeout=30).models} >= set(world.infos)
-    open_now, held = len(world.server.registry), len(world.good) + len(world.scratch)
+    open_now, held = len(world.server.directory), len(world.good) + len(world.scratch)
     assert open_now == held, f"{open_now} sessions open, the fuzz holds {held} (at most {len(world.good) + MAX_SCRATCH})"
     assert stops(world.server, 10.0), "server.stop(None) did not return within 10 s after the fuzz"

@@ -378,79 +378,6 @@ def test_server_and_clients_never_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-# ------------------------------------------------------------------------------ tombstones
-
-
-class _FakeModel:
-    """Just enough of a ServedModel for the registry: a name and state slots."""
-
-    name = "fake"
-
-    def __init__(self, capacity):
-        from rnnpolicy.serve.sessions import SlotArrays
-
-        self.slots = SlotArrays([(1, 4)], 3, capacity)
-
-
-def _not_found(registry, session_id):
-    from rnnpolicy.serve.errors import ServeError
-
-    with pytest.raises(ServeError) as err:
-        registry.get(session_id)
-    assert err.value.code == grpc.StatusCode.NOT_FOUND
-    return err.value.message
-
-
-def test_tombstone_cap_scales_with_max_sessions():
-    from rnnpolicy.serve.sessions import SessionRegistry, tombstone_cap
-
-    assert tombstone_cap(1) == 4096 and tombstone_cap(1000) == 4096
-    assert tombstone_cap(10_000) == 40_000
-    assert tombstone_cap(10**6) == 100_000
-    assert SessionRegistry(max_sessions=5000, ttl=0).tombstone_cap == 20_000
-
-
-def test_tombstones_say_closed_or_expired_and_forget_the_oldest_beyond_the_cap():
-    import tracemalloc
-
-    from rnnpolicy.serve.sessions import SessionRegistry
-
-    now = [1000.0]
-    registry = SessionRegistry(max_sessions=2, ttl=5.0, clock=lambda: now[0], wall=lambda: now[0] + 1.7e9)
-    model = _FakeModel(2)
-    expired = registry.create(model).session_id
-    now[0] += 6.0  # idle past the TTL
-    first = _not_found(registry, expired)
-    assert first.startswith(f"session {expired!r} expired at 2023-11-14T22:") and "after 5 s idle" in first
-    assert _not_found(registry, expired) == first  # formatted again from the tombstone, same words
-    closed = registry.create(model).session_id
-    registry.close(closed)
-    assert "was closed at 2023-11-14T22:" in _not_found(registry, closed)
-    cap = registry.tombstone_cap
-    ids = []
-    for _ in range(cap):
-        session_id = registry.create(model).session_id
-        registry.close(session_id)
-        ids.append(session_id)
-    assert registry.tombstones == cap
-    assert "unknown session" in _not_found(registry, expired)  # the two oldest were forgotten
-    assert "unknown session" in _not_found(registry, closed)
-    assert "was closed at" in _not_found(registry, ids[0]) and "was closed at" in _not_found(registry, ids[-1])
-    # At the cap, more closed sessions cost no more memory.
-    tracemalloc.start()
-    try:
-        for round_ in range(3):
-            for _ in range(cap):
-                registry.close(registry.create(model).session_id)
-            if round_ == 0:
-                base = tracemalloc.get_traced_memory()[0]
-        grown = tracemalloc.get_traced_memory()[0] - base
-    finally:
-        tracemalloc.stop()
-    assert registry.tombstones == cap and len(registry) == 0
-    assert grown < 64 * 1024, f"tombstones grew by {grown} bytes past their cap"
-
-
 def test_a_model_call_failing_mid_batch_advances_no_session(serve_export_dirs):
     """With max_batch=2 a 3-row StepBatch is two onnxruntime calls; the second failing must leave all three untouched."""
     srv, port = create_server({"q_lstm": serve_export_dirs["q_lstm"]}, "127.0.0.1:0", ServeConfig(max_batch=2))
@@ -540,7 +467,7 @@ def test_split_batches_answer_as_whole_ones_and_a_failing_half_advances_nothing(
 
 
 def test_a_lone_step_failing_in_the_model_advances_nothing(serve_export_dirs):
-    """A lone Step or StepStream step runs at once (ServedModel.step_now); a model failure there is INTERNAL,
+    """A lone Step or StepStream step runs at once (StepCoordinator._run_lone); a model failure there is INTERNAL,
     leaves the session's state and seq as they were, and the same seq then succeeds."""
     srv, port = create_server({"q_lstm": serve_export_dirs["q_lstm"]}, "127.0.0.1:0")
     model = srv.models["q_lstm"]

@@ -19,8 +19,9 @@ import pytest
 
 from rnnpolicy.clients import PolicyClient, PolicyError, Session, StreamSession
 from rnnpolicy.serve import ServeConfig, create_server
-from rnnpolicy.serve.batcher import Chunk, Job
-from rnnpolicy.serve.sessions import Session as ServerSession
+from rnnpolicy.serve.batcher import Batch
+from rnnpolicy.serve.coordinator import Job, Step
+from rnnpolicy.serve.directory import Session as ServerSession
 from rnnpolicy.v1 import policy_pb2 as pb
 
 MODELS = ("q_lstm", "pg_gru")
@@ -286,14 +287,13 @@ def _live_objects(*types: type) -> int:
 
 
 def _threads_after_streams_end(timeout: float = 10.0) -> list[str]:
-    """Names of the live threads once the reader threads of the closed streams ended (at most ``timeout`` s),
-    less the server's gRPC handler pool (idle threads it keeps, at most ``max_workers``)."""
+    """Names of the live threads once the reader threads of the closed streams ended (at most ``timeout`` s)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not any(t.name == "rnnpolicy-stream-reader" for t in threading.enumerate()):
             break
         time.sleep(0.05)
-    return sorted(t.name for t in threading.enumerate() if not t.name.startswith("rnnpolicy-rpc"))
+    return sorted(t.name for t in threading.enumerate())
 
 
 def test_loopback_load_no_errors_no_leaks_metrics_agree(serve_export_dirs):
@@ -331,15 +331,15 @@ def test_loopback_load_no_errors_no_leaks_metrics_agree(serve_export_dirs):
             assert sum(phase_tally.steps.values()) == PHASE_STEPS
 
             # nothing leaked: no session, slot, in-flight job or stream thread outlives the phase
-            assert len(srv.registry) == 0
+            assert len(srv.directory) == 0
             for name in MODELS:
                 slots = srv.models[name].slots
-                assert sorted(slots._free) == list(range(slots.capacity)), name
-                assert srv.registry.sessions_of(srv.models[name]) == 0
+                assert slots.free == slots.capacity, name
+                assert srv.directory.sessions_of(srv.models[name]) == 0
             threads.append(_threads_after_streams_end())
             assert "rnnpolicy-stream-reader" not in threads[-1], threads[-1]  # every closed stream ended
             assert _live_objects(Session, StreamSession) == 0  # every client session object freed (StreamSession is one)
-            objects.append(_live_objects(ServerSession, Job, Chunk))
+            objects.append(_live_objects(ServerSession, Job, Step, Batch))
             rss.append(_rss())
 
             # the server's metrics equal what the clients counted, exactly
@@ -359,16 +359,16 @@ def test_loopback_load_no_errors_no_leaks_metrics_agree(serve_export_dirs):
             latency = {rpc: value("rnnpolicy_step_latency_seconds_count", {"rpc": rpc})
                        for rpc in ("Step", "StepStream", "StepBatch")}
             timed.append((latency, Counter(total.rpcs), Counter(total.rpcs_ok)))
-            assert srv.registry.tombstones == sum(total.opened.values())  # every one closed, none expired
+            assert srv.directory.tombstones == sum(total.opened.values())  # every one closed, none expired
 
         # the workload really mixed everything it is meant to
         assert all(total.steps[(m, c)] > 0 for m in MODELS for c in ("OK", "FAILED_PRECONDITION", "INVALID_ARGUMENT"))
         assert total.repeats > 0 and all(total.rpcs[r] > 0 for r in ("Step", "StepStream", "StepBatch"))
         assert total.compared == sum(total.fresh.values())
         # Server-side step records left: each model's batcher worker keeps a reference to the last batch it
-        # ran (Batcher._work's ``chunks``) until the next, so some may remain: a Job, a Chunk and a Session
-        # per row of one batch per model, at most the open sessions of that model.
-        assert all(n <= len(MODELS) * THREADS * MAX_OPEN * 3 for n in objects), objects
+        # ran until the next, so some may remain: a Job, a Step and a Session per row of one batch per model
+        # plus the Batch, at most the open sessions of that model.
+        assert all(n <= len(MODELS) * THREADS * MAX_OPEN * 4 for n in objects), objects
         assert threads[1] == threads[0], threads
         growth = rss[1] - rss[0]
         assert growth < RSS_GROWTH_BOUND, f"RSS grew {growth / 2**20:.1f} MiB over the measured phase"

@@ -157,7 +157,7 @@ def test_metrics_endpoint_counts_steps_sessions_and_refusals_exactly(metered, ca
     assert not nonzero(m, "rnnpolicy_sessions_expired_total")
     assert nonzero(m, "rnnpolicy_sessions_refused_total") == {(("reason", "max_sessions"),): 1}
     _check_gauges(srv, m, {"q_lstm": 1, "pg_gru": 1, "box_lstm": 0})
-    assert len(srv.registry) == 2
+    assert len(srv.directory) == 2
     # the server's own reading agrees with the scrape
     assert srv.metrics.value("rnnpolicy_steps_total", {"model": "q_lstm", "code": "OK"}) == 10
 
@@ -239,7 +239,7 @@ def test_expired_session_is_counted_logged_and_gone(serve_export_dirs, caplog):
     srv, port = create_server({"q_lstm": serve_export_dirs["q_lstm"]}, "127.0.0.1:0",
                               ServeConfig(session_ttl=30, metrics_port=0))
     now = [1000.0]
-    srv.registry._clock = lambda: now[0]  # idle time passes only when the test says (the reaper reads it too)
+    srv.directory.clock = lambda: now[0]  # idle time passes only when the test says (the reaper reads it too)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     try:
         stub = policy_pb2_grpc.PolicyServiceStub(channel)
@@ -248,10 +248,10 @@ def test_expired_session_is_counted_logged_and_gone(serve_export_dirs, caplog):
         assert value(scrape(srv.metrics_port), "rnnpolicy_sessions_active", model="q_lstm",
                      version=srv.models["q_lstm"].version) == 1
         now[0] += 29.0
-        assert srv.registry.expire_idle() == 0 and len(srv.registry) == 1
+        assert srv.expire_idle() == 0 and len(srv.directory) == 1
         now[0] += 2.0
-        srv.registry.expire_idle()  # or the reaper did, meanwhile
-        assert len(srv.registry) == 0
+        srv.expire_idle()  # or the reaper did, meanwhile
+        assert len(srv.directory) == 0
         try:
             stub.Step(pb.StepRequest(session_id=sid, seq=2, obs=[0.5] * 5))
         except grpc.RpcError as exc:

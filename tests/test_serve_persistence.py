@@ -74,7 +74,7 @@ def test_a_graceful_restart_continues_every_session_exactly(tmp_path, serve_expo
         srv.stop(1.0)
         assert (tmp_path / "state" / SNAPSHOT_FILE).is_file()
         srv, _ = create_server(models, f"127.0.0.1:{port}", config)
-        assert len(srv.registry) == len(plans)
+        assert len(srv.directory) == len(plans)
         for name, det, sid, ref_sid, obs in plans:
             # The lost-answer retry of the last step before the restart gets the same answer again.
             assert _play(stub, sid, obs[cut - 1:cut], cut, deterministic=det)[0] == before[sid][-1]
@@ -114,7 +114,9 @@ def test_sessions_pinned_to_an_old_version_survive_a_restart_after_the_model_cha
     shutil.copyfile(q_lstm_v2_export / "model.onnx", source / "model.onnx")  # deployed while the server was down
     srv, port = create_server({"q": source}, "127.0.0.1:0", config)
     try:
-        versions = {m.version: (m.latest, m.sessions) for m in srv.servicer.ListModels(pb.ListModelsRequest(), None).models}
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            listed = policy_pb2_grpc.PolicyServiceStub(channel).ListModels(pb.ListModelsRequest()).models
+        versions = {m.version: (m.latest, m.sessions) for m in listed}
         assert versions == {session.model.version: (False, 1), srv.models["q"].version: (True, 0)}
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         stub = policy_pb2_grpc.PolicyServiceStub(channel)
@@ -129,7 +131,7 @@ def test_sessions_pinned_to_an_old_version_survive_a_restart_after_the_model_cha
 def test_a_corrupt_snapshot_is_moved_aside_and_the_server_starts_empty(tmp_path, serve_export_dirs, caplog):
     state = tmp_path / "state"
     state.mkdir()
-    (state / SNAPSHOT_FILE).write_bytes(b"PK\x03\x04 this is not a zip archive")
+    (state / SNAPSHOT_FILE).write_bytes(b"\xff\xff\xff this is not a snapshot")
     (state / (SNAPSHOT_FILE + ".tmp")).write_bytes(b"an interrupted write")
     with caplog.at_level("WARNING", logger="rnnpolicy.serve"):
         srv, _ = create_server({"q": serve_export_dirs["q_lstm"]}, "127.0.0.1:0", ServeConfig(state_dir=str(state)))
@@ -137,7 +139,7 @@ def test_a_corrupt_snapshot_is_moved_aside_and_the_server_starts_empty(tmp_path,
     assert "event=snapshot_rejected" in caplog.text and "unreadable snapshot" in caplog.text
     assert "event=snapshot_tmp_removed" in caplog.text
     rejected = list(state.glob(SNAPSHOT_FILE + ".rejected-*"))
-    assert len(rejected) == 1 and rejected[0].read_bytes().startswith(b"PK\x03\x04 this is not")
+    assert len(rejected) == 1 and rejected[0].read_bytes().startswith(b"\xff\xff\xff this is not")
     assert not (state / (SNAPSHOT_FILE + ".tmp")).exists()
 
 
@@ -152,7 +154,7 @@ def test_a_snapshot_for_a_model_no_longer_served_is_refused_whole(tmp_path, serv
     with caplog.at_level("ERROR", logger="rnnpolicy.serve"):
         srv, _ = create_server({"q": serve_export_dirs["q_lstm"]}, "127.0.0.1:0", config)
     try:
-        assert len(srv.registry) == 0  # never half-loaded: not even the "q" session
+        assert len(srv.directory) == 0  # never half-loaded: not even the "q" session
         assert "on model 'g', which this server does not serve" in caplog.text
         assert len(list((tmp_path / "state").glob(SNAPSHOT_FILE + ".rejected-*"))) == 1
     finally:
@@ -281,8 +283,8 @@ def test_a_snapshot_that_cannot_be_written_at_shutdown_is_logged_and_the_models_
     def disk_full(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(srv.state_dir, "save", disk_full)
+    monkeypatch.setattr(srv.store, "checkpoint", disk_full)
     with caplog.at_level("ERROR", logger="rnnpolicy.serve"):
         srv.stop(None)
     assert "event=snapshot_failed" in caplog.text and "the sessions were not saved" in caplog.text
-    assert not srv.models["q"].batcher._thread.is_alive()
+    assert not srv.models["q"].batcher.alive

@@ -12,7 +12,6 @@ import pytest
 
 from rnnpolicy.serve import ServeConfig, create_server
 from rnnpolicy.serve.errors import ServeError
-from rnnpolicy.serve.sessions import SessionRegistry, SlotArrays
 from rnnpolicy.v1 import policy_pb2 as pb
 from rnnpolicy.v1 import policy_pb2_grpc
 from rollout import OfflineRollout
@@ -136,50 +135,6 @@ def test_the_reload_interval_picks_up_a_new_file(tmp_path, serve_export_dirs, q_
         assert srv.models["q"].version != old
     finally:
         srv.stop(None)
-
-
-# ---------------------------------------------------------------------------- ownership (registry level)
-
-
-class _Model:
-    name = "m"
-
-    def __init__(self):
-        self.slots = SlotArrays([(1, 4)], 3, 8)
-
-
-def _error(call, *args):
-    with pytest.raises(ServeError) as err:
-        call(*args)
-    return err.value
-
-
-def test_another_principals_session_is_denied_exactly_like_an_unknown_id():
-    registry = SessionRegistry(max_sessions=8, ttl=0, private_ids=True)
-    model = _Model()
-    mine = registry.create(model, principal="alice").session_id
-    assert registry.get(mine, "alice").principal == "alice"
-    denied = _error(registry.get, mine, "bob")
-    unknown = _error(registry.get, "no-such-id", "bob")
-    assert denied.code == unknown.code == grpc.StatusCode.PERMISSION_DENIED
-    assert denied.message.replace(mine, "ID") == unknown.message.replace("no-such-id", "ID")
-    assert _error(registry.close, mine, "bob").code == grpc.StatusCode.PERMISSION_DENIED
-    assert _error(registry.with_idle_session, mine, lambda s: None, "bob").code == grpc.StatusCode.PERMISSION_DENIED
-    registry.close(mine, "alice")
-    assert "was closed at" in _error(registry.get, mine, "alice").message  # the owner learns its fate
-    assert _error(registry.get, mine, "bob").code == grpc.StatusCode.PERMISSION_DENIED  # nobody else does
-
-
-def test_sessions_per_principal_are_limited():
-    registry = SessionRegistry(max_sessions=8, ttl=0, max_sessions_per_principal=2)
-    model = _Model()
-    first = registry.create(model, principal="alice")
-    registry.create(model, principal="alice")
-    full = _error(registry.create, model, None, "alice")
-    assert full.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "principal 'alice' holds its maximum of 2" in full.message
-    registry.create(model, principal="bob")  # others are not affected
-    registry.close(first.session_id, "alice")
-    registry.create(model, principal="alice")  # a closed session frees its principal's place
 
 
 def test_an_empty_model_name_needs_a_single_model_server(serve_export_dirs):

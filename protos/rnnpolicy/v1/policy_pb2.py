@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19rnnpolicy/v1/policy.proto\x12\x0crnnpolicy.v1\"?\n\x0fStateTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06layers\x18\x02 \x01(\x05\x12\x0e\n\x06hidden\x18\x03 \x01(\x05\"P\n\x0b\x41\x63tionSpace\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\t\n\x01n\x18\x02 \x01(\x03\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0b\n\x03low\x18\x04 \x03(\x02\x12\x0c\n\x04high\x18\x05 \x03(\x02\"\xf8\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tobs_shape\x18\x03 \x03(\x03\x12)\n\x06\x61\x63tion\x18\x04 \x01(\x0b\x32\x19.rnnpolicy.v1.ActionSpace\x12,\n\x05state\x18\x05 \x03(\x0b\x32\x1d.rnnpolicy.v1.StateTensorSpec\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\x0c\n\x04\x63\x65ll\x18\x07 \x01(\t\x12\x0f\n\x07outputs\x18\x08 \x03(\t\x12\x11\n\tspec_json\x18\t \x01(\t\x12\x10\n\x08sessions\x18\n \x01(\x03\x12\x0e\n\x06latest\x18\x0b \x01(\x08\"\x13\n\x11ListModelsRequest\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.rnnpolicy.v1.ModelInfo\"A\n\x14\x43reateSessionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\x04seed\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"h\n\x15\x43reateSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.rnnpolicy.v1.ModelInfo\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x01\")\n\x13ResetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14ResetSessionResponse\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x03(\x02\",\n\x16GetSessionStateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"Z\n\x17GetSessionStateResponse\x12\r\n\x05names\x18\x01 \x03(\t\x12#\n\x05state\x18\x02 \x03(\x0b\x32\x14.rnnpolicy.v1.Tensor\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"Q\n\x16SetSessionStateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x03(\x0b\x32\x14.rnnpolicy.v1.Tensor\"\x19\n\x17SetSessionStateResponse\"<\n\x15MigrateSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"@\n\x16MigrateSessionResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.rnnpolicy.v1.ModelInfo\"i\n\x0bStepRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0b\n\x03obs\x18\x03 \x03(\x02\x12\x15\n\repisode_start\x18\x04 \x01(\x08\x12\x15\n\rdeterministic\x18\x05 \x01(\x08\"@\n\tStepError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x14\n\x0c\x65xpected_seq\x18\x03 \x01(\x04\"\x81\x02\n\x0cStepResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x17\n\x0f\x64iscrete_action\x18\x03 \x01(\x03\x12\x19\n\x11\x63ontinuous_action\x18\x04 \x03(\x02\x12\x10\n\x08q_values\x18\x05 \x03(\x02\x12\x0e\n\x06logits\x18\x06 \x03(\x02\x12\x0c\n\x04mean\x18\x07 \x03(\x02\x12\x0f\n\x07log_std\x18\x08 \x03(\x02\x12\x12\n\x05value\x18\t \x01(\x02H\x00\x88\x01\x01\x12\x15\n\rmodel_version\x18\n \x01(\t\x12&\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x17.rnnpolicy.v1.StepErrorB\x08\n\x06_value\"p\n\x10StepBatchRequest\x12\x13\n\x0bsession_ids\x18\x01 \x03(\t\x12\x0c\n\x04seqs\x18\x02 \x03(\x04\x12\x0b\n\x03obs\x18\x03 \x03(\x02\x12\x15\n\repisode_start\x18\x04 \x03(\x08\x12\x15\n\rdeterministic\x18\x05 \x01(\x08\"\xec\x01\n\x11StepBatchResponse\x12\x0c\n\x04seqs\x18\x01 \x03(\x04\x12\x18\n\x10\x64iscrete_actions\x18\x02 \x03(\x03\x12\x1a\n\x12\x63ontinuous_actions\x18\x03 \x03(\x02\x12\x10\n\x08q_values\x18\x04 \x03(\x02\x12\x0e\n\x06logits\x18\x05 \x03(\x02\x12\x0c\n\x04mean\x18\x06 \x03(\x02\x12\x0f\n\x07log_std\x18\x07 \x03(\x02\x12\x0e\n\x06values\x18\x08 \x03(\x02\x12\x15\n\rmodel_version\x18\t \x01(\t\x12+\n\x06\x65rrors\x18\n \x03(\x0b\x32\x1b.rnnpolicy.v1.BatchRowError\"g\n\rBatchRowError\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x14\n\x0c\x65xpected_seq\x18\x05 \x01(\x04\x32\xdb\x06\n\rPolicyService\x12O\n\nListModels\x12\x1f.rnnpolicy.v1.ListModelsRequest\x1a .rnnpolicy.v1.ListModelsResponse\x12X\n\rCreateSession\x12\".rnnpolicy.v1.CreateSessionRequest\x1a#.rnnpolicy.v1.CreateSessionResponse\x12=\n\x04Step\x12\x19.rnnpolicy.v1.StepRequest\x1a\x1a.rnnpolicy.v1.StepResponse\x12G\n\nStepStream\x12\x19.rnnpolicy.v1.StepRequest\x1a\x1a.rnnpolicy.v1.StepResponse(\x01\x30\x01\x12L\n\tStepBatch\x12\x1e.rnnpolicy.v1.StepBatchRequest\x1a\x1f.rnnpolicy.v1.StepBatchResponse\x12U\n\x0cResetSession\x12!.rnnpolicy.v1.ResetSessionRequest\x1a\".rnnpolicy.v1.ResetSessionResponse\x12U\n\x0c\x43loseSession\x12!.rnnpolicy.v1.CloseSessionRequest\x1a\".rnnpolicy.v1.CloseSessionResponse\x12^\n\x0fGetSessionState\x12$.rnnpolicy.v1.GetSessionStateRequest\x1a%.rnnpolicy.v1.GetSessionStateResponse\x12^\n\x0fSetSessionState\x12$.rnnpolicy.v1.SetSessionStateRequest\x1a%.rnnpolicy.v1.SetSessionStateResponse\x12[\n\x0eMigrateSession\x12#.rnnpolicy.v1.MigrateSessionRequest\x1a$.rnnpolicy.v1.MigrateSessionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19rnnpolicy/v1/policy.proto\x12\x0crnnpolicy.v1\"?\n\x0fStateTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06layers\x18\x02 \x01(\x05\x12\x0e\n\x06hidden\x18\x03 \x01(\x05\"P\n\x0b\x41\x63tionSpace\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\t\n\x01n\x18\x02 \x01(\x03\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0b\n\x03low\x18\x04 \x03(\x02\x12\x0c\n\x04high\x18\x05 \x03(\x02\"\xf8\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tobs_shape\x18\x03 \x03(\x03\x12)\n\x06\x61\x63tion\x18\x04 \x01(\x0b\x32\x19.rnnpolicy.v1.ActionSpace\x12,\n\x05state\x18\x05 \x03(\x0b\x32\x1d.rnnpolicy.v1.StateTensorSpec\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\x0c\n\x04\x63\x65ll\x18\x07 \x01(\t\x12\x0f\n\x07outputs\x18\x08 \x03(\t\x12\x11\n\tspec_json\x18\t \x01(\t\x12\x10\n\x08sessions\x18\n \x01(\x03\x12\x0e\n\x06latest\x18\x0b \x01(\x08\"\x13\n\x11ListModelsRequest\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.rnnpolicy.v1.ModelInfo\"S\n\x14\x43reateSessionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\x04seed\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x10\n\x08\x61\x66\x66inity\x18\x03 \x01(\tB\x07\n\x05_seed\"h\n\x15\x43reateSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x17.rnnpolicy.v1.ModelInfo\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\x01\")\n\x13ResetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14ResetSessionResponse\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x03(\x02\",\n\x16GetSessionStateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"Z\n\x17GetSessionStateResponse\x12\r\n\x05names\x18\x01 \x03(\t\x12#\n\x05state\x18\x02 \x03(\x0b\x32\x14.rnnpolicy.v1.Tensor\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"Q\n\x16SetSessionStateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x03(\x0b\x32\x14.rnnpolicy.v1.Tensor\"\x19\n\x17SetSessionStateResponse\"<\n\x15MigrateSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"@\n\x16MigrateSessionResponse\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.rnnpolicy.v1.ModelInfo\"i\n\x0bStepRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0b\n\x03obs\x18\x03 \x03(\x02\x12\x15\n\repisode_start\x18\x04 \x01(\x08\x12\x15\n\rdeterministic\x18\x05 \x01(\x08\"@\n\tStepError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x14\n\x0c\x65xpected_seq\x18\x03 \x01(\x04\"\x81\x02\n\x0cStepResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x17\n\x0f\x64iscrete_action\x18\x03 \x01(\x03\x12\x19\n\x11\x63ontinuous_action\x18\x04 \x03(\x02\x12\x10\n\x08q_values\x18\x05 \x03(\x02\x12\x0e\n\x06logits\x18\x06 \x03(\x02\x12\x0c\n\x04mean\x18\x07 \x03(\x02\x12\x0f\n\x07log_std\x18\x08 \x03(\x02\x12\x12\n\x05value\x18\t \x01(\x02H\x00\x88\x01\x01\x12\x15\n\rmodel_version\x18\n \x01(\t\x12&\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x17.rnnpolicy.v1.StepErrorB\x08\n\x06_value\"p\n\x10StepBatchRequest\x12\x13\n\x0bsession_ids\x18\x01 \x03(\t\x12\x0c\n\x04seqs\x18\x02 \x03(\x04\x12\x0b\n\x03obs\x18\x03 \x03(\x02\x12\x15\n\repisode_start\x18\x04 \x03(\x08\x12\x15\n\rdeterministic\x18\x05 \x01(\x08\"\xec\x01\n\x11StepBatchResponse\x12\x0c\n\x04seqs\x18\x01 \x03(\x04\x12\x18\n\x10\x64iscrete_actions\x18\x02 \x03(\x03\x12\x1a\n\x12\x63ontinuous_actions\x18\x03 \x03(\x02\x12\x10\n\x08q_values\x18\x04 \x03(\x02\x12\x0e\n\x06logits\x18\x05 \x03(\x02\x12\x0c\n\x04mean\x18\x06 \x03(\x02\x12\x0f\n\x07log_std\x18\x07 \x03(\x02\x12\x0e\n\x06values\x18\x08 \x03(\x02\x12\x15\n\rmodel_version\x18\t \x01(\t\x12+\n\x06\x65rrors\x18\n \x03(\x0b\x32\x1b.rnnpolicy.v1.BatchRowError\"g\n\rBatchRowError\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x14\n\x0c\x65xpected_seq\x18\x05 \x01(\x04\x32\xdb\x06\n\rPolicyService\x12O\n\nListModels\x12\x1f.rnnpolicy.v1.ListModelsRequest\x1a .rnnpolicy.v1.ListModelsResponse\x12X\n\rCreateSession\x12\".rnnpolicy.v1.CreateSessionRequest\x1a#.rnnpolicy.v1.CreateSessionResponse\x12=\n\x04Step\x12\x19.rnnpolicy.v1.StepRequest\x1a\x1a.rnnpolicy.v1.StepResponse\x12G\n\nStepStream\x12\x19.rnnpolicy.v1.StepRequest\x1a\x1a.rnnpolicy.v1.StepResponse(\x01\x30\x01\x12L\n\tStepBatch\x12\x1e.rnnpolicy.v1.StepBatchRequest\x1a\x1f.rnnpolicy.v1.StepBatchResponse\x12U\n\x0cResetSession\x12!.rnnpolicy.v1.ResetSessionRequest\x1a\".rnnpolicy.v1.ResetSessionResponse\x12U\n\x0c\x43loseSession\x12!.rnnpolicy.v1.CloseSessionRequest\x1a\".rnnpolicy.v1.CloseSessionResponse\x12^\n\x0fGetSessionState\x12$.rnnpolicy.v1.GetSessionStateRequest\x1a%.rnnpolicy.v1.GetSessionStateResponse\x12^\n\x0fSetSessionState\x12$.rnnpolicy.v1.SetSessionStateRequest\x1a%.rnnpolicy.v1.SetSessionStateResponse\x12[\n\x0eMigrateSession\x12#.rnnpolicy.v1.MigrateSessionRequest\x1a$.rnnpolicy.v1.MigrateSessionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,43 +42,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMODELSRESPONSE']._serialized_start=462
   _globals['_LISTMODELSRESPONSE']._serialized_end=523
   _globals['_CREATESESSIONREQUEST']._serialized_start=525
-  _globals['_CREATESESSIONREQUEST']._serialized_end=590
-  _globals['_CREATESESSIONRESPONSE']._serialized_start=592
-  _globals['_CREATESESSIONRESPONSE']._serialized_end=696
-  _globals['_RESETSESSIONREQUEST']._serialized_start=698
-  _globals['_RESETSESSIONREQUEST']._serialized_end=739
-  _globals['_RESETSESSIONRESPONSE']._serialized_start=741
-  _globals['_RESETSESSIONRESPONSE']._serialized_end=763
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=765
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=806
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=808
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=830
-  _globals['_TENSOR']._serialized_start=832
-  _globals['_TENSOR']._serialized_end=869
-  _globals['_GETSESSIONSTATEREQUEST']._serialized_start=871
-  _globals['_GETSESSIONSTATEREQUEST']._serialized_end=915
-  _globals['_GETSESSIONSTATERESPONSE']._serialized_start=917
-  _globals['_GETSESSIONSTATERESPONSE']._serialized_end=1007
-  _globals['_SETSESSIONSTATEREQUEST']._serialized_start=1009
-  _globals['_SETSESSIONSTATEREQUEST']._serialized_end=1090
-  _globals['_SETSESSIONSTATERESPONSE']._serialized_start=1092
-  _globals['_SETSESSIONSTATERESPONSE']._serialized_end=1117
-  _globals['_MIGRATESESSIONREQUEST']._serialized_start=1119
-  _globals['_MIGRATESESSIONREQUEST']._serialized_end=1179
-  _globals['_MIGRATESESSIONRESPONSE']._serialized_start=1181
-  _globals['_MIGRATESESSIONRESPONSE']._serialized_end=1245
-  _globals['_STEPREQUEST']._serialized_start=1247
-  _globals['_STEPREQUEST']._serialized_end=1352
-  _globals['_STEPERROR']._serialized_start=1354
-  _globals['_STEPERROR']._serialized_end=1418
-  _globals['_STEPRESPONSE']._serialized_start=1421
-  _globals['_STEPRESPONSE']._serialized_end=1678
-  _globals['_STEPBATCHREQUEST']._serialized_start=1680
-  _globals['_STEPBATCHREQUEST']._serialized_end=1792
-  _globals['_STEPBATCHRESPONSE']._serialized_start=1795
-  _globals['_STEPBATCHRESPONSE']._serialized_end=2031
-  _globals['_BATCHROWERROR']._serialized_start=2033
-  _globals['_BATCHROWERROR']._serialized_end=2136
-  _globals['_POLICYSERVICE']._serialized_start=2139
-  _globals['_POLICYSERVICE']._serialized_end=2998
+  _globals['_CREATESESSIONREQUEST']._serialized_end=608
+  _globals['_CREATESESSIONRESPONSE']._serialized_start=610
+  _globals['_CREATESESSIONRESPONSE']._serialized_end=714
+  _globals['_RESETSESSIONREQUEST']._serialized_start=716
+  _globals['_RESETSESSIONREQUEST']._serialized_end=757
+  _globals['_RESETSESSIONRESPONSE']._serialized_start=759
+  _globals['_RESETSESSIONRESPONSE']._serialized_end=781
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=783
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=824
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=826
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=848
+  _globals['_TENSOR']._serialized_start=850
+  _globals['_TENSOR']._serialized_end=887
+  _globals['_GETSESSIONSTATEREQUEST']._serialized_start=889
+  _globals['_GETSESSIONSTATEREQUEST']._serialized_end=933
+  _globals['_GETSESSIONSTATERESPONSE']._serialized_start=935
+  _globals['_GETSESSIONSTATERESPONSE']._serialized_end=1025
+  _globals['_SETSESSIONSTATEREQUEST']._serialized_start=1027
+  _globals['_SETSESSIONSTATEREQUEST']._serialized_end=1108
+  _globals['_SETSESSIONSTATERESPONSE']._serialized_start=1110
+  _globals['_SETSESSIONSTATERESPONSE']._serialized_end=1135
+  _globals['_MIGRATESESSIONREQUEST']._serialized_start=1137
+  _globals['_MIGRATESESSIONREQUEST']._serialized_end=1197
+  _globals['_MIGRATESESSIONRESPONSE']._serialized_start=1199
+  _globals['_MIGRATESESSIONRESPONSE']._serialized_end=1263
+  _globals['_STEPREQUEST']._serialized_start=1265
+  _globals['_STEPREQUEST']._serialized_end=1370
+  _globals['_STEPERROR']._serialized_start=1372
+  _globals['_STEPERROR']._serialized_end=1436
+  _globals['_STEPRESPONSE']._serialized_start=1439
+  _globals['_STEPRESPONSE']._serialized_end=1696
+  _globals['_STEPBATCHREQUEST']._serialized_start=1698
+  _globals['_STEPBATCHREQUEST']._serialized_end=1810
+  _globals['_STEPBATCHRESPONSE']._serialized_start=1813
+  _globals['_STEPBATCHRESPONSE']._serialized_end=2049
+  _globals['_BATCHROWERROR']._serialized_start=2051
+  _globals['_BATCHROWERROR']._serialized_end=2154
+  _globals['_POLICYSERVICE']._serialized_start=2157
+  _globals['_POLICYSERVICE']._serialized_end=3016
 # @@protoc_insertion_point(module_scope)

@@ -67,12 +67,14 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("model", "seed")
+    __slots__ = ("model", "seed", "affinity")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    AFFINITY_FIELD_NUMBER: _ClassVar[int]
     model: str
     seed: int
-    def __init__(self, model: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
+    affinity: str
+    def __init__(self, model: _Optional[str] = ..., seed: _Optional[int] = ..., affinity: _Optional[str] = ...) -> None: ...
 
 class CreateSessionResponse(_message.Message):
     __slots__ = ("session_id", "model", "ttl_seconds")
