@@ -52,6 +52,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser, argv: list[str] | None 
     parser.add_argument("--state-dir", default=None, metavar="DIR",
                         help="save sessions here on shutdown (and every --checkpoint-interval) and restore them "
                              "on start, so clients continue across restarts")
+    parser.add_argument("--session-store", default=defaults.session_store, metavar="URL",
+                        help="share sessions between replicas in Redis: redis://[:PASSWORD@]HOST:PORT/DB or rediss://...; "
+                             "every step is committed there before it is answered, so any replica can continue any "
+                             "session (docs/cluster.md; needs rnnpolicy[cluster]). Default: sessions live in this process")
     parser.add_argument("--checkpoint-interval", type=float, default=defaults.checkpoint_interval, metavar="S",
                         help="seconds between session snapshots to --state-dir; a crash (kill -9) loses at most the "
                              "steps of the last S seconds; 0: only on graceful shutdown (default %(default)s)")
@@ -101,7 +105,7 @@ def run_serve(args: argparse.Namespace) -> int:
                          max_wait_us=args.max_wait_us, intra_op_threads=args.threads, max_concurrent_rpcs=args.max_concurrent_rpcs,
                          max_message_bytes=args.max_message_bytes,
                          max_sessions_per_principal=args.max_sessions_per_principal, state_dir=args.state_dir,
-                         checkpoint_interval=args.checkpoint_interval, reload_interval=args.reload_interval,
+                         session_store=args.session_store, checkpoint_interval=args.checkpoint_interval, reload_interval=args.reload_interval,
                          metrics_port=args.metrics_port, metrics_host=args.metrics_host, busy_poll_us=args.busy_poll_us,
                          split_batch_rows=args.split_batch_rows)
     models = parse_models(args.model)
@@ -114,10 +118,10 @@ def run_serve(args: argparse.Namespace) -> int:
     described = ", ".join(f"{name}={m.spec.kind}/{m.spec.cell} v{m.version} ({models[name]})"
                           for name, m in server.models.items())
     _log.info("serving %s on %s:%d; max_sessions=%d session_ttl=%gs max_batch=%d max_wait_us=%d busy_poll_us=%d "
-              "split_batch_rows=%d threads=%d sessions_restored=%d state_dir=%s checkpoint_interval=%gs reload_interval=%gs metrics=%s %s",
+              "split_batch_rows=%d threads=%d sessions_restored=%d store=%s checkpoint_interval=%gs reload_interval=%gs metrics=%s %s",
               described, args.host, port, config.max_sessions, config.session_ttl, config.max_batch,
               config.max_wait_us, config.busy_poll_us, config.split_batch_rows, config.intra_op_threads, len(server.directory),
-              config.state_dir or "-",
+              config.state_dir or server.store.describe,
               config.checkpoint_interval, config.reload_interval,
               f"http://{config.metrics_host}:{server.metrics_port}/metrics" if server.metrics_port is not None else "off",
               security.describe())

@@ -153,13 +153,13 @@ class StepCoordinator:
                 session = directory.lookup(session_id, principal)  # raises, or expires it and raises
             model = session.model
             model_name = model.name
-            obs = checked_obs(obs, model)
+            checked = checked_obs(obs, model)  # obs stays the request's field: a reload below steps it again
             admission = admit(session, seq)
             if admission == "cached":
                 self.metrics.count_steps(model_name, "OK")
                 return session, model.slots.cached(session.slot)
             job = Job(1, 0)
-            step = Step(session, seq, obs, episode_start, deterministic, job)
+            step = Step(session, seq, checked, episode_start, deterministic, job)
             if admission == "queued":
                 enqueue(session, step)
                 return self._answer(step)

@@ -35,15 +35,18 @@ from rnnpolicy.serve.handlers import add_policy_service
 from rnnpolicy.serve.metrics import ServeMetrics
 from rnnpolicy.serve.model import ServedModel
 from rnnpolicy.serve.persistence import StateDirStore, restore_sessions
+from rnnpolicy.serve.redis_store import open_store
 from rnnpolicy.serve.servicer import PolicyServicer
 from rnnpolicy.serve.store import MemoryStore, SessionStore
 from rnnpolicy.v1 import policy_pb2
 
-__all__ = ["BusyPollSelector", "EventLoopThread", "MAX_BUSY_POLL_US", "PolicyServer", "ServeConfig", "create_server",
-           "server_loop", "serve_until_signal", "SERVICE_NAME"]
+__all__ = ["BusyPollSelector", "EventLoopThread", "MAX_BUSY_POLL_US", "PolicyServer", "STORE_CHECK_INTERVAL", "ServeConfig",
+           "create_server", "server_loop", "serve_until_signal", "SERVICE_NAME"]
 
 SERVICE_NAME = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
 MAX_BUSY_POLL_US = 10_000
+STORE_CHECK_INTERVAL = 1.0
+"""Seconds between checks that a write-through session store answers (health is NOT_SERVING while it does not)."""
 _log = logging.getLogger("rnnpolicy.serve")
 
 
@@ -76,6 +79,9 @@ class ServeConfig:
     """Most sessions one principal (auth token) may hold; 0: no limit beyond max_sessions."""
     state_dir: str | None = None
     """Directory where sessions are saved on shutdown (and every checkpoint_interval) and restored on start."""
+    session_store: str = ""
+    """Where sessions live, shared by every replica: a ``redis://[:PASSWORD@]HOST:PORT/DB`` (or ``rediss://``) URL;
+    each step is committed there before it is answered (docs/cluster.md). "" keeps them in this process."""
     checkpoint_interval: float = 0.0
     """Seconds between periodic session snapshots to state_dir (0: only on graceful shutdown)."""
     reload_interval: float = 0.0
@@ -98,6 +104,9 @@ class ServeConfig:
                      "split_batch_rows"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0: off), got {getattr(self, name)}")
+        if self.session_store and self.state_dir:
+            raise ValueError(f"session_store {self.session_store.split('@')[-1]!r} and state_dir {self.state_dir!r} "
+                             "are two homes for the sessions; choose one (a cluster uses the session store)")
         if self.checkpoint_interval and not self.state_dir:
             raise ValueError(f"checkpoint_interval {self.checkpoint_interval} needs a state_dir to write to")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
@@ -212,6 +221,10 @@ class PolicyServer:
         if config.checkpoint_interval:
             self._threads.append(threading.Thread(target=self._every, args=(config.checkpoint_interval, self.checkpoint),
                                                   name="rnnpolicy-checkpointer", daemon=True))
+        self.store_reachable = True
+        if store.write_through:
+            self._threads.append(threading.Thread(target=self._every, args=(STORE_CHECK_INTERVAL, self.check_store),
+                                                  name="rnnpolicy-store-health", daemon=True))
 
     @property
     def catalog(self) -> ModelCatalog:
@@ -239,6 +252,23 @@ class PolicyServer:
             thread.start()
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         return self
+
+    def check_store(self) -> bool:
+        """Ask the session store whether it answers; report NOT_SERVING while it does not (so a proxy routes
+        elsewhere), SERVING again when it does. Return whether it answered."""
+        try:
+            reachable = bool(self._loop.call(self.store.healthy(), timeout=10.0))
+        except futures.TimeoutError:
+            reachable = False
+        if reachable != self.store_reachable and not self._stopped:
+            self.store_reachable = reachable
+            if reachable:
+                _log.warning("event=store_reachable store=%s: serving again", self.store.describe)
+            else:
+                _log.warning("event=store_unreachable store=%s: health NOT_SERVING until it answers", self.store.describe)
+            self._set_health(health_pb2.HealthCheckResponse.SERVING if reachable
+                             else health_pb2.HealthCheckResponse.NOT_SERVING)
+        return reachable
 
     def _set_health(self, status: int) -> None:
         async def set_all() -> None:
@@ -325,7 +355,8 @@ def create_server(models: Mapping[str, str | Path], address: str = "127.0.0.1:0"
     """Load ``models`` (name -> export directory or ``.onnx`` file) and bind ``address``; return the server and its port.
 
     ``security``: TLS (optionally mutual) and token authentication (:class:`~rnnpolicy.serve.auth.Security`).
-    ``store``: where sessions live beyond this process (default: ``config.state_dir``'s snapshots, or memory only).
+    ``store``: where sessions live beyond this process (default: ``config.session_store``'s Redis, or
+    ``config.state_dir``'s snapshots, or memory only).
     ``ValueError`` names a model that cannot be loaded, an address that cannot be bound, or an unreadable or
     mismatched certificate, key or token file.
     """
@@ -335,6 +366,8 @@ def create_server(models: Mapping[str, str | Path], address: str = "127.0.0.1:0"
     security = security or Security()
     credentials = security.server_credentials()  # before loading models: bad files fail fast
     interceptor = security.interceptor()
+    if store is None and config.session_store:
+        store = open_store(config.session_store, config.session_ttl)
     if store is None:
         store = StateDirStore(config.state_dir) if config.state_dir else MemoryStore()
     metrics = ServeMetrics()
