@@ -33,7 +33,7 @@ def _add_envoy_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--health-interval", type=float, default=defaults.health_interval, metavar="S",
                        help="seconds between gRPC health checks of each replica (default %(default)s)")
     group.add_argument("--retries", type=int, default=defaults.num_retries,
-                       help="retries of a reset, refused or UNAVAILABLE call, each on another replica "
+                       help="retries of a reset, refused, UNAVAILABLE or CANCELLED call, each on another replica "
                             "(default %(default)s)")
     group.add_argument("--stream-idle-timeout", type=float, default=defaults.stream_idle_timeout, metavar="S",
                        help="seconds a silent stream stays open; 0 never closes it (default %(default)s)")

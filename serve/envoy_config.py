@@ -10,7 +10,8 @@ reader can check against Envoy's reference (envoyproxy.io/docs/envoy/latest/api-
   a replica moves only its share of the sessions;
 - gRPC health checks of ``rnnpolicy.v1.PolicyService`` (a replica answers NOT_SERVING while it
   drains or while its session store is unreachable), also while the cluster has no traffic;
-- ``retry_policy``: a call reset, refused or answered UNAVAILABLE is retried on another replica
+- ``retry_policy``: a call reset, refused, or answered UNAVAILABLE or CANCELLED (how a draining
+  replica turns away calls that reach it after it stopped accepting) is retried on another replica
   (``previous_hosts``); safe for steps, which are exactly-once per seq wherever they land;
 - ``healthy_panic_threshold: 0``: never route to unhealthy replicas, even when few are healthy;
 - outlier detection ejects a replica that fails to connect or fails repeatedly between health checks;
@@ -80,7 +81,7 @@ class EnvoyOptions:
     unhealthy_threshold: int = 2
     """Failed health checks before a replica stops receiving calls."""
     num_retries: int = 2
-    """Retries of a reset, refused or UNAVAILABLE call, each on another replica."""
+    """Retries of a reset, refused, UNAVAILABLE or CANCELLED call, each on another replica."""
     connect_timeout: float = 1.0
     """Seconds to connect to a replica."""
     stream_idle_timeout: float = 3600.0
@@ -135,7 +136,7 @@ def _listener(listen: tuple[str, int], options: EnvoyOptions) -> dict[str, Any]:
             {"header": {"header_name": SESSION_HEADER}},
         ],
         "retry_policy": {
-            "retry_on": "reset,connect-failure,refused-stream,unavailable",
+            "retry_on": "reset,connect-failure,refused-stream,unavailable,cancelled",
             "num_retries": options.num_retries,
             "retry_host_predicate": [{
                 "name": "envoy.retry_host_predicates.previous_hosts",

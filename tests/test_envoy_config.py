@@ -34,7 +34,7 @@ def test_routes_by_affinity_then_session_id_with_consistent_hashing():
                                     {"header": {"header_name": SESSION_HEADER}}]
     assert route["timeout"] == "0s"  # long-lived streams
     retry = route["retry_policy"]
-    assert set(retry["retry_on"].split(",")) >= {"reset", "unavailable", "refused-stream", "connect-failure"}
+    assert set(retry["retry_on"].split(",")) == {"reset", "unavailable", "refused-stream", "connect-failure", "cancelled"}
     assert retry["retry_host_predicate"][0]["name"] == "envoy.retry_host_predicates.previous_hosts"
     cluster = _cluster(config)
     assert cluster["lb_policy"] == "RING_HASH" and cluster["type"] == "STATIC"
