@@ -153,13 +153,13 @@ class StepCoordinator:
                 session = directory.lookup(session_id, principal)  # raises, or expires it and raises
             model = session.model
             model_name = model.name
-            checked = checked_obs(obs, model)  # obs stays the request's field: a reload below steps it again
+            row_obs = checked_obs(obs, model)
             admission = admit(session, seq)
             if admission == "cached":
                 self.metrics.count_steps(model_name, "OK")
                 return session, model.slots.cached(session.slot)
             job = Job(1, 0)
-            step = Step(session, seq, checked, episode_start, deterministic, job)
+            step = Step(session, seq, row_obs, episode_start, deterministic, job)
             if admission == "queued":
                 enqueue(session, step)
                 return self._answer(step)
@@ -216,7 +216,7 @@ class StepCoordinator:
         Returns the model the rows ran on (None when no row found its session)."""
         directory = self.directory
         if self._write_through:
-            await self._claim_missing(session_ids, principal, job)
+            await self._claim_missing(session_ids, seqs, principal, job)
         failed = job.errors or {}
         model: ServedModel | None = None
         ready: list[Step] = []
@@ -261,9 +261,14 @@ class StepCoordinator:
         await job.future
         return model
 
-    async def _claim_missing(self, session_ids: list[str], principal: str, job: Job) -> None:
-        """Claim, all at once, the sessions of a StepBatch this process does not hold; fail the rows that cannot be."""
-        missing = [(row, sid) for row, sid in enumerate(session_ids) if self.directory.held(sid) is None]
+    async def _claim_missing(self, session_ids: list[str], seqs: list[int], principal: str, job: Job) -> None:
+        """Claim, all at once, the sessions of a StepBatch this process does not hold, or holds an older copy of
+        (the row's seq is past the next one here: another replica stepped it); fail the rows that cannot be."""
+        missing = []
+        for row, (sid, seq) in enumerate(zip(session_ids, seqs)):
+            held = self.directory.held(sid)
+            if held is None or seq > held.last_seq + 1:
+                missing.append((row, sid))
         if not missing:
             return
         results = await asyncio.gather(*(self._claim(sid, principal) for _, sid in missing), return_exceptions=True)
