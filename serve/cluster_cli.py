@@ -111,8 +111,8 @@ def add_cluster_arguments(parser: argparse.ArgumentParser, argv: list[str] | Non
                         help="directory for the logs, the Envoy configuration and Redis' AOF (kept; the default is a "
                              "temporary directory removed on exit)")
     parser.add_argument("--serve-args", default="", metavar="'OPTIONS'",
-                        help="more rnnpolicy serve options for every replica, as one quoted string "
-                             "(e.g. '--max-batch 128 --quiet-sessions')")
+                        help="more rnnpolicy serve options for every replica, as one string after '=' "
+                             "(e.g. --serve-args='--max-batch 128 --quiet-sessions')")
     parser.add_argument("--ready-timeout", type=float, default=120.0, metavar="S",
                         help="seconds to wait for every component to be ready (default %(default)s)")
     _add_envoy_options(parser)

@@ -248,18 +248,20 @@ class PolicyServer:
             self.metrics_port = self.metrics.serve_http(self.config.metrics_port, self.config.metrics_host)
         self._loop.call(self.grpc_server.start())
         self._loop.busy_poll(self, self.config.busy_poll_us / 1e6)
+        if self.store.write_through:
+            self.store_reachable = self._store_answers()
+            if not self.store_reachable:
+                _log.warning("event=store_unreachable store=%s: health NOT_SERVING until it answers", self.store.describe)
         for thread in self._threads:
             thread.start()
-        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._set_health(health_pb2.HealthCheckResponse.SERVING if self.store_reachable
+                         else health_pb2.HealthCheckResponse.NOT_SERVING)
         return self
 
     def check_store(self) -> bool:
         """Ask the session store whether it answers; report NOT_SERVING while it does not (so a proxy routes
         elsewhere), SERVING again when it does. Return whether it answered."""
-        try:
-            reachable = bool(self._loop.call(self.store.healthy(), timeout=10.0))
-        except futures.TimeoutError:
-            reachable = False
+        reachable = self._store_answers()
         if reachable != self.store_reachable and not self._stopped:
             self.store_reachable = reachable
             if reachable:
@@ -269,6 +271,12 @@ class PolicyServer:
             self._set_health(health_pb2.HealthCheckResponse.SERVING if reachable
                              else health_pb2.HealthCheckResponse.NOT_SERVING)
         return reachable
+
+    def _store_answers(self) -> bool:
+        try:
+            return bool(self._loop.call(self.store.healthy(), timeout=10.0))
+        except futures.TimeoutError:
+            return False
 
     def _set_health(self, status: int) -> None:
         async def set_all() -> None:
