@@ -40,13 +40,13 @@ from rnnpolicy.serve.servicer import PolicyServicer
 from rnnpolicy.serve.store import MemoryStore, SessionStore
 from rnnpolicy.v1 import policy_pb2
 
-__all__ = ["BusyPollSelector", "EventLoopThread", "MAX_BUSY_POLL_US", "PolicyServer", "STORE_CHECK_INTERVAL", "ServeConfig",
-           "create_server", "server_loop", "serve_until_signal", "SERVICE_NAME"]
+__all__ = ["BusyPollSelector", "EventLoopThread", "MAX_BUSY_POLL_US", "PolicyServer", "ServeConfig", "create_server",
+           "server_loop", "serve_until_signal", "SERVICE_NAME"]
 
 SERVICE_NAME = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
 MAX_BUSY_POLL_US = 10_000
 STORE_CHECK_INTERVAL = 1.0
-"""Seconds between checks that a write-through session store answers (health is NOT_SERVING while it does not)."""
+"""Seconds between checks that a write-through session store can be reached (health follows it)."""
 _log = logging.getLogger("rnnpolicy.serve")
 
 
@@ -200,7 +200,8 @@ class PolicyServer:
     """
 
     def __init__(self, server: grpc.aio.Server, loop: EventLoopThread, servicer: PolicyServicer,
-                 health_servicer: health_aio.HealthServicer, config: ServeConfig, address: str, store: SessionStore) -> None:
+                 health_servicer: health_aio.HealthServicer, config: ServeConfig, address: str, store: SessionStore,
+                 port: int = 0) -> None:
         self.grpc_server = server
         self._loop = loop
         self.servicer = servicer
@@ -208,6 +209,9 @@ class PolicyServer:
         self.health = health_servicer
         self.config = config
         self.address = address
+        """The address asked for (its port may be 0)."""
+        self.port = port
+        """The port bound."""
         self.store = store
         self.metrics_port: int | None = None
         self._stop = threading.Event()
@@ -221,7 +225,7 @@ class PolicyServer:
         if config.checkpoint_interval:
             self._threads.append(threading.Thread(target=self._every, args=(config.checkpoint_interval, self.checkpoint),
                                                   name="rnnpolicy-checkpointer", daemon=True))
-        self.store_reachable = True
+        self._store_reachable = True
         if store.write_through:
             self._threads.append(threading.Thread(target=self._every, args=(STORE_CHECK_INTERVAL, self.check_store),
                                                   name="rnnpolicy-store-health", daemon=True))
@@ -248,35 +252,15 @@ class PolicyServer:
             self.metrics_port = self.metrics.serve_http(self.config.metrics_port, self.config.metrics_host)
         self._loop.call(self.grpc_server.start())
         self._loop.busy_poll(self, self.config.busy_poll_us / 1e6)
-        if self.store.write_through:
-            self.store_reachable = self._store_answers()
-            if not self.store_reachable:
-                _log.warning("event=store_unreachable store=%s: health NOT_SERVING until it answers", self.store.describe)
+        if self.store.write_through:  # a store unreachable from the start: NOT_SERVING from the start
+            self._store_reachable = self._loop.call(self.store.healthy(), timeout=STORE_CHECK_INTERVAL + 5.0)
+            if not self._store_reachable:
+                _log.error("event=session_store_unreachable store=%s", self.store.describe)
         for thread in self._threads:
             thread.start()
-        self._set_health(health_pb2.HealthCheckResponse.SERVING if self.store_reachable
+        self._set_health(health_pb2.HealthCheckResponse.SERVING if self._store_reachable
                          else health_pb2.HealthCheckResponse.NOT_SERVING)
         return self
-
-    def check_store(self) -> bool:
-        """Ask the session store whether it answers; report NOT_SERVING while it does not (so a proxy routes
-        elsewhere), SERVING again when it does. Return whether it answered."""
-        reachable = self._store_answers()
-        if reachable != self.store_reachable and not self._stopped:
-            self.store_reachable = reachable
-            if reachable:
-                _log.warning("event=store_reachable store=%s: serving again", self.store.describe)
-            else:
-                _log.warning("event=store_unreachable store=%s: health NOT_SERVING until it answers", self.store.describe)
-            self._set_health(health_pb2.HealthCheckResponse.SERVING if reachable
-                             else health_pb2.HealthCheckResponse.NOT_SERVING)
-        return reachable
-
-    def _store_answers(self) -> bool:
-        try:
-            return bool(self._loop.call(self.store.healthy(), timeout=10.0))
-        except futures.TimeoutError:
-            return False
 
     def _set_health(self, status: int) -> None:
         async def set_all() -> None:
@@ -343,6 +327,18 @@ class PolicyServer:
             return action()
 
         return self._loop.call(run())
+
+    def check_store(self) -> bool:
+        """Ask the session store whether it can be reached; health turns NOT_SERVING while it cannot (a proxy then
+        routes elsewhere) and SERVING again when it can. Runs every STORE_CHECK_INTERVAL seconds."""
+        reachable = self._loop.call(self.store.healthy(), timeout=STORE_CHECK_INTERVAL + 5.0)
+        if reachable != self._store_reachable and not self._stopped:
+            self._store_reachable = reachable
+            self._set_health(health_pb2.HealthCheckResponse.SERVING if reachable
+                             else health_pb2.HealthCheckResponse.NOT_SERVING)
+            _log.log(logging.INFO if reachable else logging.ERROR, "event=session_store_%s store=%s",
+                     "reachable" if reachable else "unreachable", self.store.describe)
+        return reachable
 
     def _reap(self) -> None:
         if self.config.session_ttl:
@@ -434,7 +430,7 @@ def create_server(models: Mapping[str, str | Path], address: str = "127.0.0.1:0"
     if port == 0:  # a successful bind, even to port 0, returns the port it got
         catalog.close()
         raise ValueError(f"cannot bind {address!r}: expected a free HOST:PORT")
-    policy_server = PolicyServer(server, loop, servicer, health_servicer, config, address, store)
+    policy_server = PolicyServer(server, loop, servicer, health_servicer, config, address, store, port)
     if start:
         policy_server.start()
     return policy_server, port

@@ -107,3 +107,20 @@ def test_a_step_batch_on_either_server_steps_sessions_created_anywhere(pair, ser
         q = np.array(answer.q_values).reshape(4, -1)
         for i, ref in enumerate(refs):
             np.testing.assert_allclose(q[i], ref.step(_obs(t), t == 0)["q_values"][0], atol=1e-5)
+
+
+def test_health_follows_the_store(pair):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    store, _, (a, _) = pair
+    with grpc.insecure_channel(f"127.0.0.1:{a.port}") as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert health.Check(health_pb2.HealthCheckRequest(service="")).status == serving
+        store.down = True
+        assert a.check_store() is False
+        assert health.Check(health_pb2.HealthCheckRequest(service="rnnpolicy.v1.PolicyService")).status == \
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        store.down = False
+        assert a.check_store() is True
+        assert health.Check(health_pb2.HealthCheckRequest(service="")).status == serving
