@@ -77,8 +77,8 @@ async def _memory(url: str, sessions: int) -> dict:
         await client.flushall()
         base = (await client.info("memory"))["used_memory"]
         records = [bench_record(i, sampling=sampling) for i in range(sessions)]
-        for lo in range(0, sessions, BATCH):
-            await asyncio.gather(*(store.insert(r) for r in records[lo:lo + BATCH]))
+        for lo in range(0, sessions, 32):
+            await asyncio.gather(*(store.insert(r) for r in records[lo:lo + 32]))
         used = (await client.info("memory"))["used_memory"]
         usage = [await store.memory_usage(r.session_id) for r in records[:: max(1, sessions // 200)]]
         key = "sampling" if sampling else "deterministic"
@@ -202,12 +202,19 @@ async def _failover(cluster: LocalCluster, sessions: int, seconds: float) -> dic
     stop_at = time.perf_counter() + seconds
     obs = np.zeros(16, np.float32)
 
+    errors: list[str] = []
+
     async def drive(index: int, client) -> None:
-        async with client.session("bench") as session:
+        session = await client.session("bench")
+        try:
             while time.perf_counter() < stop_at:
                 t = time.perf_counter()
                 await session.step(obs)
                 steps.append((time.perf_counter(), time.perf_counter() - t, index))
+        except Exception as exc:  # noqa: BLE001 - a client-visible error is a result, reported
+            errors.append(repr(exc))
+        finally:
+            await session.close()
 
     async with AsyncPolicyClient(cluster.endpoint) as client:
         tasks = [asyncio.create_task(drive(i, client)) for i in range(sessions)]
@@ -222,7 +229,8 @@ async def _failover(cluster: LocalCluster, sessions: int, seconds: float) -> dic
         if end > killed_at and index not in after:
             after[index] = end
     recovered = max(after.values()) - killed_at if len(after) == sessions else float("nan")
-    return {"sessions": sessions, "steps": len(steps), "p50_ms_around_kill": round(float(np.percentile(around, 50)), 3),
+    return {"sessions": sessions, "steps": len(steps), "client_errors": errors,
+            "p50_ms_around_kill": round(float(np.percentile(around, 50)), 3),
             "p99_ms_around_kill": round(float(np.percentile(around, 99)), 3),
             "max_ms_around_kill": round(float(around.max()), 3),
             "seconds_until_every_session_stepped_again": round(recovered, 3),
@@ -278,24 +286,30 @@ def main() -> int:
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                  "redis_py": redis.__version__, "loadavg_at_start": loadavg()},
                      "seconds_per_scenario": args.seconds}
+    stem = "cluster_bench" if set(chosen) == set(SCENARIOS) else "cluster_bench_" + "_".join(chosen)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if "memory" in chosen:
             results["memory"] = memory(tmp, args.sessions)
             print("memory", results["memory"], flush=True)
+            write(results, stem)
         export = _export(tmp) if set(chosen) - {"memory"} else None
         for name, run in (("store", store_vs_memory), ("envoy", through_envoy), ("failover", failover),
                           ("scaling", scaling)):
             if name in chosen:
                 results[name] = run(tmp, export, args.seconds)
                 print(name, results[name], flush=True)
-    results["machine"]["loadavg_at_end"] = loadavg()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = "cluster_bench" if set(chosen) == set(SCENARIOS) else "cluster_bench_" + "_".join(chosen)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / f"{stem}.md").write_text(markdown(results))
+                write(results, stem)
     print(markdown(results))
     return 0
+
+
+def write(results: dict, stem: str) -> None:
+    """Write the results so far (a later scenario's failure keeps the earlier ones)."""
+    results["machine"]["loadavg_at_end"] = loadavg()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(markdown(results))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ tombstone: a later call finds it unknown.
 
 URL: ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]``, ``rediss://`` (TLS; redis-py's ``ssl_*`` query
 options, e.g. ``?ssl_ca_certs=ca.pem``) or ``unix:///path/redis.sock``. redis-py's query options
-apply (``socket_timeout``, ``socket_connect_timeout``, ``max_connections``...; defaults here 2 s, 1 s
+apply (``socket_timeout``, ``socket_connect_timeout``, ``max_connections``...; defaults here 2 s, 2 s
 and 64 connections, beyond which commands wait for a free one), plus this
 store's own: ``prefix``, ``tombstone_ttl`` (seconds) and ``count_commits``.
 """
@@ -171,7 +171,7 @@ class RedisStore(SessionStore):
             # (up to 5 s, then StoreUnavailable) instead of failing at once.
             pool = redis.asyncio.BlockingConnectionPool.from_url(
                 redis_url, max_connections=64, timeout=5.0,
-                socket_timeout=2.0, socket_connect_timeout=1.0,  # the URL's own options win
+                socket_timeout=2.0, socket_connect_timeout=2.0,  # the URL's own options win
                 # One immediate reconnect-and-retry on a broken connection (a Redis that restarted), none on a
                 # timeout; then StoreUnavailable. A commit retried after it had in fact been applied is refused
                 # by its own seq check, and the caller answers from the stored record: no step applied twice.
