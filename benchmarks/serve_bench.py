@@ -20,7 +20,12 @@ recorded beside every figure: on a busy machine the latencies are not comparable
 Servers run as subprocesses; the load comes from one asyncio client process (this one).
 Results: benchmarks/results/serve_bench.json and serve_bench.md.
 
+The default clients' scenarios (CLIENT_PLAN) measure what a user of ``rnnpolicy.clients`` gets: steps/s and
+p50/p99 of 128 sessions through AsyncPolicyClient and through PolicyClient from 16 threads, against the raw
+128-stream figure of the same round (target: the asyncio client >= 0.8x).
+
     python benchmarks/serve_bench.py [--seconds 3] [--rounds 3] [--soak 1000000]
+    python benchmarks/serve_bench.py --only client-async:128,client-sync:128   # the clients' scenarios alone
 """
 
 from __future__ import annotations
@@ -51,6 +56,14 @@ BURST = 128  # concurrent session calls at once: below the servers' limit of 256
 RESULTS = Path(__file__).parent / "results"
 SERVICE = "/rnnpolicy.v1.PolicyService/"
 PLAN = [("unary", 1), ("unary", 16), ("unary", 128), ("stream", 1), ("stream", 16), ("stream", 128), ("batch", 256)]
+CLIENT_PLAN = [("client-async", 128), ("client-sync", 128)]
+"""128 sessions stepping back to back through rnnpolicy.clients' default (streaming) sessions: AsyncPolicyClient
+in one event loop, and PolicyClient from SYNC_THREADS threads; against `serve` only, each round right after the
+raw 128-stream scenario (the same messages, written by hand) against the same server, its reference."""
+SYNC_THREADS = 16
+SOLO: dict = {}
+"""Scenarios outside the echo comparison, by --only name: an async function (port, server pid) -> a results dict
+with its "targets", run against a fresh policy server of their own (in a full run after the memory figure)."""
 
 
 # ------------------------------------------------------------------ the echo server (a subprocess)
@@ -268,6 +281,83 @@ async def scenario(port: int, kind: str, sessions: int, seconds: float) -> dict:
             "steal_pct": steal}
 
 
+def _client_row(kind: str, sessions: int, lat: list[float], elapsed: float, ticks: tuple[int, int]) -> dict:
+    ms = np.asarray(lat) * 1e3
+    return {"kind": kind, "sessions": sessions, "calls": len(lat), "steps": len(lat), "seconds": round(elapsed, 3),
+            "steps_per_s": round(len(lat) / elapsed, 1), "p50_ms": round(float(np.percentile(ms, 50)), 4),
+            "p99_ms": round(float(np.percentile(ms, 99)), 4), "loadavg_1m": loadavg()[0],
+            "steal_pct": steal_pct(ticks, cpu_ticks())}
+
+
+def _phases(seconds: float) -> tuple[tuple[str, float], ...]:
+    return (("warm", min(1.0, seconds / 3)), ("measure", seconds))
+
+
+async def default_async_client(port: int, sessions: int, seconds: float) -> dict:
+    """``sessions`` AsyncPolicyClient sessions (its default: a stream each) stepping back to back in one loop."""
+    from rnnpolicy.clients import AsyncPolicyClient
+
+    obs = np.random.default_rng(0).normal(size=OBS_DIM).astype(np.float32)
+    lat: list[float] = []
+    ticks = cpu_ticks()
+
+    async def drive(session, stop_at: float) -> None:
+        while time.perf_counter() < stop_at:
+            t = time.perf_counter()
+            await session.step(obs)
+            lat.append(time.perf_counter() - t)
+
+    async with AsyncPolicyClient(f"127.0.0.1:{port}") as client:
+        opened = [await client.session("bench") for _ in range(sessions)]
+        for _phase, length in _phases(seconds):
+            lat.clear()
+            ticks = cpu_ticks()
+            t0 = time.perf_counter()
+            await asyncio.gather(*(drive(s, t0 + length) for s in opened))
+            elapsed = time.perf_counter() - t0
+        row = _client_row("client-async", sessions, lat, elapsed, ticks)
+        await asyncio.gather(*(s.close() for s in opened))
+    return row
+
+
+def default_sync_client(port: int, sessions: int, seconds: float, threads: int = SYNC_THREADS) -> dict:
+    """``sessions`` PolicyClient sessions (a stream each) on one client, stepped back to back by ``threads``
+    threads, each stepping its share of the sessions in turn."""
+    from rnnpolicy.clients import PolicyClient
+
+    obs = np.random.default_rng(0).normal(size=OBS_DIM).astype(np.float32)
+
+    def drive(group, stop_at: float, lat: list[float]) -> None:
+        while time.perf_counter() < stop_at:
+            for session in group:
+                t = time.perf_counter()
+                session.step(obs)
+                lat.append(time.perf_counter() - t)
+
+    with PolicyClient(f"127.0.0.1:{port}") as client:
+        opened = [client.session("bench") for _ in range(sessions)]
+        for _phase, length in _phases(seconds):
+            lats: list[list[float]] = [[] for _ in range(threads)]
+            ticks = cpu_ticks()
+            t0 = time.perf_counter()
+            workers = [threading.Thread(target=drive, args=(opened[i::threads], t0 + length, lats[i]))
+                       for i in range(threads)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            elapsed = time.perf_counter() - t0
+        for session in opened:
+            session.close()
+    return _client_row("client-sync", sessions, [x for lat in lats for x in lat], elapsed, ticks)
+
+
+def client_scenario(port: int, kind: str, sessions: int, seconds: float) -> dict:
+    if kind == "client-async":
+        return asyncio.run(default_async_client(port, sessions, seconds))
+    return default_sync_client(port, sessions, seconds)
+
+
 async def resident_memory(port: int, pid: int, count: int = 10_000) -> dict:
     load = Load(port)
     await asyncio.sleep(0.5)
@@ -340,7 +430,120 @@ async def soak(port: int, pid: int, total_steps: int) -> dict:
             "loadavg_start": load_start, "loadavg_end": loadavg()}
 
 
+# ------------------------------------------------------------------ a fleet of robots (10,000 open streams)
+
+
+FLEET_ROBOTS = 10_000
+FLEET_CONNECTIONS = 10_000  # a connection per robot, as robots in the field have
+FLEET_RAMP_S = 20.0  # the robots connect over this long, at random times
+FLEET_RSS_LIMIT_MB = 300
+FLEET_MEASURE_S = 20.0
+
+
+async def fleet(port: int, pid: int, seconds: float, robots: int = FLEET_ROBOTS,
+                connections: int = FLEET_CONNECTIONS) -> dict:
+    """``robots`` robots, each with its own session and its own StepStream held open throughout, each stepping
+    now and then: together at half the server's 128-stream throughput (measured first, on the same server), each
+    at its own phase. Measured over ``seconds`` once every stream is open: every step answered, p50/p99 latency,
+    server RSS and threads against idle, calls refused."""
+    from rnnpolicy.serve.limits import raise_open_file_limit
+
+    raise_open_file_limit(connections)  # this client's side of every connection
+    calibration = await scenario(port, "stream", 128, 3.0)
+    rate = calibration["steps_per_s"] / 2
+    period = robots / rate  # seconds between one robot's steps
+    idle_rss, idle_threads = rss_mb(pid), threads(pid)
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(min(connections, robots))]
+    stubs = [policy_pb2_grpc.PolicyServiceStub(c) for c in channels]
+    obs = np.random.default_rng(0).normal(size=OBS_DIM).astype(np.float32).tolist()
+    ids: list[str] = []
+    for lo in range(0, robots, BURST):
+        ids += [r.session_id for r in await asyncio.gather(*(stubs[(lo + i) % len(stubs)].CreateSession(
+            pb.CreateSessionRequest(model="bench")) for i in range(min(BURST, robots - lo))))]
+    rng = np.random.default_rng(1)
+    start = time.perf_counter() + 1.0
+    measure_from = start + FLEET_RAMP_S + period  # every robot connected and stepped at least once
+    measure_to = measure_from + seconds
+    lat: list[float] = []
+    late: list[float] = []
+    counts = {"sent": 0, "answered": 0, "open": 0, "most_open": 0}
+    errors: dict[str, int] = {}
+    held = {"rss_mb": 0.0, "threads": 0, "open": 0}
+
+    async def robot(i: int) -> None:
+        due = start + rng.uniform(0, FLEET_RAMP_S)
+        await asyncio.sleep(due - time.perf_counter())
+        call = stubs[i % len(stubs)].StepStream(metadata=(("x-session-id", ids[i]),))
+        counts["open"] += 1
+        counts["most_open"] = max(counts["most_open"], counts["open"])
+        seq = 0
+        try:
+            while due < measure_to:
+                seq += 1
+                t = time.perf_counter()
+                counts["sent"] += 1
+                await call.write(pb.StepRequest(session_id=ids[i], seq=seq, obs=obs, deterministic=True))
+                response = await call.read()
+                if response.HasField("error"):
+                    errors[response.error.message] = errors.get(response.error.message, 0) + 1
+                else:
+                    counts["answered"] += 1
+                if measure_from <= t < measure_to:
+                    lat.append(time.perf_counter() - t)
+                    late.append(t - due)
+                due += period * rng.uniform(0.5, 1.5)  # now and then, not in lockstep
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            await call.done_writing()
+            await call.read()
+        except grpc.aio.AioRpcError as err:
+            key = f"{err.code().name} {err.details()!r} at {'the first step' if seq == 1 else 'a later step'}"
+            errors[key] = errors.get(key, 0) + 1
+        finally:
+            counts["open"] -= 1
+
+    async def sample_while_held() -> None:
+        await asyncio.sleep(measure_from + seconds / 2 - time.perf_counter())
+        held.update(rss_mb=rss_mb(pid), threads=threads(pid), open=counts["open"])
+
+    ticks = cpu_ticks()
+    await asyncio.gather(sample_while_held(), *(robot(i) for i in range(robots)))
+    steal = steal_pct(ticks, cpu_ticks())
+    for channel in channels:
+        await channel.close()
+    ms = np.asarray(lat) * 1e3
+    return {"robots": robots, "connections": len(channels), "calibration_128_streams_steps_per_s":
+            calibration["steps_per_s"], "target_steps_per_s": round(rate, 1), "step_period_s": round(period, 3),
+            "measured_s": seconds, "steps_per_s": round(len(lat) / seconds, 1),
+            "sent": counts["sent"], "answered": counts["answered"], "errors": errors,
+            "streams_open_at_sample": held["open"], "most_streams_open": counts["most_open"],
+            "p50_ms": round(float(np.percentile(ms, 50)), 3) if len(ms) else None,
+            "p99_ms": round(float(np.percentile(ms, 99)), 3) if len(ms) else None,
+            "client_late_p99_ms": round(float(np.percentile(np.asarray(late) * 1e3, 99)), 3) if late else None,
+            "idle_rss_mb": round(idle_rss, 1), "rss_mb": round(held["rss_mb"], 1),
+            "rss_delta_mb": round(held["rss_mb"] - idle_rss, 1), "idle_threads": idle_threads,
+            "threads": held["threads"], "loadavg_1m": loadavg()[0], "steal_pct": steal}
+
+
+async def fleet_scenario(port: int, pid: int) -> dict:
+    row = await fleet(port, pid, FLEET_MEASURE_S)
+    return row | {"targets": fleet_targets(row)}
+
+
+def fleet_targets(row: dict) -> list[dict]:
+    """The issue's target for the fleet: every stream held at once, every step answered, RSS bounded."""
+    held = row["streams_open_at_sample"] == row["robots"] and row["most_streams_open"] == row["robots"]
+    return [{"target": f"{row['robots']:,} streams held at once, every step answered, no call refused",
+             "value": f"{row['streams_open_at_sample']} open, {row['answered']}/{row['sent']} answered, "
+                      f"errors {row['errors'] or 'none'}",
+             "limit": "all", "met": held and row["answered"] == row["sent"] and not row["errors"]},
+            {"target": f"RSS with {row['robots']:,} streams held <= {FLEET_RSS_LIMIT_MB} MB above idle",
+             "value": row["rss_delta_mb"], "limit": FLEET_RSS_LIMIT_MB, "met": row["rss_delta_mb"] <= FLEET_RSS_LIMIT_MB}]
+
+
 # ------------------------------------------------------------------ main
+
+
+SOLO["fleet:10000"] = fleet_scenario
 
 
 def main() -> int:
@@ -353,14 +556,17 @@ def main() -> int:
                         help="rounds over all scenarios; each scenario runs every echo server and both policy servers "
                              "back to back, the order rotating per round; figures are medians over rounds "
                              "(default %(default)s)")
-    parser.add_argument("--only", type=_scenarios, default=PLAN, metavar="KIND:SESSIONS,...",
-                        help="run only these scenarios, e.g. stream:1,stream:128 (for iterating; the targets need all, "
-                             "and the memory and soak runs are skipped)")
+    parser.add_argument("--only", type=_scenarios, default=PLAN + CLIENT_PLAN, metavar="KIND:SESSIONS,...",
+                        help="run only these scenarios, e.g. stream:1,stream:128 or client-async:128 (for iterating; "
+                             "the targets need all, and the memory and soak runs are skipped)")
     args = parser.parse_args()
     if args.echo_server:
         run_echo_server(args.echo_server)
         return 0
-    plan = args.only
+    plan = [s for s in args.only if s in PLAN]
+    client_plan = [s for s in args.only if s in CLIENT_PLAN]
+    full = plan == PLAN and client_plan == CLIENT_PLAN
+    solo = [name for name in SOLO if full or name in args.only]
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "grpcio": grpc.__version__,
                                  "loadavg_at_start": loadavg()},
                      "model": f"q-network, LSTM {HIDDEN} units, obs_dim {OBS_DIM}, {ACTIONS} actions",
@@ -369,13 +575,16 @@ def main() -> int:
         export = export_bench_model(Path(tmp))
         serve_cmd = [sys.executable, "-m", "rnnpolicy.cli", "serve", "--model", f"bench={export}", "--port", "0",
                      "--max-sessions", "20000", "--max-wait-us", str(args.max_wait_us)]
-        servers = {f"echo-{mode}": start([sys.executable, __file__, "--echo-server", mode])
-                   for mode in (*ECHO_MODES, "asyncio-busy-poll")}
-        servers["serve"] = start(serve_cmd)
-        servers["serve-busy-poll"] = start(serve_cmd + ["--busy-poll-us", str(BUSY_POLL_US)])
+        all_names = [*(f"echo-{mode}" for mode in (*ECHO_MODES, "asyncio-busy-poll")), "serve", "serve-busy-poll"]
+        servers = {"serve": start(serve_cmd)} if plan or client_plan else {}
+        if plan:  # the default clients' scenarios alone need only `serve`
+            servers |= {f"echo-{mode}": start([sys.executable, __file__, "--echo-server", mode])
+                        for mode in (*ECHO_MODES, "asyncio-busy-poll")}
+            servers["serve-busy-poll"] = start(serve_cmd + ["--busy-poll-us", str(BUSY_POLL_US)])
         try:
-            names = list(servers)
-            runs: dict[str, list[list[dict]]] = {name: [[] for _ in plan] for name in [*names, "echo"]}
+            names = [name for name in all_names if name in servers]
+            runs: dict[str, list[list[dict]]] = {name: [[] for _ in plan] for name in [*all_names, "echo"]}
+            client_runs: dict[str, list[dict]] = {kind: [] for kind in ["reference", *(k for k, _ in client_plan)]}
             for round_ in range(args.rounds):
                 for i, (kind, n) in enumerate(plan):
                     # Back to back, the order rotating per round, so all see the same machine load.
@@ -386,7 +595,17 @@ def main() -> int:
                     # The ceiling of this round: the better echo server (by throughput).
                     runs["echo"][i].append(max((runs[f"echo-{mode}"][i][-1] for mode in ECHO_MODES),
                                                key=lambda r: r["steps_per_s"]))
+                if client_plan:  # the raw reference right before the clients, so all see the same machine load
+                    client_runs["reference"].append(asyncio.run(scenario(servers["serve"][1], "stream", 128,
+                                                                         args.seconds)) | {"server": "serve"})
+                    print(f"round {round_} serve raw reference", client_runs["reference"][-1], flush=True)
+                    for kind, n in client_plan:
+                        client_runs[kind].append(client_scenario(servers["serve"][1], kind, n, args.seconds)
+                                                 | {"server": "serve"})
+                        print(f"round {round_} serve {kind}", client_runs[kind][-1], flush=True)
             results["runs"] = runs
+            if client_plan:
+                results["clients"] = client_results(client_runs)
             for name in ("echo", "serve", "serve-busy-poll", "echo-asyncio-busy-poll"):
                 results[name] = [median_row(rows) for rows in runs[name]]
             results["ratios"] = ratios(runs, "serve", "echo", plan)
@@ -395,7 +614,6 @@ def main() -> int:
         finally:
             for proc, _port in servers.values():
                 stop(proc)
-        full = plan == PLAN
         proc, port = start(serve_cmd) if full else (None, 0)
         try:
             if full:
@@ -403,6 +621,13 @@ def main() -> int:
                 print("memory", results["memory_10k_sessions"], flush=True)
         finally:
             if proc is not None:
+                stop(proc)
+        for name in solo:
+            proc, port = start(serve_cmd)
+            try:
+                results[name] = asyncio.run(SOLO[name](port, proc.pid))
+                print(name, results[name], flush=True)
+            finally:
                 stop(proc)
         if args.soak and full:
             soak_cmd = serve_cmd[:serve_cmd.index("--max-sessions") + 1] + [str(SOAK_MAX_SESSIONS)] + \
@@ -414,7 +639,7 @@ def main() -> int:
             finally:
                 stop(proc)
     results["machine"]["loadavg_at_end"] = loadavg()
-    results["targets"] = targets(results, "serve", results["ratios"])
+    results["targets"] = targets(results, "serve", results["ratios"]) + [t for name in solo for t in results[name]["targets"]]
     results["targets_busy_poll"] = targets(results, "serve-busy-poll", results["ratios_busy_poll"])
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "serve_bench" if full else "serve_bench_partial"  # a partial run does not replace the full results
@@ -425,13 +650,16 @@ def main() -> int:
 
 
 def _scenarios(text: str) -> list[tuple[str, int]]:
-    """``stream:1,stream:128`` as [("stream", 1), ("stream", 128)], each one of PLAN's scenarios."""
+    """``stream:1,stream:128`` as [("stream", 1), ("stream", 128)], each one of PLAN's or CLIENT_PLAN's scenarios."""
     chosen = []
     for item in text.split(","):
         kind, _, sessions = item.partition(":")
-        if not sessions.isdigit() or (kind, int(sessions)) not in PLAN:
+        if item in SOLO:
+            chosen.append(item)
+            continue
+        if not sessions.isdigit() or (kind, int(sessions)) not in PLAN + CLIENT_PLAN:
             raise argparse.ArgumentTypeError(f"unknown scenario {item!r}; expected KIND:SESSIONS from "
-                                             f"{', '.join(f'{k}:{n}' for k, n in PLAN)}")
+                                             f"{', '.join([f'{k}:{n}' for k, n in PLAN + CLIENT_PLAN] + list(SOLO))}")
         chosen.append((kind, int(sessions)))
     return chosen
 
@@ -444,6 +672,18 @@ def ratios(runs: dict[str, list[list[dict]]], server: str, reference: str, plan:
         out.append({"kind": kind, "sessions": n,
                     "throughput": round(float(np.median([s["steps_per_s"] / e["steps_per_s"] for s, e in pairs])), 3),
                     "p50": round(float(np.median([s["p50_ms"] / e["p50_ms"] for s, e in pairs])), 3)})
+    return out
+
+
+def client_results(client_runs: dict[str, list[dict]]) -> dict:
+    """The default clients' figures (medians over rounds) and their throughput over the raw 128-stream reference
+    of the same round (the median of the per-round ratios)."""
+    reference = client_runs["reference"]
+    out = {"reference_stream_128": median_row(reference)}
+    for kind, rows in client_runs.items():
+        if kind != "reference":
+            ratio = float(np.median([c["steps_per_s"] / r["steps_per_s"] for c, r in zip(rows, reference)]))
+            out[kind] = median_row(rows) | {"throughput_vs_raw_stream": round(ratio, 3)}
     return out
 
 
@@ -478,6 +718,11 @@ def targets(results: dict, server: str, server_ratios: list[dict]) -> list[dict]
                     "limit": 50000, "met": batch["steps_per_s"] >= 50000})
     if server != "serve":
         return out
+    clients = results.get("clients", {})
+    if "client-async" in clients:
+        ratio = clients["client-async"]["throughput_vs_raw_stream"]
+        out.append({"target": "128 sessions through the default AsyncPolicyClient >= 0.8x the raw 128 streams "
+                              "(median of per-round ratios)", "value": ratio, "limit": 0.8, "met": ratio >= 0.8})
     mem = results.get("memory_10k_sessions")
     if mem:
         out.append({"target": "10,000 sessions <= 100 MB above idle", "value": mem["delta_mb"], "limit": 100,
@@ -527,8 +772,27 @@ def markdown(results: dict) -> str:
     lines += ["", "| target | measured | limit | met |", "|---|---|---|---|"]
     lines += [f"| {t['target']} | {t['value']} | {t['limit']} | {'yes' if t['met'] else 'NO'} |"
               for t in results["targets_busy_poll"]]
+    if "clients" in results:
+        clients = results["clients"]
+        ref = clients["reference_stream_128"]
+        lines += ["", "## Default clients (`rnnpolicy.clients`, a stream per session) against `serve`", "",
+                  f"128 sessions stepping back to back: `AsyncPolicyClient` in one event loop, `PolicyClient` from "
+                  f"{SYNC_THREADS} threads; the reference is the raw 128-stream scenario against the same server, run "
+                  "right before them in each round.", "",
+                  "| scenario | steps/s | p50 ms | p99 ms | throughput vs raw streams | load | steal % |",
+                  "|---|---|---|---|---|---|---|",
+                  f"| raw 128 streams | {ref['steps_per_s']:.0f} | {ref['p50_ms']:.3f} | {ref['p99_ms']:.3f} | 1.00 "
+                  f"| {ref['loadavg_1m']} | {ref['steal_pct']} |"]
+        for kind in ("client-async", "client-sync"):
+            if kind in clients:
+                row = clients[kind]
+                lines.append(f"| {kind} 128 | {row['steps_per_s']:.0f} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | "
+                             f"{row['throughput_vs_raw_stream']:.2f} | {row['loadavg_1m']} | {row['steal_pct']} |")
     if "memory_10k_sessions" in results:
         lines += ["", f"memory_10k_sessions: {results['memory_10k_sessions']}"]
+    for name in SOLO:
+        if name in results:
+            lines += ["", f"{name}: { {k: v for k, v in results[name].items() if k != 'targets'} } (targets above)"]
     if "soak" in results:
         soak = {k: v for k, v in results["soak"].items() if k != "rss_mb_samples"}
         lines += ["", f"soak: {soak} (RSS after every 12,800 steps in serve_bench.json)"]

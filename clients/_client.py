@@ -1,40 +1,66 @@
-"""The synchronous client: ``PolicyClient`` (a channel) and its sessions, unary and streaming."""
+"""The synchronous client: ``PolicyClient`` (a channel) and its sessions, stepped over a stream or unary calls.
+
+The protocol (seq numbering, retries, replay, session calls) is :mod:`rnnpolicy.clients._protocol`'s; this
+module only performs its calls with grpc's sync API.
+"""
 
 from __future__ import annotations
 
 import queue
 import threading
 import time
-from collections import deque
+import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import grpc
 import numpy as np
 
 from rnnpolicy.clients._channel import open_channel, with_token
-from rnnpolicy.clients._convert import (
-    ModelInfo,
-    StepResult,
-    check_step,
-    encode_obs,
-    model_info,
-    state_message,
-    state_tensors,
-    step_request,
-    step_result,
+from rnnpolicy.clients._convert import ModelInfo, StepResult
+from rnnpolicy.clients._errors import PolicyError
+from rnnpolicy.clients._protocol import (
+    DEFAULT_HISTORY,
+    Backoff,
+    Call,
+    Plan,
+    RetryPolicy,
+    SessionProtocol,
+    call_plan,
+    check_history,
+    check_transport,
+    create_plan,
+    list_models_plan,
+    step_timed_out,
 )
-from rnnpolicy.clients._errors import RETRYABLE, PolicyError
+from rnnpolicy.spec import PolicySpec
 from rnnpolicy.v1 import policy_pb2 as pb
 from rnnpolicy.v1 import policy_pb2_grpc
 
-__all__ = ["DEFAULT_HISTORY", "PolicyClient", "Session", "StreamSession"]
+__all__ = ["DEFAULT_HISTORY", "PolicyClient", "Session", "StreamSession", "drive"]
 
-DEFAULT_HISTORY = 512
-"""Steps a session keeps to replay to a server restored from an older checkpoint; keep it at least the
-server's ``--checkpoint-interval`` times the step rate."""
+T = TypeVar("T")
 
 CHANNEL_OPTIONS = (("grpc.max_receive_message_length", 64 * 1024 * 1024),)
+
+
+def drive(plan: Plan[T], perform: Callable[[Call], Any], pause: Callable[[float], None]) -> T:
+    """Run ``plan`` to its result: ``perform`` each :class:`Call` (a response, or a raised ``PolicyError`` handed
+    to the plan), ``pause`` on each :class:`Backoff`. The plan's own ``PolicyError`` propagates."""
+    outcome: Any = None
+    try:
+        while True:
+            command = plan.send(outcome)
+            if type(command) is Backoff:
+                pause(command.seconds)
+                outcome = None
+                continue
+            try:
+                outcome = perform(command)
+            except PolicyError as error:
+                outcome = error
+    except StopIteration as done:
+        return done.value
 
 
 class PolicyClient:
@@ -46,7 +72,9 @@ class PolicyClient:
                  tls_key: str | Path | None = None) -> None:
         """``token``: sent as ``authorization: Bearer <token>`` on every call. TLS when ``tls`` or any ``tls_*``
         file is given: ``tls_ca`` verifies the server (default: the system's roots), ``tls_cert`` and ``tls_key``
-        are the client certificate for mutual TLS (PEM files). ``channel``: an existing channel to use instead."""
+        are the client certificate for mutual TLS (PEM files). ``channel``: an existing channel to use instead.
+        ``retries``: times a call is resent after a transient failure, ``backoff * 2**attempt`` seconds apart."""
+        RetryPolicy(retries, backoff)  # validates both
         self.target = target
         self.timeout = timeout
         self.retries = retries
@@ -70,112 +98,114 @@ class PolicyClient:
     def close(self) -> None:
         self._channel.close()
 
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.retries, self.backoff)
+
+    def run(self, plan: Plan[T], timeout: float | None = None, *, metadata: tuple[tuple[str, str], ...] | None = None,
+            stream: _StepStream | None = None) -> T:
+        """Perform ``plan``'s calls, each with ``timeout`` and ``metadata``; its steps over ``stream`` when given."""
+        timeout = self.timeout if timeout is None else timeout
+
+        def perform(call: Call) -> Any:
+            if stream is not None and call.method == "Step":
+                return stream.send(call.request, timeout)
+            try:
+                return getattr(self.stub, call.method)(call.request, timeout=timeout, metadata=metadata)
+            except grpc.RpcError as exc:
+                raise PolicyError.from_rpc_error(exc) from None
+
+        return drive(plan, perform, time.sleep)
+
     def call(self, method: str, request: Any, timeout: float | None = None, retry: bool = False) -> Any:
         """Call ``method`` of the stub; ``PolicyError`` on failure, retrying transient ones when ``retry``."""
-        rpc = getattr(self.stub, method)
-        attempts = self.retries + 1 if retry else 1
-        for attempt in range(attempts):
-            try:
-                return rpc(request, timeout=self.timeout if timeout is None else timeout)
-            except grpc.RpcError as exc:
-                if attempt + 1 < attempts and exc.code() in RETRYABLE:
-                    time.sleep(self.backoff * (2 ** attempt))
-                    continue
-                raise PolicyError.from_rpc_error(exc) from None
-        raise AssertionError("unreachable")
+        return self.run(call_plan(method, request, self.retry_policy() if retry else None), timeout)
 
     def list_models(self, timeout: float | None = None) -> list[ModelInfo]:
-        return [model_info(m) for m in self.call("ListModels", pb.ListModelsRequest(), timeout, retry=True).models]
+        return self.run(list_models_plan(self.retry_policy()), timeout)
 
     def session(self, model: str = "", *, seed: int | None = None, deterministic: bool = True,
-                timeout: float | None = None, history: int = DEFAULT_HISTORY) -> Session:
+                timeout: float | None = None, history: int = DEFAULT_HISTORY, transport: str = "stream") -> Session:
         """Open a session on ``model`` (empty: the server's only model); close it with ``with`` or ``close()``.
-        ``history``: steps kept to replay to a server restored from an older checkpoint."""
+
+        ``transport``: ``"stream"`` (default) steps over a ``StepStream`` of this session's own, opened at its
+        first step; ``"unary"`` sends each step as a ``Step`` call. ``history``: steps kept to replay to a
+        server restored from an older checkpoint."""
         check_history(history)  # before the session exists on the server
-        response = self._create(model, seed, timeout)
-        return Session(self, response.session_id, model_info(response.model), deterministic, history)
+        check_transport(transport)
+        protocol = self._open(model, seed, deterministic, timeout, history)
+        return Session(self, protocol, transport)
 
     def stream_session(self, model: str = "", *, seed: int | None = None, deterministic: bool = True,
                        timeout: float | None = None, history: int = DEFAULT_HISTORY) -> StreamSession:
-        """Open a session stepped over a dedicated bidirectional stream (lowest latency)."""
+        """Deprecated: :meth:`session` steps over a stream by default."""
+        warnings.warn("PolicyClient.stream_session() is deprecated: session() steps over a stream by default",
+                      DeprecationWarning, stacklevel=2)
         check_history(history)
-        response = self._create(model, seed, timeout)
-        return StreamSession(self, response.session_id, model_info(response.model), deterministic, history)
+        return StreamSession(self, self._open(model, seed, deterministic, timeout, history))
 
-    def _create(self, model: str, seed: int | None, timeout: float | None) -> pb.CreateSessionResponse:
-        request = pb.CreateSessionRequest(model=model, seed=seed) if seed is not None else pb.CreateSessionRequest(model=model)
-        return self.call("CreateSession", request, timeout)
-
-
-def check_history(history: int) -> None:
-    """``ValueError`` unless ``history`` (steps a session keeps for replay) is >= 0."""
-    if history < 0:
-        raise ValueError(f"history must be >= 0 steps, got {history}")
+    def _open(self, model: str, seed: int | None, deterministic: bool, timeout: float | None,
+              history: int) -> SessionProtocol:
+        created = self.run(create_plan(model, seed), timeout)
+        return SessionProtocol(created, deterministic=deterministic, history=history, retry=self.retry_policy())
 
 
-class SessionBase:
-    """What the sync and asyncio sessions share: identity, seq numbering and the step message."""
+class SessionFields:
+    """What the sync and asyncio sessions show of their :class:`SessionProtocol`."""
 
-    def __init__(self, client: Any, session_id: str, model: ModelInfo, deterministic: bool,
-                 history: int = DEFAULT_HISTORY) -> None:
-        check_history(history)
-        self.client = client
-        self.session_id = session_id
-        self.model = model
-        self.spec = model.spec
-        self.deterministic = deterministic
-        self.seq = 0
-        """The last seq the server applied."""
-        self._discrete = model.spec.action.is_discrete
-        self._closed = False
-        self._history: deque[pb.StepRequest] = deque(maxlen=history)
-        """The last ``history`` steps sent, replayed to a server restored from an older checkpoint."""
+    protocol: SessionProtocol
 
-    def _next_request(self, obs: Any, episode_start: bool, deterministic: bool | None) -> pb.StepRequest:
-        """The step after the last applied one: ``seq + 1``, the observation encoded by the spec."""
-        det = self.deterministic if deterministic is None else deterministic
-        return step_request(self.session_id, self.seq + 1, encode_obs(self.spec, obs), episode_start, det)
+    @property
+    def session_id(self) -> str:
+        return self.protocol.session_id
 
-    def _replay_plan(self, error: PolicyError) -> list[pb.StepRequest] | None:
-        """The steps to resend when ``error`` says the server is behind this client (it was restored from a
-        checkpoint older than our last step): every step from its expected seq on. None: not that error.
-        A ``PolicyError`` when the history no longer holds them (then :meth:`resync` and start a new episode)."""
-        expected = error.expected_seq
-        if error.code != grpc.StatusCode.FAILED_PRECONDITION or not 0 < expected <= self.seq:
-            return None
-        replay = [r for r in self._history if r.seq >= expected]
-        if not replay or replay[0].seq != expected:
-            held = f"seqs {self._history[0].seq}..{self._history[-1].seq}" if self._history else "no steps"
-            raise PolicyError(grpc.StatusCode.FAILED_PRECONDITION,
-                              f"session {self.session_id!r}: the server expects seq {expected} but this client is at "
-                              f"seq {self.seq} and its history holds {held}, so the lost steps cannot be replayed; "
-                              f"call resync() and start a new episode (episode_start=True)", expected_seq=expected)
-        return replay
+    @property
+    def model(self) -> ModelInfo:
+        return self.protocol.model
 
-    def _applied(self, request: pb.StepRequest, response: pb.StepResponse) -> None:
-        self.seq = response.seq
-        if self._history.maxlen:
-            self._history.append(request)
+    @property
+    def spec(self) -> PolicySpec:
+        return self.protocol.model.spec
+
+    @property
+    def deterministic(self) -> bool:
+        return self.protocol.deterministic
+
+    @property
+    def seq(self) -> int:
+        """The last seq the server applied; the next step sends ``seq + 1``."""
+        return self.protocol.seq
+
+    @seq.setter
+    def seq(self, value: int) -> None:
+        self.protocol.seq = value
 
     def resync(self, expected_seq: int) -> None:
         """Continue from the server's ``expected_seq`` after steps were lost beyond replay (``PolicyError.expected_seq``);
         the state the server holds is older than this client's episode, so send the next step with ``episode_start=True``."""
-        if expected_seq < 1:
-            raise ValueError(f"expected_seq must be >= 1, got {expected_seq}")
-        self.seq = expected_seq - 1
-        self._history.clear()
+        self.protocol.resync(expected_seq)
 
 
-class Session(SessionBase):
-    """One server-side session: ``step`` numbers seq itself and retries transient failures with the same seq."""
+class Session(SessionFields):
+    """One server-side session: ``step`` numbers seq itself and retries transient failures with the same seq.
 
-    client: PolicyClient
+    Every call carries the metadata ``x-session-id``. Step a session from one thread at a time."""
+
+    def __init__(self, client: PolicyClient, protocol: SessionProtocol, transport: str = "stream") -> None:
+        check_transport(transport)
+        self.client = client
+        self.protocol = protocol
+        self.transport = transport
+        """``"stream"`` or ``"unary"``: how steps travel."""
+        self._stream = _StepStream(client, protocol.metadata) if transport == "stream" else None
 
     def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _run(self, plan: Plan[T], timeout: float | None) -> T:
+        return self.client.run(plan, timeout, metadata=self.protocol.metadata, stream=self._stream)
 
     def step(self, obs: Any, episode_start: bool = False, *, deterministic: bool | None = None,
              timeout: float | None = None) -> StepResult:
@@ -185,98 +215,82 @@ class Session(SessionBase):
         the same seq is reused and the server answers it at most once. A server restored from a crash
         checkpoint that expects an older seq gets the lost steps replayed from this session's history first.
         """
-        request = self._next_request(obs, episode_start, deterministic)
-        try:
-            response = self._exchange(request, timeout)
-        except PolicyError as error:
-            replay = self._replay_plan(error)
-            if replay is None:
-                raise
-            for old in replay:
-                self._exchange(old, timeout)
-            response = self._exchange(request, timeout)
-        self._applied(request, response)
-        return step_result(response, self._discrete)
-
-    def _exchange(self, request: pb.StepRequest, timeout: float | None) -> pb.StepResponse:
-        return check_step(self._send(request, timeout))
-
-    def _send(self, request: pb.StepRequest, timeout: float | None) -> pb.StepResponse:
-        return self.client.call("Step", request, timeout, retry=True)
+        request = self.protocol.step_request(obs, episode_start, deterministic)
+        return self.protocol.step_result(self._run(self.protocol.step_plan(request), timeout))
 
     def reset(self, timeout: float | None = None) -> None:
         """Zero the state; seq numbering carries on."""
-        self.client.call("ResetSession", pb.ResetSessionRequest(session_id=self.session_id), timeout, retry=True)
+        self._run(self.protocol.reset_plan(), timeout)
 
     def get_state(self, timeout: float | None = None) -> dict[str, np.ndarray]:
         """This session's hidden state by tensor name, each ``(layers, hidden)``."""
-        return state_tensors(self.client.call("GetSessionState", pb.GetSessionStateRequest(session_id=self.session_id),
-                                              timeout, retry=True))
+        return self._run(self.protocol.get_state_plan(), timeout)
 
     def set_state(self, state: dict[str, np.ndarray], timeout: float | None = None) -> None:
-        self.client.call("SetSessionState", state_message(self.spec, self.session_id, state), timeout, retry=True)
+        self._run(self.protocol.set_state_plan(state), timeout)
+
+    def migrate(self, version: str = "", timeout: float | None = None) -> ModelInfo:
+        """Move this session to another loaded ``version`` of its model (empty: the latest), keeping its state."""
+        return self._run(self.protocol.migrate_plan(version), timeout)
 
     def close(self, timeout: float | None = None) -> None:
         """Close the session on the server (once; errors closing are ignored when the server is gone)."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self.client.call("CloseSession", pb.CloseSessionRequest(session_id=self.session_id), timeout)
-        except PolicyError as exc:
-            if exc.code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-                raise
+        if self._stream is not None:
+            self._stream.drop()
+        self._run(self.protocol.close_plan(), timeout)
 
 
 class StreamSession(Session):
-    """A session stepped over its own StepStream; a broken stream is reopened and the step resent with its seq."""
+    """What the deprecated :meth:`PolicyClient.stream_session` returns: a :class:`Session` over a stream."""
 
-    def __init__(self, client: PolicyClient, session_id: str, model: ModelInfo, deterministic: bool,
-                 history: int = DEFAULT_HISTORY) -> None:
-        super().__init__(client, session_id, model, deterministic, history)
-        self._lock = threading.Lock()
-        self._open()
+    def __init__(self, client: PolicyClient, protocol: SessionProtocol) -> None:
+        super().__init__(client, protocol, "stream")
+
+
+class _StepStream:
+    """One session's ``StepStream``, opened at its first step with the session's metadata. A failed or unanswered
+    step drops it (no stale answer can reach a later step); the next step opens a fresh one, as does a step
+    after the stream ended while idle."""
+
+    def __init__(self, client: PolicyClient, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._client = client
+        self._metadata = metadata
+        self._call: Any = None
 
     def _open(self) -> None:
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
-        self._call = self.client.stub.StepStream(_drain(self._requests))
+        self._call = self._client.stub.StepStream(_drain(self._requests), metadata=self._metadata)
         # A reader thread hands answers over, so that each step can wait with its own timeout.
         self._answers: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=_pump, args=(self._call, self._answers), name="rnnpolicy-stream-reader", daemon=True).start()
+        threading.Thread(target=_pump, args=(self._call, self._answers), name="rnnpolicy-stream-reader",
+                         daemon=True).start()
 
-    def _reopen(self) -> None:
-        self._requests.put(None)
-        self._call.cancel()
-        self._open()
+    def send(self, request: pb.StepRequest, timeout: float) -> pb.StepResponse:
+        if self._call is not None and not self._answers.empty():
+            self.drop()  # it ended while idle (say the server restarted): not this step's failure, open a fresh one
+        if self._call is None:
+            self._open()
+        self._requests.put(request)
+        try:
+            answer = self._answers.get(timeout=timeout)
+        except queue.Empty:
+            self.drop()
+            raise step_timed_out(request, timeout) from None
+        if type(answer) is pb.StepResponse:
+            return answer
+        self.drop()
+        if answer is None:
+            raise PolicyError(grpc.StatusCode.UNAVAILABLE, "the server ended the step stream")
+        raise PolicyError.from_rpc_error(answer)
 
-    def _send(self, request: pb.StepRequest, timeout: float | None) -> pb.StepResponse:
-        timeout = self.client.timeout if timeout is None else timeout
-        with self._lock:
-            for attempt in range(self.client.retries + 1):
-                self._requests.put(request)
-                try:
-                    answer = self._answers.get(timeout=timeout)
-                except queue.Empty:
-                    error = PolicyError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer to step seq {request.seq} within {timeout} s")
-                else:
-                    if isinstance(answer, pb.StepResponse):
-                        return answer
-                    if answer is None:
-                        error = PolicyError(grpc.StatusCode.UNAVAILABLE, "the server ended the step stream")
-                    else:
-                        error = PolicyError.from_rpc_error(answer)
-                if attempt < self.client.retries and error.code in RETRYABLE:
-                    time.sleep(self.client.backoff * (2 ** attempt))
-                    self._reopen()  # a fresh stream; the server answers a repeated seq from its cache
-                    continue
-                raise error
-            raise AssertionError("unreachable")
-
-    def close(self, timeout: float | None = None) -> None:
-        if not self._closed:
+    def drop(self) -> None:
+        if self._call is not None:
             self._requests.put(None)
             self._call.cancel()
-        super().close(timeout)
+            self._call = None
+
+    def __del__(self) -> None:
+        self.drop()  # a session dropped without close(): its stream and the stream's threads end with it
 
 
 def _pump(call: Iterator[pb.StepResponse], answers: queue.SimpleQueue) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import grpc
 import numpy as np
@@ -12,7 +12,7 @@ from rnnpolicy.clients._errors import PolicyError
 from rnnpolicy.spec import PolicySpec
 from rnnpolicy.v1 import policy_pb2 as pb
 
-__all__ = ["ModelInfo", "StepResult", "encode_obs", "model_info", "step_result"]
+__all__ = ["ModelInfo", "StepResult", "encode_obs", "model_info", "obs_encoder", "result_decoder"]
 
 
 @dataclass(frozen=True)
@@ -24,9 +24,11 @@ class ModelInfo:
     spec: PolicySpec
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StepResult:
-    """One step's answer. ``action`` is an int (discrete) or a float32 vector (box)."""
+    """One step's answer. ``action`` is an int (discrete) or a float32 vector (box).
+
+    (Not a frozen dataclass: building one of those costs about five times as long, on every step.)"""
 
     action: int | np.ndarray
     seq: int
@@ -44,17 +46,30 @@ def model_info(message: pb.ModelInfo) -> ModelInfo:
 
 def encode_obs(spec: PolicySpec, obs: Any) -> np.ndarray:
     """A raw observation (as the environment returns it) as the model's flat float32 ``obs``."""
+    return obs_encoder(spec)(obs)
+
+
+def obs_encoder(spec: PolicySpec) -> Callable[[Any], np.ndarray]:
+    """:func:`encode_obs` for one spec, its encoding looked up once (a session encodes every step with it)."""
     encoding = spec.obs_encoding
     if encoding.is_flat_box:
-        array = np.asarray(obs)
-        if array.dtype.kind not in "biuf":
-            raise PolicyError(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"obs has dtype {array.dtype}, expected real numbers (sent as float32)")
-        return array.astype(np.float32, copy=False).ravel()
-    try:
-        return encoding.encode(obs)
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
-        raise PolicyError(grpc.StatusCode.INVALID_ARGUMENT, f"cannot encode obs for this model: {exc}") from None
+        return _flat_obs
+
+    def encode(obs: Any) -> np.ndarray:
+        try:
+            return encoding.encode(obs)
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise PolicyError(grpc.StatusCode.INVALID_ARGUMENT, f"cannot encode obs for this model: {exc}") from None
+
+    return encode
+
+
+def _flat_obs(obs: Any) -> np.ndarray:
+    array = np.asarray(obs)
+    if array.dtype.kind not in "biuf":
+        raise PolicyError(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"obs has dtype {array.dtype}, expected real numbers (sent as float32)")
+    return array.astype(np.float32, copy=False).ravel()
 
 
 def step_request(session_id: str, seq: int, obs: np.ndarray, episode_start: bool, deterministic: bool) -> pb.StepRequest:
@@ -64,30 +79,30 @@ def step_request(session_id: str, seq: int, obs: np.ndarray, episode_start: bool
 
 def _floats(field: Any) -> np.ndarray | None:
     """A repeated float field as float32, None when empty (``field[:]`` first: numpy reads a list several times faster)."""
-    values = field[:]
-    return np.array(values, dtype=np.float32) if values else None
+    return np.array(field[:], dtype=np.float32) if field else None
 
 
-def check_step(response: pb.StepResponse) -> pb.StepResponse:
-    """``response``, or its in-band error (StepStream) raised as a :class:`PolicyError`."""
-    if response.HasField("error"):
-        error = response.error
-        raise PolicyError.from_code_number(error.code, error.message, error.expected_seq)
-    return response
+_HEADS = ("q_values", "logits", "mean", "log_std")
 
 
-def step_result(response: pb.StepResponse, discrete: bool) -> StepResult:
-    check_step(response)
-    return StepResult(
-        action=int(response.discrete_action) if discrete else np.array(response.continuous_action[:], dtype=np.float32),
-        seq=response.seq,
-        model_version=response.model_version,
-        q_values=_floats(response.q_values),
-        logits=_floats(response.logits),
-        mean=_floats(response.mean),
-        log_std=_floats(response.log_std),
-        value=float(response.value) if response.HasField("value") else None,
-    )
+def result_decoder(spec: PolicySpec) -> Callable[[pb.StepResponse], StepResult]:
+    """The :class:`StepResult` of a step that succeeded, for one spec: only the outputs its model has are read
+    (a session decodes every step with it; the client protocol raised in-band errors already)."""
+    outputs = spec.output_names
+    heads = tuple(head for head in _HEADS if head in outputs)
+    discrete = spec.action.is_discrete
+    has_value = "value" in outputs
+
+    def decode(response: pb.StepResponse) -> StepResult:
+        action = int(response.discrete_action) if discrete else np.array(response.continuous_action[:], np.float32)
+        result = StepResult(action, response.seq, response.model_version)
+        for head in heads:
+            setattr(result, head, _floats(getattr(response, head)))
+        if has_value and response.HasField("value"):
+            result.value = float(response.value)
+        return result
+
+    return decode
 
 
 def state_tensors(response: pb.GetSessionStateResponse) -> dict[str, np.ndarray]:

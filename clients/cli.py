@@ -11,6 +11,7 @@ import numpy as np
 from rnnpolicy.clients._channel import TOKEN_ENV, resolve_token
 from rnnpolicy.clients._client import PolicyClient
 from rnnpolicy.clients._errors import PolicyError
+from rnnpolicy.clients._protocol import TRANSPORTS
 
 __all__ = ["PlayResult", "add_play_arguments", "play_episodes", "run_play"]
 
@@ -22,7 +23,9 @@ def add_play_arguments(parser: argparse.ArgumentParser, argv: list[str] | None =
     parser.add_argument("--episodes", type=int, default=10, help="episodes to play (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="episode i resets the env with seed+i (default %(default)s)")
     parser.add_argument("--stochastic", action="store_true", help="sample actions instead of the greedy ones")
-    parser.add_argument("--stream", action="store_true", help="step over a bidirectional stream")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="stream",
+                        help="how steps travel: over a stream of the session's own, or as unary Step calls "
+                             "(default %(default)s)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call (default %(default)s)")
     security = parser.add_argument_group("security", "token and TLS for a server started with --auth-tokens/--tls-*")
     security.add_argument("--token-file", metavar="FILE",
@@ -49,15 +52,14 @@ class PlayResult:
 
 
 def play_episodes(client: PolicyClient, model: str, env_id: str, episodes: int, seed: int = 0,
-                  deterministic: bool = True, stream: bool = False) -> PlayResult:
+                  deterministic: bool = True, transport: str = "stream") -> PlayResult:
     """Play ``episodes`` of ``env_id`` through one server session, timing every step's round trip."""
     from rnnpolicy.envs import make_env
 
     env = make_env(env_id)
-    opener = client.stream_session if stream else client.session
     result = PlayResult()
     try:
-        with opener(model, seed=seed, deterministic=deterministic) as session:
+        with client.session(model, seed=seed, deterministic=deterministic, transport=transport) as session:
             discrete = session.spec.action.is_discrete
             for episode in range(episodes):
                 obs, _ = env.reset(seed=seed + episode)
@@ -88,7 +90,7 @@ def run_play(args: argparse.Namespace) -> int:
                       tls_cert=args.tls_cert, tls_key=args.tls_key) as client:
         try:
             result = play_episodes(client, args.model, args.env, args.episodes, args.seed,
-                                   not args.stochastic, args.stream)
+                                   not args.stochastic, args.transport)
         except PolicyError as exc:
             raise ValueError(f"server {args.target}: {exc}") from None
     for i, total in enumerate(result.returns):

@@ -1,6 +1,7 @@
-"""The ``rnnpolicy`` command: ``train``, ``eval``, ``export``, ``verify``, ``serve``, ``cluster``, ``envoy-config``, ``play``.
+"""The ``rnnpolicy`` command: ``train``, ``eval``, ``export``, ``verify``, ``serve``, ``cluster``, ``envoy-config``,
+``play``, ``web``.
 
-Only the chosen command's module is imported, so ``serve`` and ``play`` run without torch.
+Only the chosen command's module is imported, so ``serve``, ``play`` and ``web`` run without torch.
 Each command module provides ``add_<command>_arguments(parser, argv)`` (``argv``: the
 arguments after the command name, for options that depend on others, such as ``--algo``)
 and ``run_<command>(args) -> int``.
@@ -25,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "envoy-config": ("rnnpolicy.serve.cluster_cli", "add_envoy_config_arguments", "run_envoy_config",
                      "write an Envoy configuration routing by session to a list of replicas"),
     "play": ("rnnpolicy.clients.cli", "add_play_arguments", "run_play", "drive a gymnasium environment through a server"),
+    "web": ("rnnpolicy.clients.web_page", "add_web_arguments", "run_web",
+            "watch an exported policy act in a browser page, served on a local port"),
 }
 
 # Top-level modules that only the [train] extra installs.

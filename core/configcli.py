@@ -58,12 +58,18 @@ def add_dataclass_arguments(
     defaults: dict[str, Any] | None = None,
     skip: tuple[str, ...] = (),
     unset_default: bool = False,
+    options: dict[str, str] | None = None,
 ) -> None:
     """Add one ``--option`` per field of ``cls``.
 
     ``defaults`` overrides shown defaults; with ``unset_default`` an option not given on the
     command line parses as ``None`` so that callers can layer their own defaults under it.
+    ``options`` names a field's option where it is not ``--field-name`` (e.g.
+    ``{"intra_op_threads": "--threads"}``); the parsed value still lands on the field's name.
     """
+    unknown = sorted(set(options or {}) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"options names fields that {cls.__name__} does not have: {unknown}")
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
@@ -77,8 +83,11 @@ def add_dataclass_arguments(
         kwargs: dict[str, Any] = {"help": help_text, "dest": field.name}
         kwargs["default"] = None if unset_default else default
         base, optional = _unwrap_optional(hint)
+        option = (options or {}).get(field.name, _option(field.name))
+        if option != _option(field.name) and base is not bool:
+            kwargs["metavar"] = option.lstrip("-").replace("-", "_").upper()
         if base is bool:
-            parser.add_argument(_option(field.name), action=argparse.BooleanOptionalAction, **kwargs)
+            parser.add_argument(option, action=argparse.BooleanOptionalAction, **kwargs)
             continue
         if get_origin(base) is Literal:
             kwargs["choices"] = list(get_args(base))
@@ -94,7 +103,7 @@ def add_dataclass_arguments(
         if default is dataclasses.MISSING and not unset_default:
             kwargs["required"] = True
             kwargs.pop("default")
-        parser.add_argument(_option(field.name), **kwargs)
+        parser.add_argument(option, **kwargs)
 
 
 def dataclass_from_args(cls: type[T], args: argparse.Namespace, base: dict[str, Any] | None = None) -> T:

@@ -26,7 +26,7 @@ def main() -> int:
     args = parser.parse_args()
     period = 1.0 / args.hz
     latencies, misses = [], 0
-    with PolicyClient(args.target) as client, client.stream_session(args.model) as session:
+    with PolicyClient(args.target) as client, client.session(args.model) as session:
         dim = session.spec.obs_dim
         rng = np.random.default_rng(0)
         ticks = int(args.seconds * args.hz)

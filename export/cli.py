@@ -55,7 +55,8 @@ def add_verify_arguments(parser: argparse.ArgumentParser, argv: list[str] | None
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from rnnpolicy.export.verify import VERIFY_FILE, verify_export
+    from rnnpolicy.export.interface import VERIFY_FILE
+    from rnnpolicy.export.verify import verify_export
 
     report = verify_export(args.export_dir, args.checkpoint, steps=args.steps, tolerance=args.tolerance)
     print("verify: " + report.summary())

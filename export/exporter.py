@@ -6,19 +6,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rnnpolicy.export.interface import DEFAULT_OPSET, graph_inputs, graph_outputs
-from rnnpolicy.export.onnx_export import export_onnx
-from rnnpolicy.export.step_module import step_module
-from rnnpolicy.export.torchscript import export_torchscript
-from rnnpolicy.export.verify import (
+from rnnpolicy.export.interface import (
+    DEFAULT_OPSET,
     ONNX_FILE,
     SPEC_FILE,
     TORCHSCRIPT_FILE,
     VERIFY_FILE,
-    VerifyReport,
-    verify_export,
-    write_unverified,
+    graph_inputs,
+    graph_outputs,
 )
+from rnnpolicy.export.onnx_export import export_onnx
+from rnnpolicy.export.step_module import step_module
+from rnnpolicy.export.torchscript import export_torchscript
+from rnnpolicy.export.verify import VerifyReport, verify_export, write_unverified
 from rnnpolicy.spec import PolicySpec
 from rnnpolicy.train.checkpoint import load_checkpoint
 

@@ -19,7 +19,18 @@ from rnnpolicy.spec import (
     PolicySpec,
 )
 
-__all__ = ["DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "TensorInfo", "graph_inputs", "graph_outputs"]
+__all__ = ["DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "ONNX_FILE", "SPEC_FILE", "TORCHSCRIPT_FILE", "TensorInfo",
+           "VERIFY_FILE", "graph_inputs", "graph_outputs"]
+
+# An export directory's files, named here once for the exporter, the server, the clients and the tests.
+ONNX_FILE = "model.onnx"
+"""The ONNX graph, with the spec in its metadata (what the server loads)."""
+TORCHSCRIPT_FILE = "model.ts"
+"""The TorchScript module, with the spec as an extra file named ``SPEC_FILE``."""
+SPEC_FILE = "spec.json"
+"""The policy spec as JSON (:class:`rnnpolicy.spec.PolicySpec`)."""
+VERIFY_FILE = "verify.json"
+"""The parity report of ``rnnpolicy verify``."""
 
 DEFAULT_OPSET = 17
 """ONNX opset written unless ``--opset`` says otherwise (onnxruntime >= 1.12 runs it)."""

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
+from rnnpolicy.export.interface import SPEC_FILE
 from rnnpolicy.export.step_module import RNN_SHAPE_CHECK_WARNING, PolicyStep, example_inputs
 from rnnpolicy.spec import PolicySpec
 
-__all__ = ["SPEC_EXTRA_FILE", "export_torchscript", "load_torchscript"]
+__all__ = ["export_torchscript", "load_torchscript"]
 
-SPEC_EXTRA_FILE = "spec.json"
 _JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated"
 """torch.jit is deprecated in favour of torch.export, which has no loader for a plain file in C++; we keep TorchScript."""
 
@@ -24,7 +24,7 @@ def export_torchscript(step: PolicyStep, path: str | Path) -> Path:
         warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=RNN_SHAPE_CHECK_WARNING, category=torch.jit.TracerWarning)
         traced = torch.jit.trace(step, example_inputs(step.spec), check_trace=False)
-        torch.jit.save(traced, str(path), _extra_files={SPEC_EXTRA_FILE: step.spec.to_json()})
+        torch.jit.save(traced, str(path), _extra_files={SPEC_FILE: step.spec.to_json()})
     return path
 
 
@@ -33,17 +33,17 @@ def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, PolicySp
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"TorchScript model {str(path)!r} does not exist")
-    extra = {SPEC_EXTRA_FILE: ""}
+    extra = {SPEC_FILE: ""}
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=DeprecationWarning)
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # torch raises RuntimeError or zipfile errors for damaged files
         raise ValueError(f"{str(path)!r} is not a loadable TorchScript model: {exc}") from None
-    if not extra[SPEC_EXTRA_FILE]:
-        raise ValueError(f"{str(path)!r} has no {SPEC_EXTRA_FILE!r} extra file: not exported by rnnpolicy")
+    if not extra[SPEC_FILE]:
+        raise ValueError(f"{str(path)!r} has no {SPEC_FILE!r} extra file: not exported by rnnpolicy")
     try:
-        spec = PolicySpec.from_json(extra[SPEC_EXTRA_FILE])
+        spec = PolicySpec.from_json(extra[SPEC_FILE])
     except ValueError as exc:
         raise ValueError(f"{str(path)!r}: {exc}") from None
     return module.eval(), spec

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rnnpolicy.export.interface import ONNX_FILE, SPEC_FILE, TORCHSCRIPT_FILE, VERIFY_FILE
 from rnnpolicy.export.runtime import load_onnx_policy, zero_state
 from rnnpolicy.export.step_module import step_module
 from rnnpolicy.export.torchscript import load_torchscript
@@ -24,10 +25,6 @@ from rnnpolicy.spec import ACTION, PolicySpec
 from rnnpolicy.train.checkpoint import load_checkpoint
 
 __all__ = [
-    "ONNX_FILE",
-    "SPEC_FILE",
-    "TORCHSCRIPT_FILE",
-    "VERIFY_FILE",
     "RuntimeParity",
     "VerifyReport",
     "file_sha256",
@@ -36,10 +33,6 @@ __all__ = [
     "write_unverified",
 ]
 
-ONNX_FILE = "model.onnx"
-TORCHSCRIPT_FILE = "model.ts"
-SPEC_FILE = "spec.json"
-VERIFY_FILE = "verify.json"
 RUNTIMES = ("torchscript", "onnxruntime")
 
 

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from rnnpolicy.export.interface import ONNX_FILE
 from rnnpolicy.export.runtime import feed_runner, load_onnx_policy
 
-__all__ = ["MODEL_FILE", "OnnxBackend", "StepOutputs", "file_version", "load_backend", "resolve_model_file"]
-
-MODEL_FILE = "model.onnx"
+__all__ = ["OnnxBackend", "StepOutputs", "file_version", "load_backend", "resolve_model_file"]
 
 
 @dataclass(frozen=True)
@@ -81,9 +80,9 @@ def load_backend(path: str | Path, *, intra_op_threads: int = 1) -> OnnxBackend:
 def resolve_model_file(path: Path) -> Path:
     """The ``model.onnx`` of an export directory, or ``path`` itself when it is a file; ``ValueError`` otherwise."""
     if path.is_dir():
-        model = path / MODEL_FILE
+        model = path / ONNX_FILE
         if not model.is_file():
-            raise ValueError(f"export directory {str(path)!r} has no {MODEL_FILE}")
+            raise ValueError(f"export directory {str(path)!r} has no {ONNX_FILE}")
         return model
     if path.is_file():
         return path

@@ -5,7 +5,8 @@ thread of its own (:func:`server_loop`), so ``create_server`` and :class:`Policy
 plain blocking API. Every RPC is a coroutine on that loop, which owns all session state (see
 :mod:`rnnpolicy.serve.coordinator`): thousands of open streams cost no thread each, and steps
 arriving together batch across sessions without thread hand-offs. ``max_concurrent_rpcs`` bounds
-the calls in progress, open streams included; a call beyond it is refused RESOURCE_EXHAUSTED.
+the calls in progress, open streams included; a call beyond it is refused RESOURCE_EXHAUSTED
+(:mod:`rnnpolicy.serve.admission`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from rnnpolicy.serve.admission import Admission, grpc_backstop
 from rnnpolicy.serve.auth import Security, principal_of
 from rnnpolicy.serve.backend import load_backend
 from rnnpolicy.serve.catalog import ModelCatalog
@@ -52,7 +54,7 @@ _log = logging.getLogger("rnnpolicy.serve")
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """Server limits and tuning."""
+    """Server limits and tuning; ``rnnpolicy serve`` makes one option of each field, its docstring the help."""
 
     max_sessions: int = 10_000
     """Most sessions held at once, over all models; CreateSession beyond it is RESOURCE_EXHAUSTED."""
@@ -66,11 +68,12 @@ class ServeConfig:
     """onnxruntime intra-op threads per model."""
     split_batch_rows: int = 128
     """An onnxruntime call of at least this many rows runs as two halves at once on two threads, when
-    ``intra_op_threads`` is 1 (0: never). A 256-row call of a 128-unit LSTM took 0.85-0.92 ms so,
+    there is one intra-op thread (0: never). A 256-row call of a 128-unit LSTM took 0.85-0.92 ms so,
     against 1.16 ms whole, while the other core was free."""
-    max_concurrent_rpcs: int = 20_000
-    """Most calls in progress at once, open streams included (an open stream costs no thread); a call beyond it is
-    refused RESOURCE_EXHAUSTED."""
+    max_concurrent_rpcs: int = 15_000
+    """Most calls in progress at once, open streams included; a call beyond it is refused at once with
+    RESOURCE_EXHAUSTED. An open stream costs memory, not a thread: room for a stream per session
+    (max_sessions) and half as many other calls."""
     max_message_bytes: int = 4 * 1024 * 1024
     """Largest request accepted; gRPC refuses larger ones with RESOURCE_EXHAUSTED."""
     max_batch_rows: int = 4096
@@ -78,22 +81,26 @@ class ServeConfig:
     max_sessions_per_principal: int = 0
     """Most sessions one principal (auth token) may hold; 0: no limit beyond max_sessions."""
     state_dir: str | None = None
-    """Directory where sessions are saved on shutdown (and every checkpoint_interval) and restored on start."""
+    """Directory where sessions are saved on shutdown (and every checkpoint_interval) and restored on
+    start, so clients continue across restarts."""
     session_store: str = ""
     """Where sessions live, shared by every replica: a ``redis://[:PASSWORD@]HOST:PORT/DB`` (or ``rediss://``) URL;
-    each step is committed there before it is answered (docs/cluster.md). "" keeps them in this process."""
+    each step is committed there before it is answered, so any replica can continue any session
+    (docs/cluster.md; needs rnnpolicy[cluster]). Unset: sessions live in this process."""
     checkpoint_interval: float = 0.0
-    """Seconds between periodic session snapshots to state_dir (0: only on graceful shutdown)."""
+    """Seconds between periodic session snapshots to state_dir; a crash (kill -9) loses at most the
+    steps of that many seconds (0: only on graceful shutdown)."""
     reload_interval: float = 0.0
-    """Seconds between checks of the served export directories for a new model version (0: only on SIGHUP)."""
+    """Seconds between checks of the served export directories for a changed model file, loaded as a
+    new version (0: only on SIGHUP)."""
     metrics_port: int | None = None
-    """Port of the Prometheus /metrics endpoint (0 picks a free one; None: no endpoint)."""
+    """Port of the Prometheus /metrics endpoint (0 picks a free one; unset: no endpoint)."""
     metrics_host: str = "127.0.0.1"
     """Address the metrics endpoint binds."""
     busy_poll_us: int = 0
-    """Microseconds the event loop polls for the next message before it sleeps (0: sleep at once). A
-    low-latency mode for clients that step back to back: it keeps the loop's CPU awake between
-    messages, at the cost of that CPU time (see docs/serving.md)."""
+    """Microseconds the event loop polls for the next message before it sleeps (0: sleep at once; at
+    most 10000). A low-latency mode for clients that step back to back: it keeps the loop's CPU
+    awake between messages, at the cost of that CPU time (see docs/serving.md)."""
 
     def __post_init__(self) -> None:
         for name in ("max_sessions", "max_batch", "intra_op_threads", "max_concurrent_rpcs", "max_message_bytes",
@@ -270,8 +277,8 @@ class PolicyServer:
         self._loop.call(set_all())
 
     def stop(self, grace: float | None = 5.0) -> None:
-        """Stop accepting calls, let in-flight steps finish (up to ``grace`` s), save the sessions to the
-        state directory, then stop the batchers."""
+        """Answer NOT_SERVING to health checks, stop accepting calls, let in-flight steps finish (up to
+        ``grace`` s), save the sessions to the state directory, then stop the batchers."""
         if self._stopped:
             return
         self._stopped = True
@@ -410,11 +417,20 @@ def create_server(models: Mapping[str, str | Path], address: str = "127.0.0.1:0"
         # Answers may be larger than requests (a StepBatch's head outputs): room above the request limit.
         ("grpc.max_send_message_length", max(2 * config.max_message_bytes, 16 * 1024 * 1024)),
         ("grpc.so_reuseport", 0),
+        # Calls that arrived but that the asyncio server has not picked up yet: grpc core refuses some beyond 1,000
+        # and all beyond 3,000 by default, so thousands of streams opening together would lose some. Our admission
+        # decides instead (rnnpolicy.serve.admission).
+        ("grpc.server.max_pending_requests", grpc_backstop(config.max_concurrent_rpcs)),
+        ("grpc.server.max_pending_requests_hard_limit", grpc_backstop(config.max_concurrent_rpcs)),
     ]
 
-    async def build() -> tuple[grpc.aio.Server, health_aio.HealthServicer]:  # an asyncio server belongs to the loop it is created on
-        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-                                 interceptors=[interceptor] if interceptor is not None else None)
+    # Our admission refuses calls beyond max_concurrent_rpcs so that clients see RESOURCE_EXHAUSTED, never INTERNAL;
+    # grpcio's own limit stays, above it, as a backstop (rnnpolicy.serve.admission).
+    interceptors = [Admission(config.max_concurrent_rpcs)] + ([interceptor] if interceptor is not None else [])
+
+    async def build() -> tuple[grpc.aio.Server, health_aio.HealthServicer]:  # both belong to the loop they are made on
+        server = grpc.aio.server(options=options, interceptors=interceptors,
+                                 maximum_concurrent_rpcs=grpc_backstop(config.max_concurrent_rpcs))
         return server, health_aio.HealthServicer()
 
     server, health_servicer = loop.call(build())

@@ -20,7 +20,7 @@ def test_help_lists_every_command(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("train", "eval", "export", "verify", "serve", "play"):
+    for command in ("train", "eval", "export", "verify", "serve", "play", "web"):
         assert command in out
 
 
@@ -74,10 +74,10 @@ def test_train_then_eval_through_the_command_on_dict_observations(capsys, tmp_pa
     assert result["episodes"] == 5 and 0.0 <= result["success_rate"] <= 1.0
 
 
-def test_serve_and_play_commands_do_not_import_torch():
+def test_serve_play_and_web_commands_do_not_import_torch():
     code = (
         "import sys; from rnnpolicy.cli import main\n"
-        "for argv in (['serve', '--help'], ['play', '--help']):\n"
+        "for argv in (['serve', '--help'], ['play', '--help'], ['web', '--help']):\n"
         "    try: main(argv)\n"
         "    except SystemExit: pass\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"

@@ -52,3 +52,14 @@ def test_unset_options_take_the_base_values():
     add_dataclass_arguments(parser, Example, unset_default=True)
     args = parser.parse_args(["--rate", "3"])
     assert dataclass_from_args(Example, args, base={"name": "n", "rate": 1.0, "limit": 7}) == Example("n", 3.0, limit=7)
+
+
+def test_a_field_may_keep_another_option_name():
+    parser = argparse.ArgumentParser()
+    add_dataclass_arguments(parser, Example, options={"rate": "--speed"})
+    assert "--speed SPEED How fast it goes. (default: 0.5)" in " ".join(parser.format_help().split())
+    assert dataclass_from_args(Example, parser.parse_args(["--name", "x", "--speed", "2"])).rate == 2.0
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--name", "x", "--rate", "2"])
+    with pytest.raises(ValueError, match=r"options names fields that Example does not have: \['speed'\]"):
+        add_dataclass_arguments(argparse.ArgumentParser(), Example, options={"speed": "--speed"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,6 +14,8 @@ import pytest
 from rnnpolicy.export import export_checkpoint, load_onnx_policy, zero_state
 from rnnpolicy.spec import ACTION, ActionSpec
 from test_export import BOX, DISCRETE, make_checkpoint, make_spec
+from components import require
+from rollout import env_rollout, first_episode
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "clients" / "node"
 SCRIPT = NODE_DIR / "run_episode.mjs"
@@ -26,7 +29,9 @@ def _node_skip_reason() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_node_skip_reason() is not None, reason=str(_node_skip_reason()))
+@pytest.fixture(autouse=True)
+def node() -> None:
+    require(_node_skip_reason())
 
 
 def _python_actions(model: Path, obs: np.ndarray, starts: np.ndarray) -> list[np.ndarray]:
@@ -74,3 +79,19 @@ def test_node_example_demo_episode(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(lines) == 20 and all(len(line["action"]) == 1 for line in lines)
+
+
+def test_readme_node_loop_runs_and_matches_python(serve_export_dirs, tmp_path: Path) -> None:
+    """The README's Node.js block, saved in clients/node/ as it says (here: a copy whose node_modules and ../web link there)."""
+    readme = (NODE_DIR.parents[1] / "README.md").read_text()
+    block = re.search(r"### JavaScript \(Node\.js\)\n.*?```js\n(.*?)```", readme, re.S).group(1)
+    export_dir = serve_export_dirs["tmaze"]
+    (tmp_path / "node").mkdir()
+    (tmp_path / "node" / "node_modules").symlink_to(NODE_DIR / "node_modules")
+    (tmp_path / "web").symlink_to(NODE_DIR.parent / "web")
+    script = tmp_path / "node" / "loop.mjs"
+    script.write_text(block.replace("runs/tmaze-ppo/export", str(export_dir)))
+    result = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    success, steps = first_episode(env_rollout(export_dir, "rnnpolicy/TMaze-v0", seed=0, steps=40)[0])
+    assert result.stdout == f"success: {str(success).lower()} after {steps} steps\n"

@@ -10,12 +10,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from recording_server import start_recording_server
 from tls_certs import have_openssl, make_pki, write_tokens
 
 from rnnpolicy.clients import PolicyClient, PolicyError
 from rnnpolicy.serve import ServeConfig, create_server
 from rnnpolicy.serve.auth import Security
 from rnnpolicy.v1 import policy_pb2 as pb
+from components import require
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "clients" / "node"
 SCRIPT = NODE_DIR / "policy_client.mjs"
@@ -31,7 +33,9 @@ def _node_skip_reason() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_node_skip_reason() is not None, reason=str(_node_skip_reason()))
+@pytest.fixture(autouse=True)
+def node() -> None:
+    require(_node_skip_reason())
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +163,22 @@ def test_node_over_mutual_tls_sends_the_token_on_every_call(secure_server, tmp_p
     assert no_client_cert.returncode == 2
     assert no_client_cert.stderr.startswith("error: ListModels: UNAVAILABLE: "), no_client_cert.stderr
     assert len(wrong_token.stderr.splitlines()) == len(no_client_cert.stderr.splitlines()) == 1
+
+
+def test_node_sends_x_session_id_on_every_call_on_the_session():
+    """As the Python clients do (tests/test_client_metadata.py): proxies route a session's calls by it."""
+    recorder, servicer, target = start_recording_server()
+    try:
+        result = run_node("--target", target, "--steps", "3", "--token", TOKEN)
+    finally:
+        recorder.stop(None)
+    assert result.returncode == 0, result.stderr
+    session_id = json.loads(result.stdout)["session_id"]
+    assert [method for method, _, _ in servicer.calls] == ["ListModels", "CreateSession", "Step", "Step", "Step",
+                                                          "CloseSession"]
+    for method, metadata, request_session in servicer.calls:
+        assert metadata.get("authorization") == f"Bearer {TOKEN}"
+        if method in ("Step", "CloseSession"):
+            assert metadata.get("x-session-id") == session_id == request_session, (method, metadata)
+        else:
+            assert "x-session-id" not in metadata, (method, metadata)

@@ -266,7 +266,7 @@ def test_bad_certificate_files_are_value_errors_naming_the_file(q_model, pki, tm
 def test_clients_with_token_and_tls_step_a_session_end_to_end(tls_server, pki):
     obs = np.random.default_rng(3).normal(size=(4, 5)).astype(np.float32)
     with PolicyClient(tls_server, token=TOKEN_A, tls_ca=pki.ca) as client:
-        with client.session("q_lstm") as unary, client.stream_session("q_lstm") as stream:
+        with client.session("q_lstm", transport="unary") as unary, client.session("q_lstm") as stream:
             for i, o in enumerate(obs):
                 a, b = unary.step(o, episode_start=i == 0), stream.step(o, episode_start=i == 0)
                 assert a.action == b.action and a.seq == b.seq == i + 1
@@ -278,7 +278,7 @@ def test_clients_with_token_and_tls_step_a_session_end_to_end(tls_server, pki):
 
     async def drive():
         async with AsyncPolicyClient(tls_server, token=TOKEN_B, tls_ca=pki.ca) as client:
-            async with await client.session("q_lstm") as session:
+            async with client.session("q_lstm") as session:
                 return [(await session.step(o, episode_start=i == 0)).seq for i, o in enumerate(obs)]
 
     assert asyncio.run(drive()) == [1, 2, 3, 4]

@@ -26,6 +26,7 @@ from rnnpolicy.v1 import policy_pb2_grpc
         (["--metrics-port", "70000"], "metrics_port must be 0..65535, got 70000"),
         (["--busy-poll-us", "20000"], "busy_poll_us must be 0..10000 (0: off), got 20000"),
         (["--split-batch-rows", "-1"], "split_batch_rows must be >= 0 (0: off), got -1"),
+        (["--max-concurrent-rpcs", "0"], "max_concurrent_rpcs must be >= 1, got 0"),
         (["--state-dir", "{file}/state"], "cannot be created or written"),
     ],
 )
@@ -45,7 +46,9 @@ def test_a_bad_client_history_is_refused_before_a_session_is_opened(serve_export
             with pytest.raises(ValueError, match="history must be >= 0 steps, got -1"):
                 client.session("q", history=-1)
             with pytest.raises(ValueError, match="history must be >= 0 steps, got -1"):
-                client.stream_session("q", history=-1)
+                client.session("q", history=-1, transport="unary")
+            with pytest.raises(ValueError, match="transport must be one of 'stream', 'unary', got 'tcp'"):
+                client.session("q", transport="tcp")
             assert len(srv.directory) == 0  # nothing opened on the server
             session = client.session("q")
             with pytest.raises(ValueError, match="expected_seq must be >= 1, got 0"):
@@ -117,7 +120,8 @@ def test_busy_poll_serves_and_is_withdrawn_when_its_server_stops(serve_export_di
     srv, port = create_server({"q": serve_export_dirs["q_lstm"]}, "127.0.0.1:0", ServeConfig(busy_poll_us=300))
     try:
         assert server_loop().busy_poll_seconds == pytest.approx(300e-6)
-        with PolicyClient(f"127.0.0.1:{port}") as client, client.stream_session("q") as session:
+        with PolicyClient(f"127.0.0.1:{port}") as client, client.session("q") as session:
+            assert session.transport == "stream"
             assert [session.step([0.1] * 5).seq for _ in range(3)] == [1, 2, 3]
     finally:
         srv.stop(None)
@@ -134,3 +138,54 @@ def test_serve_bench_refuses_an_unknown_scenario_naming_it_and_the_choices():
                           timeout=60)
     assert done.returncode == 2
     assert "unknown scenario 'stream:7'; expected KIND:SESSIONS from unary:1, unary:16" in done.stderr
+
+
+def test_serve_options_are_the_config_fields_under_their_names_and_docs():
+    import argparse
+    import dataclasses
+
+    from rnnpolicy.configcli import dataclass_from_args, field_docs
+    from rnnpolicy.serve.cli import add_serve_arguments
+
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    help_text = " ".join(parser.format_help().split())
+    for field in dataclasses.fields(ServeConfig):  # every field an option, its docstring the help
+        assert " ".join(field_docs(ServeConfig)[field.name].split()) in help_text, field.name
+    argv = ["--model", "m", "--max-sessions", "7", "--session-ttl", "1.5", "--max-batch", "9", "--max-wait-us", "3",
+            "--threads", "2", "--split-batch-rows", "0", "--max-concurrent-rpcs", "11",
+            "--max-message-bytes", "4096", "--max-batch-rows", "8", "--max-sessions-per-principal", "2",
+            "--state-dir", "s", "--checkpoint-interval", "4", "--reload-interval", "6", "--metrics-port", "0",
+            "--metrics-host", "0.0.0.0", "--busy-poll-us", "10"]
+    assert dataclass_from_args(ServeConfig, parser.parse_args(argv)) == ServeConfig(
+        max_sessions=7, session_ttl=1.5, max_batch=9, max_wait_us=3, intra_op_threads=2, split_batch_rows=0,
+        max_concurrent_rpcs=11, max_message_bytes=4096, max_batch_rows=8, max_sessions_per_principal=2,
+        state_dir="s", checkpoint_interval=4.0, reload_interval=6.0, metrics_port=0, metrics_host="0.0.0.0",
+        busy_poll_us=10)
+    assert dataclass_from_args(ServeConfig, parser.parse_args(["--model", "m"])) == ServeConfig()
+
+
+def test_the_open_file_limit_is_raised_for_the_connections_and_a_shortfall_is_logged(caplog):
+    import resource
+
+    from rnnpolicy.serve.limits import OTHER_FILES, raise_open_file_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2 * OTHER_FILES + 100:
+        pytest.skip(f"the hard open-file limit {hard} leaves no room to raise")
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (OTHER_FILES, hard))
+        with caplog.at_level("INFO", logger="rnnpolicy.serve"):
+            assert raise_open_file_limit(100) == OTHER_FILES + 100
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (OTHER_FILES + 100, hard)
+        assert f"open-file limit raised from {OTHER_FILES} to {OTHER_FILES + 100}: room for 100 client connections" \
+            in caplog.text
+        assert raise_open_file_limit(50) == OTHER_FILES + 100  # never lowered
+        if hard != resource.RLIM_INFINITY:
+            caplog.clear()
+            with caplog.at_level("INFO", logger="rnnpolicy.serve"):
+                assert raise_open_file_limit(hard) == hard
+            assert f"open-file limit {hard} (hard limit {hard}) holds about {hard - OTHER_FILES} client connections, " \
+                   f"fewer than the {hard} wanted" in caplog.text
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -34,6 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from rnnpolicy.export.interface import ONNX_FILE
 from rnnpolicy.serve import ServeConfig, create_server
 from rnnpolicy.v1 import policy_pb2 as pb
 from rnnpolicy.v1 import policy_pb2_grpc
@@ -314,7 +315,7 @@ class World:
             self.calls[name] = getattr(self.channel, kind)(f"/{SERVICE.full_name}/{name}",
                                                            request_serializer=None, response_deserializer=None)
         self.infos = {m.name: m for m in self.stub.ListModels(pb.ListModelsRequest(), timeout=30).models}
-        self.graphs = {name: ort.InferenceSession(str(dirs[name] / "model.onnx"), providers=["CPUExecutionProvider"])
+        self.graphs = {name: ort.InferenceSession(str(dirs[name] / ONNX_FILE), providers=["CPUExecutionProvider"])
                        for name in self.infos}
         self.good = [Good(self, name) for name in sorted(self.infos)]
         self.scratch: deque[str] = deque()     # open sessions the fuzz created

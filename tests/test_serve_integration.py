@@ -7,7 +7,6 @@ import random
 import subprocess
 import sys
 import threading
-import time
 
 import grpc
 import numpy as np
@@ -342,12 +341,14 @@ def test_session_limit_refuses_with_a_retry_hint(serve_export_dirs):
 def test_idle_sessions_expire_and_say_when(serve_export_dirs):
     srv, port = create_server({"q_lstm": serve_export_dirs["q_lstm"]}, "127.0.0.1:0",
                               ServeConfig(max_sessions=2, session_ttl=0.3))
+    now = [1000.0]
+    srv.directory.clock = lambda: now[0]  # idle time passes only when the test says (the reaper reads it too)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = policy_pb2_grpc.PolicyServiceStub(channel)
             keep, idle = _open(stub, "q_lstm"), _open(stub, "q_lstm")
             for seq in range(1, 6):
-                time.sleep(0.1)
+                now[0] += 0.1
                 stub.Step(pb.StepRequest(session_id=keep, seq=seq, obs=[0.0] * 5))
             code, msg = _code(lambda: stub.Step(pb.StepRequest(session_id=idle, seq=1, obs=[0.0] * 5)))
             assert code == grpc.StatusCode.NOT_FOUND

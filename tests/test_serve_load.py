@@ -17,7 +17,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from rnnpolicy.clients import PolicyClient, PolicyError, Session, StreamSession
+from rnnpolicy.clients import PolicyClient, PolicyError, Session
+from rnnpolicy.export.interface import ONNX_FILE
 from rnnpolicy.serve import ServeConfig, create_server
 from rnnpolicy.serve.batcher import Batch
 from rnnpolicy.serve.coordinator import Job, Step
@@ -46,7 +47,7 @@ class Reference:
     """One model's ONNX file stepped offline; each :class:`Rollout` keeps one session's state."""
 
     def __init__(self, path) -> None:
-        self.sess = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
+        self.sess = ort.InferenceSession(str(path / ONNX_FILE), providers=["CPUExecutionProvider"])
         self.outputs = [o.name for o in self.sess.get_outputs()]
         self.state_shapes = {i.name: [d if isinstance(d, int) else 1 for d in i.shape]
                              for i in self.sess.get_inputs() if i.name.startswith("state_")}
@@ -151,8 +152,8 @@ class Worker:
 
     def _open(self) -> None:
         model = MODELS[int(self.rng.integers(len(MODELS)))]
-        opener = self.client.stream_session if self.rng.random() < 0.4 else self.client.session
-        session = opener(model)
+        transport = "stream" if self.rng.random() < 0.4 else "unary"
+        session = self.client.session(model, transport=transport)
         self.tally.opened[model] += 1
         self.pool.append(Live(session, model, int(self.rng.integers(1, 41)), Rollout(self.refs[model])))
 
@@ -164,7 +165,7 @@ class Worker:
     # ---------------------------------------------------------------- one action
 
     def _rpc(self, live: Live) -> str:
-        return "StepStream" if isinstance(live.session, StreamSession) else "Step"
+        return "StepStream" if live.session.transport == "stream" else "Step"
 
     def _obs(self, live: Live, extra: int = 0) -> np.ndarray:
         dim = live.session.spec.obs_dim + extra
@@ -338,7 +339,7 @@ def test_loopback_load_no_errors_no_leaks_metrics_agree(serve_export_dirs):
                 assert srv.directory.sessions_of(srv.models[name]) == 0
             threads.append(_threads_after_streams_end())
             assert "rnnpolicy-stream-reader" not in threads[-1], threads[-1]  # every closed stream ended
-            assert _live_objects(Session, StreamSession) == 0  # every client session object freed (StreamSession is one)
+            assert _live_objects(Session) == 0  # every client session object freed
             objects.append(_live_objects(ServerSession, Job, Step, Batch))
             rss.append(_rss())
 

@@ -16,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rnnpolicy.clients import PolicyClient, PolicyError
+from rnnpolicy.export.interface import ONNX_FILE
 from rnnpolicy.serve import ServeConfig, create_server
 from rnnpolicy.serve.persistence import SNAPSHOT_FILE
 from rnnpolicy.v1 import policy_pb2 as pb
@@ -111,7 +112,7 @@ def test_sessions_pinned_to_an_old_version_survive_a_restart_after_the_model_cha
             np.testing.assert_allclose(session.step(obs[t], t == 0).q_values, ref.step(obs[t], t == 0)["q_values"][0],
                                        atol=1e-5)
     srv.stop(None)
-    shutil.copyfile(q_lstm_v2_export / "model.onnx", source / "model.onnx")  # deployed while the server was down
+    shutil.copyfile(q_lstm_v2_export / ONNX_FILE, source / ONNX_FILE)  # deployed while the server was down
     srv, port = create_server({"q": source}, "127.0.0.1:0", config)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -188,6 +189,17 @@ def _wait_serving(port, proc, timeout=60.0):
         channel.close()
 
 
+def _snapshot_seq(path, session_id: str) -> int | None:
+    """The last seq the snapshot at ``path`` holds for ``session_id`` (None: no snapshot, or not in it). The server
+    renames whole snapshots into place, so a read sees one whole snapshot."""
+    from rnnpolicy.v1 import session_record_pb2
+
+    if not path.exists():
+        return None
+    records = session_record_pb2.SessionSnapshot.FromString(path.read_bytes()).sessions
+    return next((r.last_seq for r in records if r.session_id == session_id), None)
+
+
 def test_after_kill_9_sessions_resume_from_the_checkpoint_and_the_client_replays_the_rest(tmp_path, serve_export_dirs):
     state = tmp_path / "state"
     snapshot = state / SNAPSHOT_FILE
@@ -201,10 +213,10 @@ def test_after_kill_9_sessions_resume_from_the_checkpoint_and_the_client_replays
         with PolicyClient(f"127.0.0.1:{port}", retries=0) as client:
             session = client.session("q", history=64)
             actions = [session.step(obs[t], t == 0).action for t in range(5)]
-            checkpointed_after, deadline = time.time(), time.monotonic() + 30
-            while not (snapshot.exists() and snapshot.stat().st_mtime > checkpointed_after):
+            deadline = time.monotonic() + 30
+            while _snapshot_seq(snapshot, session.session_id) != 5:  # a periodic checkpoint holds seqs 1..5
                 assert time.monotonic() < deadline, "no periodic checkpoint within 30 s"
-                time.sleep(0.02)  # the next periodic checkpoint holds seqs 1..5
+                time.sleep(0.02)
             actions += [session.step(obs[t]).action for t in range(5, 8)]  # applied, then lost in the crash
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)

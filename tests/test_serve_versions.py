@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
+from rnnpolicy.export.interface import ONNX_FILE
 from rnnpolicy.serve import ServeConfig, create_server
 from rnnpolicy.serve.errors import ServeError
 from rnnpolicy.v1 import policy_pb2 as pb
@@ -19,9 +20,9 @@ from rollout import OfflineRollout
 
 def _replace_model(source_dir, export_dir):
     """Put ``export_dir``'s model.onnx into ``source_dir`` the way a deploy should: copy beside it, then rename."""
-    tmp = source_dir / "model.onnx.tmp"
-    shutil.copyfile(export_dir / "model.onnx", tmp)
-    os.replace(tmp, source_dir / "model.onnx")
+    tmp = source_dir / f"{ONNX_FILE}.tmp"
+    shutil.copyfile(export_dir / ONNX_FILE, tmp)
+    os.replace(tmp, source_dir / ONNX_FILE)
 
 
 @pytest.fixture
@@ -112,7 +113,7 @@ def test_migration_to_an_incompatible_version_is_refused_and_leaves_the_session(
 def test_an_unloadable_file_is_skipped_and_the_loaded_version_keeps_serving(reloadable, caplog):
     srv, stub, source = reloadable
     session = stub.CreateSession(pb.CreateSessionRequest(model="q"))
-    (source / "model.onnx").write_bytes(b"half-written")
+    (source / ONNX_FILE).write_bytes(b"half-written")
     with caplog.at_level("ERROR", logger="rnnpolicy.serve"):
         assert srv.reload_models() == []
     assert "event=reload_failed model=q" in caplog.text

@@ -22,7 +22,9 @@
 // state before that observation. Steps are deterministic (greedy actions).
 //
 // The token (--token-file FILE holding it alone, else --token, else $RNNPOLICY_TOKEN, as
-// `rnnpolicy play` reads it) is sent as `authorization: Bearer TOKEN` metadata on every call. --ca uses TLS with that
+// `rnnpolicy play` reads it) is sent as `authorization: Bearer TOKEN` metadata on every call, and
+// the session id as `x-session-id` metadata on every call on the session (Step, CloseSession), as
+// every rnnpolicy client does, so that a proxy can route a session's calls to one replica. --ca uses TLS with that
 // root certificate (mutual TLS with --cert and --key); without it the channel is insecure.
 // Errors: a failed call prints `error: <RPC>: <STATUS>: <details>` on stderr and exits 2; so
 // does a bad argument (`error: ...`). Each call has a deadline of --timeout-ms (default 10000).
@@ -118,11 +120,13 @@ function lcgObservations(seed, steps, dim) {
   return Array.from({ length: steps }, () => Array.from({ length: dim }, next));
 }
 
-/** A promise-returning caller that attaches the token and a deadline to every call. */
+/** A promise-returning caller that attaches the token and a deadline to every call, and the session id
+ * (`x-session-id`, for proxies that route sessions) to every call on a session. */
 function makeCaller(client, { token, timeoutMs }) {
-  return (rpc, request) => new Promise((resolve, reject) => {
+  return (rpc, request, sessionId) => new Promise((resolve, reject) => {
     const metadata = new grpc.Metadata();
     if (token !== undefined) metadata.set("authorization", `Bearer ${token}`);
+    if (sessionId !== undefined) metadata.set("x-session-id", sessionId);
     client[rpc](request, metadata, { deadline: Date.now() + timeoutMs }, (err, response) => {
       if (err) {
         err.rpc = rpc;
@@ -152,7 +156,7 @@ async function runEpisode(call, opts) {
       seq += 1n;
       const response = await call("Step", {
         session_id: sessionId, seq: seq.toString(), obs, episode_start: t === 0, deterministic: true,
-      });
+      }, sessionId);
       if (response.error) throw callError("Step", response.error.code, response.error.message);
       if (BigInt(response.seq) !== seq) throw callError("Step", grpc.status.INTERNAL, `answered seq ${response.seq} to seq ${seq}`);
       steps.push({
@@ -163,7 +167,7 @@ async function runEpisode(call, opts) {
     }
   } finally {
     // Free the server's slot even when a step failed; a second error must not hide the first.
-    await call("CloseSession", { session_id: sessionId }).catch((err) => {
+    await call("CloseSession", { session_id: sessionId }, sessionId).catch((err) => {
       if (steps.length === observations.length) throw err;
     });
   }

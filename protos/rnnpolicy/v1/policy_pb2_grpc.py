@@ -137,7 +137,8 @@ class PolicyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CloseSession(self, request, context):
-        """Close a session and free its slot. Closing an unknown session is NOT_FOUND.
+        """Close a session and free its slot. Closing an unknown session is NOT_FOUND
+        (PERMISSION_DENIED with token authentication on, as for any unknown session).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,10 +159,11 @@ class PolicyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def MigrateSession(self, request, context):
-        """Move a session to another loaded version of its model (by default the latest), keeping
-        its state, seq and cached last response. Refused with FAILED_PRECONDITION when the
-        versions' state tensors, observation size or action space differ: an incompatible
-        version is never applied to old state.
+        """Move a session to the latest loaded version of its model, keeping its state, seq and
+        cached last response (a session already on it stays). Refused with FAILED_PRECONDITION
+        when `version` names any other version, or when the versions' state tensors,
+        observation size or action space differ: an incompatible version is never applied to
+        old state.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
