@@ -205,16 +205,14 @@ async def _failover(cluster: LocalCluster, sessions: int, seconds: float) -> dic
     errors: list[str] = []
 
     async def drive(index: int, client) -> None:
-        session = await client.session("bench")
         try:
-            while time.perf_counter() < stop_at:
-                t = time.perf_counter()
-                await session.step(obs)
-                steps.append((time.perf_counter(), time.perf_counter() - t, index))
+            async with client.session("bench") as session:  # the default client: a stream per session
+                while time.perf_counter() < stop_at:
+                    t = time.perf_counter()
+                    await session.step(obs)
+                    steps.append((time.perf_counter(), time.perf_counter() - t, index))
         except Exception as exc:  # noqa: BLE001 - a client-visible error is a result, reported
             errors.append(repr(exc))
-        finally:
-            await session.close()
 
     async with AsyncPolicyClient(cluster.endpoint) as client:
         tasks = [asyncio.create_task(drive(i, client)) for i in range(sessions)]

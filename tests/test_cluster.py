@@ -201,21 +201,21 @@ def test_kill_9_of_a_replica_loses_nothing_for_the_python_client(healthy, serve_
         rng = random.Random(1)
 
         async def one(client) -> None:
-            session = await client.session(MODEL)
-            d = Driven(session.session_id)
-            driven.append(d)
             try:
-                while not stop.is_set():
-                    obs = np.asarray([rng.uniform(-1, 1) for _ in range(OBS_DIM)], np.float32)
-                    start = rng.random() < 0.1
-                    result = await session.step(obs, start)
-                    d.obs.append(obs)
-                    d.starts.append(start)
-                    d.q_values.append(result.q_values)
-                    d.actions.append(result.action)
-                    d.done_at.append(time.monotonic())
+                async with client.session(MODEL) as session:  # steps over a stream, x-session-id sent
+                    d = Driven(session.session_id)
+                    driven.append(d)
+                    while not stop.is_set():
+                        obs = np.asarray([rng.uniform(-1, 1) for _ in range(OBS_DIM)], np.float32)
+                        start = rng.random() < 0.1
+                        result = await session.step(obs, start)
+                        d.obs.append(obs)
+                        d.starts.append(start)
+                        d.q_values.append(result.q_values)
+                        d.actions.append(result.action)
+                        d.done_at.append(time.monotonic())
             except Exception as exc:  # noqa: BLE001 - recorded: the test asserts there is none
-                errors.append(f"{d.session_id}: {exc!r}")
+                errors.append(repr(exc))
 
         async with AsyncPolicyClient(healthy.endpoint) as client:
             tasks = [asyncio.create_task(one(client)) for _ in range(SESSIONS)]
