@@ -26,7 +26,9 @@ class ModelInfo:
 
 @dataclass(slots=True)
 class StepResult:
-    """One step's answer. ``action`` is an int (discrete) or a float32 vector (box).
+    """One step's answer. ``action`` is an int (discrete), an int64 vector of the ``k`` entries
+    (multi-discrete and multi-binary; ``spec.action.to_env`` gives it the space's shape) or a float32
+    vector (box).
 
     (Not a frozen dataclass: building one of those costs about five times as long, on every step.)"""
 
@@ -91,10 +93,17 @@ def result_decoder(spec: PolicySpec) -> Callable[[pb.StepResponse], StepResult]:
     outputs = spec.output_names
     heads = tuple(head for head in _HEADS if head in outputs)
     discrete = spec.action.is_discrete
+    factored = spec.action.is_factored
     has_value = "value" in outputs
 
     def decode(response: pb.StepResponse) -> StepResult:
-        action = int(response.discrete_action) if discrete else np.array(response.continuous_action[:], np.float32)
+        action: int | np.ndarray
+        if factored:  # the k entries of a multi-discrete or multi-binary action
+            action = np.array(response.multi_action[:], dtype=np.int64)
+        elif discrete:
+            action = int(response.discrete_action)
+        else:
+            action = np.array(response.continuous_action[:], dtype=np.float32)
         result = StepResult(action, response.seq, response.model_version)
         for head in heads:
             setattr(result, head, _floats(getattr(response, head)))

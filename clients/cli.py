@@ -60,7 +60,7 @@ def play_episodes(client: PolicyClient, model: str, env_id: str, episodes: int, 
     result = PlayResult()
     try:
         with client.session(model, seed=seed, deterministic=deterministic, transport=transport) as session:
-            discrete = session.spec.action.is_discrete
+            action_space = session.spec.action
             for episode in range(episodes):
                 obs, _ = env.reset(seed=seed + episode)
                 start, done, total = True, False, 0.0
@@ -69,7 +69,7 @@ def play_episodes(client: PolicyClient, model: str, env_id: str, episodes: int, 
                     action = session.step(obs, episode_start=start).action
                     result.step_latencies_s.append(time.perf_counter() - sent)
                     start = False
-                    obs, reward, terminated, truncated, info = env.step(int(action) if discrete else np.asarray(action))
+                    obs, reward, terminated, truncated, info = env.step(action_space.to_env(action))
                     total += float(reward)
                     done = terminated or truncated
                 result.returns.append(total)

@@ -4,13 +4,14 @@ The top package is torch-free: the policy spec and observation encoding that eve
 """
 
 from rnnpolicy.encoding import ObsEncoding, ObsPart
-from rnnpolicy.spec import FORMAT_VERSION, ActionSpec, ObsNormSpec, PolicySpec, StateTensorSpec
+from rnnpolicy.spec import FORMAT_VERSION, ActionSpec, ImageSpec, ObsNormSpec, PolicySpec, StateTensorSpec
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FORMAT_VERSION",
     "ActionSpec",
+    "ImageSpec",
     "ObsEncoding",
     "ObsNormSpec",
     "ObsPart",

@@ -11,16 +11,26 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 from rnnpolicy.encoding import ObsEncoding
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest spec format this rnnpolicy reads and writes. A spec is written with the lowest version that
+describes it (1 unless it has factored actions or an image encoder), so older readers still load those."""
+READABLE_FORMAT_VERSIONS: tuple[int, ...] = (1, 2)
 SPEC_METADATA_KEY = "rnnpolicy.spec"
 
 PolicyKind = Literal["q", "policy"]
 CellKind = Literal["lstm", "gru", "ff"]
+ActionKind = Literal["discrete", "box", "multi_discrete", "multi_binary"]
+ImageLayout = Literal["hwc", "chw"]
 
 POLICY_KINDS: tuple[str, ...] = ("q", "policy")
 CELL_KINDS: tuple[str, ...] = ("lstm", "gru", "ff")
+ACTION_KINDS: tuple[str, ...] = ("discrete", "box", "multi_discrete", "multi_binary")
+FACTORED_KINDS: tuple[str, ...] = ("multi_discrete", "multi_binary")
+IMAGE_LAYOUTS: tuple[str, ...] = ("hwc", "chw")
 
 # The exported graph's input and output names: one place, used by trainer, exporter,
 # server and clients alike.
@@ -40,13 +50,22 @@ ACTION = "action"
 
 @dataclass(frozen=True)
 class ActionSpec:
-    """The action space: ``discrete`` with ``n`` actions, or a ``box`` of ``shape`` in [low, high]."""
+    """The action space.
 
-    kind: Literal["discrete", "box"]
+    - ``discrete``: one of ``n`` actions;
+    - ``box``: a float array of ``shape`` in [low, high];
+    - ``multi_discrete`` / ``multi_binary``: an int array of ``shape`` whose entry ``i`` (row-major) is one of
+      ``nvec[i]`` values (2 each for ``multi_binary``), chosen by a factored categorical head: one set of
+      logits per entry, concatenated as ``[sum(nvec)]``.
+    """
+
+    kind: ActionKind
     n: int = 0
     shape: tuple[int, ...] = ()
     low: tuple[float, ...] = ()
     high: tuple[float, ...] = ()
+    nvec: tuple[int, ...] = ()
+    """Choices per action entry, flattened row-major from ``shape`` (factored kinds only)."""
 
     def __post_init__(self) -> None:
         if self.kind == "discrete":
@@ -59,17 +78,67 @@ class ActionSpec:
                     f"a box action space needs shape, low and high of equal size, got "
                     f"shape={self.shape}, {len(self.low)} low and {len(self.high)} high values"
                 )
+        elif self.kind in FACTORED_KINDS:
+            if _prod(self.shape) < 1 or len(self.nvec) != _prod(self.shape) or min(self.nvec) < 1:
+                raise ValueError(
+                    f"a {self.kind} action space needs one count >= 1 per entry of its shape, got "
+                    f"shape={self.shape}, nvec={self.nvec}"
+                )
+            if self.kind == "multi_binary" and set(self.nvec) != {2}:
+                raise ValueError(f"a multi_binary action space has 2 choices per entry, got nvec={self.nvec}")
         else:
-            raise ValueError(f"action kind must be 'discrete' or 'box', got {self.kind!r}")
+            raise ValueError(f"action kind must be one of {ACTION_KINDS}, got {self.kind!r}")
+
+    @classmethod
+    def multi_discrete(cls, nvec: tuple[int, ...] | list[int], shape: tuple[int, ...] | None = None) -> ActionSpec:
+        """A ``multi_discrete`` space with ``nvec`` choices per entry (``shape`` defaults to ``(len(nvec),)``)."""
+        nvec = tuple(int(n) for n in nvec)
+        return cls("multi_discrete", shape=shape or (len(nvec),), nvec=nvec)
+
+    @classmethod
+    def multi_binary(cls, shape: tuple[int, ...]) -> ActionSpec:
+        """A ``multi_binary`` space of ``shape`` (each entry 0 or 1)."""
+        return cls("multi_binary", shape=tuple(shape), nvec=(2,) * _prod(tuple(shape)))
 
     @property
     def dim(self) -> int:
-        """Number of action values per step: 1 for discrete, the box size otherwise."""
+        """Number of action values per step: 1 for discrete, the number of entries of ``shape`` otherwise."""
         return 1 if self.kind == "discrete" else _prod(self.shape)
 
     @property
     def is_discrete(self) -> bool:
+        """One categorical choice (``discrete``)."""
         return self.kind == "discrete"
+
+    @property
+    def is_factored(self) -> bool:
+        """Several independent categorical choices (``multi_discrete`` or ``multi_binary``)."""
+        return self.kind in FACTORED_KINDS
+
+    @property
+    def num_logits(self) -> int:
+        """Width of the ``logits`` output: ``n``, or ``sum(nvec)`` for factored spaces (0 for box)."""
+        if self.kind == "discrete":
+            return self.n
+        return sum(self.nvec)
+
+    def to_env(self, action: Any) -> Any:
+        """One action as the model gives it (an int, or a flat vector) in the form the environment takes."""
+        if self.kind == "discrete":
+            return int(action)
+        if self.kind == "box":
+            return np.asarray(action, dtype=np.float32).reshape(self.shape)
+        dtype = np.int8 if self.kind == "multi_binary" else np.int64
+        return np.asarray(action).astype(dtype).reshape(self.shape)
+
+    def to_env_batch(self, actions: np.ndarray) -> np.ndarray:
+        """Actions ``[batch]`` or ``[batch, dim]`` in the form a vector environment takes."""
+        if self.kind == "discrete":
+            return np.asarray(actions)
+        if self.kind == "box":
+            return np.asarray(actions, dtype=np.float32).reshape((-1, *self.shape))
+        dtype = np.int8 if self.kind == "multi_binary" else np.int64
+        return np.asarray(actions).astype(dtype).reshape((-1, *self.shape))
 
 
 @dataclass(frozen=True)
@@ -96,6 +165,43 @@ class ObsNormSpec:
 
 
 @dataclass(frozen=True)
+class ImageSpec:
+    """A rank-3 ``Box`` observation read by the convolutional encoder.
+
+    ``obs`` stays the flat vector ``[batch, obs_dim]`` (the image's values in its own row-major order);
+    the model reshapes it to ``layout`` (``hwc``: height, width, channels, as most environments give
+    images; ``chw``: channels first), moves channels first and multiplies by ``scale`` (1/255 for
+    uint8 images, 1 otherwise) before the convolutions.
+    """
+
+    layout: ImageLayout
+    height: int
+    width: int
+    channels: int
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.layout not in IMAGE_LAYOUTS:
+            raise ValueError(f"image layout must be one of {IMAGE_LAYOUTS}, got {self.layout!r}")
+        if min(self.height, self.width, self.channels) < 1 or not self.scale > 0:
+            raise ValueError(
+                f"an image needs height, width, channels >= 1 and scale > 0, got "
+                f"{self.height}x{self.width}x{self.channels}, scale={self.scale}"
+            )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The image's shape as the environment gives it."""
+        if self.layout == "hwc":
+            return (self.height, self.width, self.channels)
+        return (self.channels, self.height, self.width)
+
+    @property
+    def size(self) -> int:
+        return self.height * self.width * self.channels
+
+
+@dataclass(frozen=True)
 class PolicySpec:
     """Everything a runtime needs to feed a trained policy and read its outputs."""
 
@@ -110,7 +216,8 @@ class PolicySpec:
     obs_norm: ObsNormSpec | None = None
     env_id: str = ""
     algo: str = ""
-    format_version: int = FORMAT_VERSION
+    image: ImageSpec | None = None
+    """Set when the observation is an image read by the convolutional encoder; None: an MLP over ``obs``."""
     initial_state: str = "zeros"
     """How an episode's state starts: always ``zeros`` (``episode_start=1`` does the same inside the graph)."""
 
@@ -125,12 +232,16 @@ class PolicySpec:
                 f"{self.num_layers}, {self.hidden_size}, {self.num_cores}"
             )
         if self.kind == "q" and not self.action.is_discrete:
-            raise ValueError("a Q-network needs a discrete action space, got a box")
-        if self.format_version != FORMAT_VERSION:
+            raise ValueError(f"a Q-network needs a discrete action space, got {self.action.kind}")
+        if self.image is not None and self.image.size != self.obs_dim:
             raise ValueError(
-                f"policy spec format version {self.format_version} is not supported "
-                f"(this rnnpolicy reads version {FORMAT_VERSION})"
+                f"image {self.image.shape} holds {self.image.size} values, but the observation has {self.obs_dim}"
             )
+
+    @property
+    def format_version(self) -> int:
+        """The lowest spec format that describes this policy: 2 for factored actions or an image encoder, else 1."""
+        return 2 if self.action.is_factored or self.image is not None else 1
 
     @property
     def obs_dim(self) -> int:
@@ -152,7 +263,7 @@ class PolicySpec:
     def output_names(self) -> tuple[str, ...]:
         if self.kind == "q":
             head: tuple[str, ...] = (Q_VALUES, ACTION)
-        elif self.action.is_discrete:
+        elif self.action.is_discrete or self.action.is_factored:
             head = (LOGITS, ACTION, VALUE)
         else:
             head = (MEAN, LOG_STD, ACTION, VALUE)
@@ -160,6 +271,11 @@ class PolicySpec:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out["format_version"] = self.format_version
+        if self.image is None:
+            del out["image"]  # a version-1 spec has no such key
+        if not self.action.is_factored:
+            del out["action"]["nvec"]
         out["obs_encoding"] = self.obs_encoding.to_dict()
         out["state_tensors"] = [
             {"name": s.name, "shape": list(s.shape)} for s in self.state_tensors
@@ -176,14 +292,15 @@ class PolicySpec:
         if not isinstance(data, dict):
             raise ValueError(f"a policy spec must be a JSON object, got {type(data).__name__}")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_FORMAT_VERSIONS:
             raise ValueError(
                 f"policy spec format version {version!r} is not supported "
-                f"(this rnnpolicy reads version {FORMAT_VERSION})"
+                f"(this rnnpolicy reads versions {', '.join(map(str, READABLE_FORMAT_VERSIONS))})"
             )
         try:
             action = data["action"]
             norm = data.get("obs_norm")
+            image = data.get("image")
             return cls(
                 kind=data["kind"],
                 cell=data["cell"],
@@ -197,6 +314,7 @@ class PolicySpec:
                     shape=tuple(int(d) for d in action.get("shape", ())),
                     low=tuple(float(v) for v in action.get("low", ())),
                     high=tuple(float(v) for v in action.get("high", ())),
+                    nvec=tuple(int(n) for n in action.get("nvec", ())),
                 ),
                 obs_norm=None
                 if norm is None
@@ -208,7 +326,15 @@ class PolicySpec:
                 ),
                 env_id=str(data.get("env_id", "")),
                 algo=str(data.get("algo", "")),
-                format_version=int(version),
+                image=None
+                if image is None
+                else ImageSpec(
+                    layout=image["layout"],
+                    height=int(image["height"]),
+                    width=int(image["width"]),
+                    channels=int(image["channels"]),
+                    scale=float(image.get("scale", 1.0)),
+                ),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"policy spec is missing or has a malformed field: {exc}") from None

@@ -32,7 +32,7 @@ def offline_returns(export_dir: str, env_id: str, episodes: int, seed: int) -> l
             out = backend.run(spec.obs_encoding.encode(obs)[None], np.array([start], np.float32), state)
             state, start = out.state, 0.0
             action = out.head["action"][0]
-            obs, reward, terminated, truncated, _ = env.step(int(action) if spec.action.is_discrete else action)
+            obs, reward, terminated, truncated, _ = env.step(spec.action.to_env(action))
             total += float(reward)
             done = terminated or truncated
         returns.append(total)

@@ -55,8 +55,12 @@ class TensorInfo(NamedTuple):
 
 def graph_inputs(spec: PolicySpec) -> tuple[TensorInfo, ...]:
     """``obs``, ``episode_start`` and the state tensors, in graph order."""
+    obs_doc = "encoded observation; normalised inside the graph"
+    if spec.image is not None:
+        obs_doc = (f"the image {list(spec.image.shape)} ({spec.image.layout}) flattened row-major, raw values; "
+                   f"scaled by {spec.image.scale:.6g} and read by convolutions inside the graph")
     return (
-        TensorInfo(OBS, "float32", ("batch", spec.obs_dim), "encoded observation; normalised inside the graph"),
+        TensorInfo(OBS, "float32", ("batch", spec.obs_dim), obs_doc),
         TensorInfo(EPISODE_START, "float32", ("batch",), "1 zeroes that row's state before this step, 0 keeps it"),
         *(
             TensorInfo(s.name, "float32", s.shape, "recurrent state; zeros start an episode")
@@ -67,16 +71,24 @@ def graph_inputs(spec: PolicySpec) -> tuple[TensorInfo, ...]:
 
 def graph_outputs(spec: PolicySpec) -> tuple[TensorInfo, ...]:
     """The head outputs then ``next_state_h`` (and ``next_state_c``), in graph order."""
-    width = spec.action.n if spec.action.is_discrete else spec.action.dim
+    action = spec.action
+    width = action.dim
+    logits_doc = "unnormalised log-probability of each action"
+    if action.is_factored:
+        logits_doc = (f"unnormalised log-probabilities of each of the {action.dim} action entries, concatenated: "
+                      f"entry i at columns sum(nvec[:i]) to sum(nvec[:i+1]), nvec={list(action.nvec)}")
     heads = {
-        Q_VALUES: TensorInfo(Q_VALUES, "float32", ("batch", width), "Q-value of each action"),
-        LOGITS: TensorInfo(LOGITS, "float32", ("batch", width), "unnormalised log-probability of each action"),
+        Q_VALUES: TensorInfo(Q_VALUES, "float32", ("batch", action.num_logits), "Q-value of each action"),
+        LOGITS: TensorInfo(LOGITS, "float32", ("batch", action.num_logits), logits_doc),
         MEAN: TensorInfo(MEAN, "float32", ("batch", width), "mean of the Gaussian policy (before bounds)"),
         LOG_STD: TensorInfo(LOG_STD, "float32", ("batch", width), "log standard deviation of the Gaussian policy"),
         VALUE: TensorInfo(VALUE, "float32", ("batch",), "state value estimate"),
     }
-    if spec.action.is_discrete:
+    if action.is_discrete:
         heads[ACTION] = TensorInfo(ACTION, "int64", ("batch",), "greedy (most likely) action")
+    elif action.is_factored:
+        heads[ACTION] = TensorInfo(ACTION, "int64", ("batch", width),
+                                   f"most likely value of each entry, row-major from the action shape {list(action.shape)}")
     else:
         heads[ACTION] = TensorInfo(ACTION, "float32", ("batch", width), "mean mapped into the action bounds")
     states = tuple(

@@ -43,7 +43,8 @@ class RuntimeParity:
     max_abs_diff: dict[str, float]
     """Largest absolute difference of each output (the state included), by output name."""
     action_mismatches: int = 0
-    """Rows whose action differs (discrete) or differs by more than the tolerance (continuous)."""
+    """Rows whose action differs (discrete; any entry for multi-discrete/binary) or differs by more than the
+    tolerance (continuous)."""
 
 
 @dataclass
@@ -199,6 +200,8 @@ def _rollout(spec: PolicySpec, eager: torch.nn.Module, scripted: torch.jit.Scrip
     """One rollout of ``steps`` steps at ``batch`` rows; accumulates into ``report``, returns mid-rollout starts."""
     rng = np.random.default_rng(seed)
     obs = 2.0 * rng.standard_normal((steps, batch, spec.obs_dim), dtype=np.float32)  # (T, B, F)
+    if spec.image is not None and spec.image.scale != 1.0:
+        obs = rng.integers(0, 256, size=obs.shape).astype(np.float32)  # uint8 pixel values, as environments give them
     starts = rng.random((steps, batch)) < 0.05  # (T, B)
     starts[0] = True
     starts[rng.integers(1, steps, size=batch), np.arange(batch)] = True  # every row restarts mid-rollout
@@ -223,6 +226,8 @@ def _rollout(spec: PolicySpec, eager: torch.nn.Module, scripted: torch.jit.Scrip
             ref_action, action = outputs["eager"][action_index], outputs[runtime][action_index]
             if spec.action.is_discrete:
                 parity.action_mismatches += int(np.sum(ref_action != action))
+            elif spec.action.is_factored:
+                parity.action_mismatches += int(np.sum(np.any(ref_action != action, axis=-1)))
             else:
                 parity.action_mismatches += int(np.sum(np.any(np.abs(ref_action - action) > report.tolerance, axis=-1)))
     return int(starts[1:].sum())

@@ -20,7 +20,7 @@ class OutputLayout:
     def __init__(self, spec: PolicySpec, head_names: tuple[str, ...]) -> None:
         self.spec = spec
         self.names = head_names
-        widths = {Q_VALUES: spec.action.n, LOGITS: spec.action.n, MEAN: spec.action.dim,
+        widths = {Q_VALUES: spec.action.n, LOGITS: spec.action.num_logits, MEAN: spec.action.dim,
                   LOG_STD: spec.action.dim, ACTION: spec.action.dim, VALUE: 1}
         self.columns: dict[str, slice] = {}
         start = 0
@@ -31,14 +31,18 @@ class OutputLayout:
             start += widths[name]
         self.width = start
         self.discrete = spec.action.is_discrete
+        self.factored = spec.action.is_factored
         # (column slice, head index) per head output, and (field, how, slice) per StepResponse field,
         # worked out once so the per-step code only slices.
         self._pack_plan = [(self.columns[name], i) for i, name in enumerate(head_names)]
         self._step_plan: list[tuple[str, str, slice]] = []
         for name, cols in self.columns.items():
             if name == ACTION:
-                self._step_plan.append(("discrete_action", "int", cols) if self.discrete
-                                       else ("continuous_action", "list", cols))
+                if self.factored:
+                    self._step_plan.append(("multi_action", "ints", cols))
+                else:
+                    self._step_plan.append(("discrete_action", "int", cols) if self.discrete
+                                           else ("continuous_action", "list", cols))
             elif name == VALUE:
                 self._step_plan.append(("value", "float", cols))
             else:
@@ -66,6 +70,8 @@ class OutputLayout:
                 fields[field] = values[cols]
             elif how == "int":
                 fields[field] = int(values[cols.start])
+            elif how == "ints":
+                fields[field] = [int(v) for v in values[cols]]
             else:
                 fields[field] = values[cols.start]
         return fields
@@ -76,7 +82,9 @@ class OutputLayout:
         for name, cols in self.columns.items():
             part = rows[:, cols]
             if name == ACTION:
-                if self.discrete:
+                if self.factored:
+                    fields["multi_actions"] = part.astype(np.int64).ravel().tolist()
+                elif self.discrete:
                     fields["discrete_actions"] = part[:, 0].astype(np.int64).tolist()
                 else:
                     fields["continuous_actions"] = part.ravel().tolist()

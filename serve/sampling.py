@@ -26,6 +26,15 @@ def sample_actions(layout: OutputLayout, packed: np.ndarray, rows: Sequence[int]
         for i, (row, generator) in enumerate(zip(rows, generators)):
             u = generator.random() * cdf[i, -1]
             packed[row, action.start] = min(int(np.searchsorted(cdf[i], u, side="right")), cdf.shape[1] - 1)
+    elif spec.action.is_factored:
+        # One draw per entry, from that entry's slice of the concatenated logits.
+        logits = packed[rows, cols[LOGITS]].astype(np.float64)  # (n, sum(nvec))
+        bounds = np.cumsum((0,) + tuple(spec.action.nvec))
+        for i, (row, generator) in enumerate(zip(rows, generators)):
+            u = generator.random(len(bounds) - 1)  # (k,)
+            for j, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+                cdf = np.cumsum(np.exp(logits[i, lo:hi] - logits[i, lo:hi].max()))
+                packed[row, action.start + j] = min(int(np.searchsorted(cdf, u[j] * cdf[-1], side="right")), hi - lo - 1)
     else:
         low = np.asarray(spec.action.low, dtype=np.float32)
         high = np.asarray(spec.action.high, dtype=np.float32)

@@ -51,7 +51,7 @@ def model_info(model: ServedModel, sessions: int = 0, latest: bool = True) -> pb
         version=model.version,
         obs_shape=[spec.obs_dim],
         action=pb.ActionSpace(kind=action.kind, n=action.n, shape=list(action.shape),
-                              low=list(action.low), high=list(action.high)),
+                              low=list(action.low), high=list(action.high), nvec=list(action.nvec)),
         state=[pb.StateTensorSpec(name=s.name, layers=s.layers, hidden=s.hidden) for s in spec.state_tensors],
         kind=spec.kind,
         cell=spec.cell,

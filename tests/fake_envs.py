@@ -38,6 +38,69 @@ class DictObsEnv(gym.Env):
         return {"cue": 0, "pos": np.full(1, self._t / 3, np.float32)}, reward, done, False, {"is_success": bool(reward)} if done else {}
 
 
-for _id, _cls in (("FakeText-v0", TextObsEnv), ("FakeDict-v0", DictObsEnv)):
+class RecallPairEnv(gym.Env):
+    """MultiDiscrete([3, 2]) actions: repeat at step 2 the pair of cues shown at step 1 (0.5 reward per entry right)."""
+
+    observation_space = spaces.Box(0, 1, (3,), np.float32)
+    action_space = spaces.MultiDiscrete([3, 2])
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._cue = (int(self.np_random.integers(3)), int(self.np_random.integers(2)))
+        self._t = 0
+        return np.array([self._cue[0] / 2, self._cue[1], 1.0], np.float32), {}
+
+    def step(self, action):
+        assert self.action_space.contains(np.asarray(action)), action
+        self._t += 1
+        if self._t < 2:
+            return np.zeros(3, np.float32), 0.0, False, False, {}
+        reward = 0.5 * (int(action[0]) == self._cue[0]) + 0.5 * (int(action[1]) == self._cue[1])
+        return np.zeros(3, np.float32), reward, True, False, {"is_success": reward == 1.0}
+
+
+class CopyBitsEnv(gym.Env):
+    """MultiBinary((2, 2)) actions: copy the four bits shown; one step per episode."""
+
+    observation_space = spaces.MultiBinary(4)
+    action_space = spaces.MultiBinary((2, 2))
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._bits = self.np_random.integers(0, 2, 4).astype(np.int8)
+        return self._bits.copy(), {}
+
+    def step(self, action):
+        assert self.action_space.contains(np.asarray(action)), action
+        reward = float(np.mean(np.asarray(action).ravel() == self._bits))
+        return self._bits.copy(), reward, True, False, {}
+
+
+class ImageCueEnv(gym.Env):
+    """uint8 7x7x3 images: the first shows a cue in its centre pixel's red channel; act on it at step 2."""
+
+    observation_space = spaces.Box(0, 255, (7, 7, 3), np.uint8)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._cue = int(self.np_random.integers(2))
+        self._t = 0
+        image = np.zeros((7, 7, 3), np.uint8)
+        image[3, 3, 0] = 255 * self._cue
+        image[0, 0, 1] = 255  # marks the first step
+        return image, {}
+
+    def step(self, action):
+        self._t += 1
+        blank = np.zeros((7, 7, 3), np.uint8)
+        if self._t < 2:
+            return blank, 0.0, False, False, {}
+        reward = float(int(action) == self._cue)
+        return blank, reward, True, False, {"is_success": bool(reward)}
+
+
+for _id, _cls in (("FakeText-v0", TextObsEnv), ("FakeDict-v0", DictObsEnv), ("FakeRecallPair-v0", RecallPairEnv),
+                  ("FakeCopyBits-v0", CopyBitsEnv), ("FakeImageCue-v0", ImageCueEnv)):
     if _id not in gym.registry:
         gym.register(id=_id, entry_point=_cls)

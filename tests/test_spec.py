@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from rnnpolicy import ActionSpec, ObsEncoding, ObsNormSpec, PolicySpec
+from rnnpolicy import ActionSpec, ImageSpec, ObsEncoding, ObsNormSpec, PolicySpec
 from rnnpolicy.spec import FORMAT_VERSION
 
 
@@ -45,7 +45,8 @@ def test_dict_form_documents_shapes_and_initial_state():
     data = json.loads(make_spec().to_json())
     assert data["state_tensors"][0] == {"name": "state_h", "shape": [4, "batch", 16]}
     assert data["initial_state"] == "zeros"
-    assert data["format_version"] == FORMAT_VERSION
+    assert data["format_version"] == 1  # nothing here needs version 2: older readers still load it
+    assert "image" not in data and "nvec" not in data["action"]
 
 
 @pytest.mark.parametrize(
@@ -54,7 +55,8 @@ def test_dict_form_documents_shapes_and_initial_state():
         (dict(kind="value"), "policy kind must be one of"),
         (dict(cell="rnn"), "cell must be one of"),
         (dict(hidden_size=0), "hidden_size >= 1"),
-        (dict(kind="q"), "Q-network needs a discrete action space"),
+        (dict(kind="q"), "Q-network needs a discrete action space, got box"),
+        (dict(kind="q", action=ActionSpec.multi_binary((2,))), "Q-network needs a discrete action space, got multi_binary"),
     ],
 )
 def test_invalid_specs_name_the_bad_value(overrides, message):
@@ -83,3 +85,42 @@ def test_action_spec_validation():
         ActionSpec("discrete", n=0)
     with pytest.raises(ValueError, match="equal size"):
         ActionSpec("box", shape=(2,), low=(0.0,), high=(1.0, 1.0))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(action=ActionSpec.multi_discrete((3, 2, 4))),
+        dict(action=ActionSpec.multi_discrete((3, 2, 4, 5), shape=(2, 2))),
+        dict(action=ActionSpec.multi_binary((2, 3))),
+        dict(obs_encoding=ObsEncoding.flat(147), obs_norm=None, image=ImageSpec("hwc", 7, 7, 3, 1 / 255)),
+        dict(obs_encoding=ObsEncoding.flat(48), obs_norm=None, image=ImageSpec("chw", 4, 4, 3),
+             action=ActionSpec.multi_binary((5,))),
+    ],
+)
+def test_version_2_specs_round_trip_and_say_so(overrides):
+    spec = make_spec(**overrides)
+    data = json.loads(spec.to_json())
+    assert data["format_version"] == 2 == FORMAT_VERSION
+    assert PolicySpec.from_json(spec.to_json()) == spec
+
+
+def test_a_version_1_spec_written_before_version_2_still_loads():
+    # What rnnpolicy 0.1 wrote: format_version 1, no "image" key, no "nvec" in the action.
+    data = json.loads(make_spec(action=ActionSpec("discrete", n=3)).to_json())
+    assert data["format_version"] == 1
+    spec = PolicySpec.from_dict(data)
+    assert spec.action == ActionSpec("discrete", n=3) and spec.image is None and spec.format_version == 1
+
+
+def test_factored_action_spec_validation():
+    spec = ActionSpec.multi_discrete((3, 2))
+    assert (spec.dim, spec.num_logits, spec.is_factored, spec.is_discrete) == (2, 5, True, False)
+    with pytest.raises(ValueError, match=r"one count >= 1 per entry of its shape, got shape=\(3,\), nvec=\(3, 2\)"):
+        ActionSpec("multi_discrete", shape=(3,), nvec=(3, 2))
+    with pytest.raises(ValueError, match=r"2 choices per entry, got nvec=\(2, 3\)"):
+        ActionSpec("multi_binary", shape=(2,), nvec=(2, 3))
+    with pytest.raises(ValueError, match="action kind must be one of"):
+        ActionSpec("multi")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"image layout must be one of \('hwc', 'chw'\), got 'whc'"):
+        ImageSpec("whc", 7, 7, 3)  # type: ignore[arg-type]

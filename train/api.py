@@ -50,7 +50,7 @@ def resolve(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -
     Precedence: what the user gave, then ``ENV_DEFAULTS[env]``, then the dataclasses' own defaults.
     """
     module = algorithm(config.algo)
-    _check_env(config.env)
+    _check_env(config.env, config.algo)
     defaults = env_defaults(config.algo, config.env)
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     filled = {
@@ -64,12 +64,17 @@ def resolve(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -
     return config, module.Config(**algo_values)
 
 
-def _check_env(env_id: str) -> None:
-    """Fail before training starts on an environment that cannot be made, encoded or acted in."""
+def _check_env(env_id: str, algo: str) -> None:
+    """Fail before training starts on an environment that cannot be made, encoded or acted in (by ``algo``)."""
     env = make_env(env_id)
     try:
         observation_encoding(env)
-        action_spec(env)
+        action = action_spec(env)
+        if algo == "drqn" and not action.is_discrete:
+            raise ValueError(
+                f"drqn needs a discrete action space, got {env.action_space} from {env_id}; "
+                f"train this environment with --algo ppo"
+            )
     finally:
         env.close()
 

@@ -28,6 +28,8 @@ class TrainConfig:
     """Stacked recurrent layers."""
     feedforward: bool = False
     """Replace the recurrence by a feed-forward layer (the memory ablation)."""
+    image_encoder: Literal["cnn", "flatten"] = "cnn"
+    """How a rank-3 Box (image) observation is read: convolutions (cnn) or flattened into the MLP encoder."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train: auto picks cuda when available, else cpu."""
     threads: int = 1

@@ -25,7 +25,7 @@ from torch import Tensor
 from rnnpolicy.spec import PolicySpec
 from rnnpolicy.train.api import resolve_device
 from rnnpolicy.train.config import TrainConfig
-from rnnpolicy.train.envs import action_spec, make_vector_env, observation_encoding
+from rnnpolicy.train.envs import action_spec, image_spec, make_vector_env, observation_encoding
 from rnnpolicy.train.models import QNetwork, RecurrentState, init_forget_bias, initial_state
 from rnnpolicy.train.replay import SequenceBatch, SequenceCollector, SequenceReplay
 from rnnpolicy.train.runlog import EpisodeTracker, RunLog
@@ -200,7 +200,9 @@ def learn(config: TrainConfig, algo_config: Config, run: RunLog) -> tuple[Policy
     action = action_spec(envs)
     if not action.is_discrete:
         envs.close()
-        raise ValueError(f"drqn needs a discrete action space, got {envs.single_action_space}")
+        raise ValueError(
+            f"drqn needs a discrete action space, got {envs.single_action_space}; train this environment with --algo ppo"
+        )
     spec = PolicySpec(
         kind="q",
         cell=config.cell_kind,
@@ -210,6 +212,7 @@ def learn(config: TrainConfig, algo_config: Config, run: RunLog) -> tuple[Policy
         action=action,
         env_id=config.env,
         algo="drqn",
+        image=image_spec(envs) if config.image_encoder == "cnn" else None,
     )
     torch.manual_seed(config.seed)
     online = QNetwork(spec)

@@ -8,7 +8,7 @@ from gymnasium import spaces
 
 from rnnpolicy.encoding import ObsEncoding
 from rnnpolicy.envs import make_env
-from rnnpolicy.spec import ActionSpec
+from rnnpolicy.spec import ActionSpec, ImageSpec
 
 
 def make_vector_env(env_id: str, num_envs: int, seed: int) -> gym.vector.SyncVectorEnv:
@@ -41,6 +41,12 @@ def action_spec(env: gym.Env | gym.vector.VectorEnv) -> ActionSpec:
         if space.start != 0:
             raise ValueError(f"discrete action spaces must start at 0, got start={space.start}")
         return ActionSpec("discrete", n=int(space.n))
+    if isinstance(space, spaces.MultiDiscrete):
+        if np.any(space.start != 0):
+            raise ValueError(f"multi-discrete action spaces must start at 0, got start={space.start.tolist()}")
+        return ActionSpec.multi_discrete(space.nvec.ravel().tolist(), shape=tuple(int(d) for d in space.shape))
+    if isinstance(space, spaces.MultiBinary):
+        return ActionSpec.multi_binary(tuple(int(d) for d in space.shape))
     if isinstance(space, spaces.Box):
         if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
             raise ValueError(f"a continuous action space needs finite bounds, got {space}")
@@ -50,4 +56,20 @@ def action_spec(env: gym.Env | gym.vector.VectorEnv) -> ActionSpec:
             low=tuple(float(v) for v in space.low.ravel()),
             high=tuple(float(v) for v in space.high.ravel()),
         )
-    raise ValueError(f"cannot act in action space {space}: expected Discrete or Box")
+    raise ValueError(f"cannot act in action space {space}: expected Discrete, MultiDiscrete, MultiBinary or Box")
+
+
+def image_spec(env: gym.Env | gym.vector.VectorEnv) -> ImageSpec | None:
+    """How the convolutional encoder reads the observation, or None when it is not one rank-3 ``Box``.
+
+    The channel axis is the smallest of the three, first or last (as Stable-Baselines3 decides it;
+    a tie goes to channels-last, the more common layout); a uint8 image is scaled by 1/255.
+    """
+    space = getattr(env, "single_observation_space", env.observation_space)
+    if not isinstance(space, spaces.Box) or len(space.shape) != 3:
+        return None
+    shape = tuple(int(d) for d in space.shape)
+    scale = 1.0 / 255.0 if space.dtype == np.uint8 else 1.0
+    if shape[2] <= shape[0]:
+        return ImageSpec("hwc", height=shape[0], width=shape[1], channels=shape[2], scale=scale)
+    return ImageSpec("chw", height=shape[1], width=shape[2], channels=shape[0], scale=scale)

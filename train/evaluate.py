@@ -66,10 +66,7 @@ def evaluate_model(model: QNetwork | ActorCritic, spec: PolicySpec, env_id: str,
         for i, env in enumerate(envs):
             if not active[i]:
                 continue
-            action = actions[i] if not spec.action.is_discrete else int(actions[i])
-            if not spec.action.is_discrete:
-                action = np.asarray(action, dtype=np.float32).reshape(spec.action.shape)
-            obs[i], reward, terminated, truncated, info = env.step(action)
+            obs[i], reward, terminated, truncated, info = env.step(spec.action.to_env(actions[i]))
             totals[i] += reward
             if terminated or truncated:
                 returns.append(float(totals[i]))

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from rnnpolicy.spec import PolicySpec
+from rnnpolicy.spec import ImageSpec, PolicySpec
 
 
 class RecurrentState(NamedTuple):
@@ -133,8 +133,75 @@ class ObsNormalizer(nn.Module):
         return torch.clamp((obs - self.mean) / torch.sqrt(self.var + self.eps), -self.clip, self.clip)
 
 
+class ImageEncoder(nn.Module):
+    """Convolutions over an image observation, then a linear layer to ``hidden`` features.
+
+    Images of at least 36 pixels a side get NatureCNN's three layers (Mnih et al., 2015, as in
+    Stable-Baselines3 and CleanRL); smaller ones (MiniGrid's 7x7) get two 3x3 convolutions of 16
+    and 32 channels, unpadded from 5 pixels a side up and padded below.
+    """
+
+    def __init__(self, image: ImageSpec, hidden: int) -> None:
+        super().__init__()
+        self.image = image
+        c, h, w = image.channels, image.height, image.width
+        if min(h, w) >= 36:
+            layers: list[nn.Module] = [nn.Conv2d(c, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2),
+                                       nn.ReLU(), nn.Conv2d(64, 64, 3, stride=1), nn.ReLU()]
+        else:
+            pad = 0 if min(h, w) >= 5 else 1
+            layers = [nn.Conv2d(c, 16, 3, padding=pad), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=pad), nn.ReLU()]
+        self.convs = nn.Sequential(*layers, nn.Flatten())
+        with torch.no_grad():
+            flat = self.convs(torch.zeros(1, c, h, w)).shape[1]
+        self.linear = nn.Sequential(nn.Linear(flat, hidden), nn.ReLU())
+
+    def forward(self, obs: Tensor) -> Tensor:
+        """``obs`` ``(..., obs_dim)``, each row the image in its own layout -> ``(..., hidden)``."""
+        x = obs.reshape(-1, *self.image.shape)  # (N, H, W, C) or (N, C, H, W)
+        if self.image.layout == "hwc":
+            x = x.permute(0, 3, 1, 2)  # (N, C, H, W)
+        features = self.linear(self.convs(x * self.image.scale))  # (N, hidden)
+        return features.reshape(*obs.shape[:-1], features.shape[-1])
+
+
 def _encoder(spec: PolicySpec) -> nn.Module:
+    if spec.image is not None:
+        return ImageEncoder(spec.image, spec.hidden_size)
     return nn.Sequential(nn.Linear(spec.obs_dim, spec.hidden_size), nn.ReLU())
+
+
+def factored_greedy(logits: Tensor, nvec: tuple[int, ...]) -> Tensor:
+    """The most likely value of each entry: ``logits`` ``(..., sum(nvec))`` -> ``(..., k)`` int64."""
+    if len(set(nvec)) == 1:
+        return logits.unflatten(-1, (len(nvec), nvec[0])).argmax(-1)
+    return torch.stack([part.argmax(-1) for part in logits.split(list(nvec), dim=-1)], dim=-1)
+
+
+def factored_sample(logits: Tensor, nvec: tuple[int, ...]) -> Tensor:
+    """One value drawn per entry: ``logits`` ``(B, sum(nvec))`` -> ``(B, k)`` int64."""
+    if len(set(nvec)) == 1:
+        probs = torch.softmax(logits.reshape(-1, nvec[0]), dim=-1)  # (B * k, n)
+        return torch.multinomial(probs, 1).reshape(logits.shape[0], len(nvec))
+    parts = [torch.multinomial(torch.softmax(p, dim=-1), 1) for p in logits.split(list(nvec), dim=-1)]
+    return torch.cat(parts, dim=-1)
+
+
+def factored_log_prob_entropy(logits: Tensor, actions: Tensor, nvec: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """Log-probability of ``actions`` ``(..., k)`` and entropy, each ``(...)``: sums over the independent entries.
+
+    ``logits`` ``(..., sum(nvec))`` hold entry ``i``'s logits at columns ``sum(nvec[:i]) .. sum(nvec[:i+1])``.
+    """
+    if len(set(nvec)) == 1:
+        log_probs = torch.log_softmax(logits.unflatten(-1, (len(nvec), nvec[0])), dim=-1)  # (..., k, n)
+        chosen = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)  # (..., k)
+        return chosen.sum(-1), -(log_probs.exp() * log_probs).sum((-2, -1))
+    log_prob = entropy = torch.zeros(logits.shape[:-1], device=logits.device)
+    for j, part in enumerate(logits.split(list(nvec), dim=-1)):
+        log_probs = torch.log_softmax(part, dim=-1)  # (..., n_j)
+        log_prob = log_prob + log_probs.gather(-1, actions[..., j : j + 1]).squeeze(-1)
+        entropy = entropy - (log_probs.exp() * log_probs).sum(-1)
+    return log_prob, entropy
 
 
 class QNetwork(nn.Module):
@@ -163,7 +230,8 @@ class QNetwork(nn.Module):
 
 
 class ActorCritic(nn.Module):
-    """Recurrent actor-critic: categorical head for discrete actions, Gaussian head for boxes, value head.
+    """Recurrent actor-critic: categorical head for discrete actions (factored, one per entry, for
+    multi-discrete and multi-binary ones), Gaussian head for boxes, value head.
 
     With ``spec.num_cores == 2`` actor and critic have separate recurrent cores, whose states
     are stacked along the layer axis (actor first).
@@ -183,8 +251,8 @@ class ActorCritic(nn.Module):
             self.critic_core = RecurrentCore(spec.cell, hidden, hidden, spec.num_layers)
         self.value_head = nn.Linear(hidden, 1)
         action = spec.action
-        if action.is_discrete:
-            self.policy_head = nn.Linear(hidden, action.n)
+        if action.is_discrete or action.is_factored:
+            self.policy_head = nn.Linear(hidden, action.num_logits)
         else:
             self.policy_head = nn.Linear(hidden, action.dim)
             self.log_std = nn.Parameter(torch.zeros(action.dim))
@@ -210,7 +278,7 @@ class ActorCritic(nn.Module):
         """Distribution parameters: ``(logits, value)`` or ``(mean, log_std, value)`` packed as three tensors."""
         params = self.policy_head(actor)
         value = self.value_head(critic).squeeze(-1)
-        if self.spec.action.is_discrete:
+        if self.spec.action.is_discrete or self.spec.action.is_factored:
             return params, params.new_zeros(()), value
         return params, self.log_std.expand_as(params), value
 
@@ -220,6 +288,9 @@ class ActorCritic(nn.Module):
         return (*self._heads(actor, critic), state)
 
     def distribution(self, params: Tensor, log_std: Tensor) -> torch.distributions.Distribution:
+        """The policy of a discrete or box space (factored spaces use the ``factored_*`` functions)."""
+        if self.spec.action.is_factored:
+            raise ValueError("a factored action space has no single torch distribution; use factored_log_prob_entropy")
         if self.spec.action.is_discrete:
             return torch.distributions.Categorical(logits=params)
         return torch.distributions.Independent(torch.distributions.Normal(params, log_std.exp()), 1)
@@ -229,11 +300,17 @@ class ActorCritic(nn.Module):
         return torch.maximum(torch.minimum(action, self.action_high), self.action_low)
 
     def step(self, obs: Tensor, state: RecurrentState, episode_start: Tensor) -> tuple[tuple[Tensor, ...], RecurrentState]:
-        """One step for a batch, deterministic action: ``(logits, action, value)`` or ``(mean, log_std, action, value)``."""
+        """One step for a batch, deterministic action: ``(logits, action, value)`` or ``(mean, log_std, action, value)``.
+
+        ``action`` is ``(B,)`` for a discrete space, ``(B, k)`` (each entry's most likely value) for a
+        factored one and ``(B, A)`` for a box.
+        """
         actor, critic, state = self._features(obs, state, episode_start, step=True)
         params, log_std, value = self._heads(actor, critic)
         if self.spec.action.is_discrete:
             return (params, torch.argmax(params, dim=-1), value), state
+        if self.spec.action.is_factored:
+            return (params, factored_greedy(params, self.spec.action.nvec), value), state
         return (params, log_std, self.clip_action(params), value), state
 
 

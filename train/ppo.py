@@ -23,9 +23,16 @@ from torch import Tensor
 from rnnpolicy.spec import ObsNormSpec, PolicySpec
 from rnnpolicy.train.api import resolve_device
 from rnnpolicy.train.config import TrainConfig
-from rnnpolicy.train.envs import action_spec, make_vector_env, observation_encoding
+from rnnpolicy.train.envs import action_spec, image_spec, make_vector_env, observation_encoding
 from rnnpolicy.train.evaluate import evaluate_model
-from rnnpolicy.train.models import ActorCritic, RecurrentState, init_forget_bias, initial_state
+from rnnpolicy.train.models import (
+    ActorCritic,
+    RecurrentState,
+    factored_log_prob_entropy,
+    factored_sample,
+    init_forget_bias,
+    initial_state,
+)
 from rnnpolicy.train.normalize import RunningMeanStd
 from rnnpolicy.train.runlog import EpisodeTracker, RunLog
 from rnnpolicy.train.sequences import PaddedSequences, split_sequences
@@ -177,7 +184,7 @@ class Rollout:
     """One rollout, time-major, ready for the update: ``(T, B, ...)`` tensors flattened to ``(T * B, ...)``."""
 
     obs: Tensor  # (T * B, F)
-    actions: Tensor  # (T * B,) or (T * B, A)
+    actions: Tensor  # (T * B,), or (T * B, A) for box and factored spaces
     logprobs: Tensor  # (T * B,)
     advantages: Tensor  # (T * B,)
     returns: Tensor  # (T * B,)
@@ -193,6 +200,11 @@ def _sample(model: ActorCritic, outputs: tuple[Tensor, ...]) -> tuple[Tensor, Te
         log_probs = torch.log_softmax(logits, dim=-1)  # (B, A)
         action = torch.multinomial(log_probs.exp(), 1)  # (B, 1)
         return action.squeeze(1), log_probs.gather(1, action).squeeze(1), value
+    if model.spec.action.is_factored:
+        logits, _, value = outputs
+        nvec = model.spec.action.nvec
+        action = factored_sample(logits, nvec)  # (B, k)
+        return action, factored_log_prob_entropy(logits, action, nvec)[0], value
     mean, log_std, _, value = outputs
     dist = model.distribution(mean, log_std)
     action = dist.sample()  # (B, A)
@@ -200,10 +212,9 @@ def _sample(model: ActorCritic, outputs: tuple[Tensor, ...]) -> tuple[Tensor, Te
 
 
 def _env_action(model: ActorCritic, action: Tensor) -> np.ndarray:
-    if model.spec.action.is_discrete:
-        return action.numpy()
-    clipped = model.clip_action(action).numpy()
-    return clipped.reshape((clipped.shape[0], *model.spec.action.shape))
+    if model.spec.action.kind == "box":
+        action = model.clip_action(action)
+    return model.spec.action.to_env_batch(action.numpy())
 
 
 def _build(config: TrainConfig, algo: Config, envs: gym.vector.VectorEnv, obs_norm: ObsNormSpec | None) -> tuple[PolicySpec, ActorCritic]:
@@ -220,10 +231,11 @@ def _build(config: TrainConfig, algo: Config, envs: gym.vector.VectorEnv, obs_no
         obs_norm=obs_norm,
         env_id=config.env,
         algo="ppo",
+        image=image_spec(envs) if config.image_encoder == "cnn" else None,
     )
     model = ActorCritic(spec)
     init_forget_bias(model, algo.forget_bias)
-    if not spec.action.is_discrete:
+    if spec.action.kind == "box":
         with torch.no_grad():
             model.log_std.fill_(algo.init_log_std)
     return spec, model
@@ -385,6 +397,8 @@ def evaluate_sequences(model: ActorCritic, rollout: Rollout, seqs: PaddedSequenc
         log_probs = torch.log_softmax(params, dim=-1)  # (L, S, A)
         entropy = -(log_probs.exp() * log_probs).sum(-1)  # (L, S)
         return log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1), entropy, value, index
+    if model.spec.action.is_factored:
+        return (*factored_log_prob_entropy(params, actions, model.spec.action.nvec), value, index)
     dist = model.distribution(params, log_std)
     return dist.log_prob(actions), dist.entropy(), value, index
 

@@ -7,7 +7,8 @@
 // It calls ListModels, CreateSession (--model, or empty: the server's only model), then Step
 // once per observation, then CloseSession, and prints ONE JSON object on stdout:
 //   {"session_id", "model", "model_version",
-//    "steps": [{"seq", "action" (an int for discrete actions, a list for box), "value" (or null)}]}
+//    "steps": [{"seq", "action" (an int for discrete actions, a list of ints for multi_discrete and
+//               multi_binary ones, a list of floats for box), "value" (or null)}]}
 //
 // Observations: --obs-json is a JSON list of lists of numbers, one encoded observation per
 // step (N = its length). Without it, N = --steps (default 20) observations come from this
@@ -146,7 +147,12 @@ async function runEpisode(call, opts) {
   const created = await call("CreateSession", { model: opts.model });
   const sessionId = created.session_id;
   const model = created.model;
-  const discrete = model.action?.kind === "discrete";
+  const kind = model.action?.kind;
+  // int64 fields arrive as decimal strings (longs: String); action indices fit a JS number.
+  const action = (r) =>
+    kind === "discrete" ? Number(r.discrete_action)
+      : kind === "multi_discrete" || kind === "multi_binary" ? r.multi_action.map(Number)
+      : r.continuous_action;
   const obsDim = model.obs_shape.reduce((a, b) => a * Number(b), 1);
   const observations = opts.obs ?? lcgObservations(opts.seed, opts.steps, obsDim);
   const steps = [];
@@ -161,7 +167,7 @@ async function runEpisode(call, opts) {
       if (BigInt(response.seq) !== seq) throw callError("Step", grpc.status.INTERNAL, `answered seq ${response.seq} to seq ${seq}`);
       steps.push({
         seq: Number(response.seq),
-        action: discrete ? Number(response.discrete_action) : response.continuous_action,
+        action: action(response),
         value: response._value === "value" ? response.value : null,
       });
     }

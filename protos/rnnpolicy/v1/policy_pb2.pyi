@@ -17,18 +17,20 @@ class StateTensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., layers: _Optional[int] = ..., hidden: _Optional[int] = ...) -> None: ...
 
 class ActionSpace(_message.Message):
-    __slots__ = ("kind", "n", "shape", "low", "high")
+    __slots__ = ("kind", "n", "shape", "low", "high", "nvec")
     KIND_FIELD_NUMBER: _ClassVar[int]
     N_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     LOW_FIELD_NUMBER: _ClassVar[int]
     HIGH_FIELD_NUMBER: _ClassVar[int]
+    NVEC_FIELD_NUMBER: _ClassVar[int]
     kind: str
     n: int
     shape: _containers.RepeatedScalarFieldContainer[int]
     low: _containers.RepeatedScalarFieldContainer[float]
     high: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, kind: _Optional[str] = ..., n: _Optional[int] = ..., shape: _Optional[_Iterable[int]] = ..., low: _Optional[_Iterable[float]] = ..., high: _Optional[_Iterable[float]] = ...) -> None: ...
+    nvec: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, kind: _Optional[str] = ..., n: _Optional[int] = ..., shape: _Optional[_Iterable[int]] = ..., low: _Optional[_Iterable[float]] = ..., high: _Optional[_Iterable[float]] = ..., nvec: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "version", "obs_shape", "action", "state", "kind", "cell", "outputs", "spec_json", "sessions", "latest")
@@ -181,7 +183,7 @@ class StepError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., expected_seq: _Optional[int] = ...) -> None: ...
 
 class StepResponse(_message.Message):
-    __slots__ = ("session_id", "seq", "discrete_action", "continuous_action", "q_values", "logits", "mean", "log_std", "value", "model_version", "error")
+    __slots__ = ("session_id", "seq", "discrete_action", "continuous_action", "q_values", "logits", "mean", "log_std", "value", "model_version", "error", "multi_action")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     DISCRETE_ACTION_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +195,7 @@ class StepResponse(_message.Message):
     VALUE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    MULTI_ACTION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     seq: int
     discrete_action: int
@@ -204,7 +207,8 @@ class StepResponse(_message.Message):
     value: float
     model_version: str
     error: StepError
-    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., discrete_action: _Optional[int] = ..., continuous_action: _Optional[_Iterable[float]] = ..., q_values: _Optional[_Iterable[float]] = ..., logits: _Optional[_Iterable[float]] = ..., mean: _Optional[_Iterable[float]] = ..., log_std: _Optional[_Iterable[float]] = ..., value: _Optional[float] = ..., model_version: _Optional[str] = ..., error: _Optional[_Union[StepError, _Mapping]] = ...) -> None: ...
+    multi_action: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., discrete_action: _Optional[int] = ..., continuous_action: _Optional[_Iterable[float]] = ..., q_values: _Optional[_Iterable[float]] = ..., logits: _Optional[_Iterable[float]] = ..., mean: _Optional[_Iterable[float]] = ..., log_std: _Optional[_Iterable[float]] = ..., value: _Optional[float] = ..., model_version: _Optional[str] = ..., error: _Optional[_Union[StepError, _Mapping]] = ..., multi_action: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StepBatchRequest(_message.Message):
     __slots__ = ("session_ids", "seqs", "obs", "episode_start", "deterministic")
@@ -221,7 +225,7 @@ class StepBatchRequest(_message.Message):
     def __init__(self, session_ids: _Optional[_Iterable[str]] = ..., seqs: _Optional[_Iterable[int]] = ..., obs: _Optional[_Iterable[float]] = ..., episode_start: _Optional[_Iterable[bool]] = ..., deterministic: _Optional[bool] = ...) -> None: ...
 
 class StepBatchResponse(_message.Message):
-    __slots__ = ("seqs", "discrete_actions", "continuous_actions", "q_values", "logits", "mean", "log_std", "values", "model_version", "errors")
+    __slots__ = ("seqs", "discrete_actions", "continuous_actions", "q_values", "logits", "mean", "log_std", "values", "model_version", "errors", "multi_actions")
     SEQS_FIELD_NUMBER: _ClassVar[int]
     DISCRETE_ACTIONS_FIELD_NUMBER: _ClassVar[int]
     CONTINUOUS_ACTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -232,6 +236,7 @@ class StepBatchResponse(_message.Message):
     VALUES_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
+    MULTI_ACTIONS_FIELD_NUMBER: _ClassVar[int]
     seqs: _containers.RepeatedScalarFieldContainer[int]
     discrete_actions: _containers.RepeatedScalarFieldContainer[int]
     continuous_actions: _containers.RepeatedScalarFieldContainer[float]
@@ -242,7 +247,8 @@ class StepBatchResponse(_message.Message):
     values: _containers.RepeatedScalarFieldContainer[float]
     model_version: str
     errors: _containers.RepeatedCompositeFieldContainer[BatchRowError]
-    def __init__(self, seqs: _Optional[_Iterable[int]] = ..., discrete_actions: _Optional[_Iterable[int]] = ..., continuous_actions: _Optional[_Iterable[float]] = ..., q_values: _Optional[_Iterable[float]] = ..., logits: _Optional[_Iterable[float]] = ..., mean: _Optional[_Iterable[float]] = ..., log_std: _Optional[_Iterable[float]] = ..., values: _Optional[_Iterable[float]] = ..., model_version: _Optional[str] = ..., errors: _Optional[_Iterable[_Union[BatchRowError, _Mapping]]] = ...) -> None: ...
+    multi_actions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, seqs: _Optional[_Iterable[int]] = ..., discrete_actions: _Optional[_Iterable[int]] = ..., continuous_actions: _Optional[_Iterable[float]] = ..., q_values: _Optional[_Iterable[float]] = ..., logits: _Optional[_Iterable[float]] = ..., mean: _Optional[_Iterable[float]] = ..., log_std: _Optional[_Iterable[float]] = ..., values: _Optional[_Iterable[float]] = ..., model_version: _Optional[str] = ..., errors: _Optional[_Iterable[_Union[BatchRowError, _Mapping]]] = ..., multi_actions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class BatchRowError(_message.Message):
     __slots__ = ("index", "session_id", "code", "message", "expected_seq")

@@ -1,0 +1,122 @@
+"""Image observations: a rank-3 Box gets the convolutional encoder, in training and in the exported graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from gymnasium import spaces
+
+from rnnpolicy.encoding import ObsEncoding
+from rnnpolicy.export import export_checkpoint, graph_inputs, load_onnx_policy, zero_state
+from rnnpolicy.spec import ActionSpec, ImageSpec, PolicySpec
+from rnnpolicy.train.api import train
+from rnnpolicy.train.checkpoint import load_checkpoint, save_checkpoint
+from rnnpolicy.train.config import TrainConfig
+from rnnpolicy.train.envs import image_spec
+from rnnpolicy.train.evaluate import evaluate
+from rnnpolicy.train.models import ImageEncoder, build_model, initial_state
+
+
+class _Env:
+    def __init__(self, space):
+        self.observation_space = space
+
+
+@pytest.mark.parametrize(
+    "space, expected",
+    [
+        (spaces.Box(0, 255, (7, 7, 3), np.uint8), ImageSpec("hwc", 7, 7, 3, 1 / 255)),  # MiniGrid's ImgObsWrapper
+        (spaces.Box(0, 255, (84, 84, 4), np.uint8), ImageSpec("hwc", 84, 84, 4, 1 / 255)),
+        (spaces.Box(0, 1, (3, 64, 48), np.float32), ImageSpec("chw", 64, 48, 3, 1.0)),
+        (spaces.Box(0, 1, (5, 5, 5), np.float32), ImageSpec("hwc", 5, 5, 5, 1.0)),  # a tie: channels last
+    ],
+)
+def test_image_layout_is_detected_from_the_smallest_axis(space, expected):
+    assert image_spec(_Env(space)) == expected
+
+
+def test_only_rank_3_boxes_are_images():
+    assert image_spec(_Env(spaces.Box(0, 1, (4,), np.float32))) is None
+    assert image_spec(_Env(spaces.Box(0, 1, (4, 4), np.float32))) is None
+    assert image_spec(_Env(spaces.Dict({"image": spaces.Box(0, 255, (7, 7, 3), np.uint8)}))) is None
+
+
+@pytest.mark.parametrize(
+    "image, convs",
+    [(ImageSpec("hwc", 7, 7, 3, 1 / 255), 2), (ImageSpec("chw", 3, 4, 2), 2), (ImageSpec("hwc", 40, 36, 1), 3)],
+)
+def test_encoder_shapes_for_small_and_large_images(image, convs):
+    encoder = ImageEncoder(image, hidden=12)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in encoder.modules()) == convs
+    obs = torch.rand(5, 2, image.size)  # (T, B, obs_dim)
+    assert encoder(obs).shape == (5, 2, 12)
+    assert encoder(obs[0]).shape == (2, 12)
+
+
+def test_encoder_reads_channels_last_and_first_alike():
+    hwc, chw = ImageSpec("hwc", 6, 5, 3), ImageSpec("chw", 6, 5, 3)
+    a, b = ImageEncoder(hwc, 8), ImageEncoder(chw, 8)
+    b.load_state_dict(a.state_dict())
+    images = torch.rand(4, 6, 5, 3)  # (N, H, W, C)
+    torch.testing.assert_close(a(images.reshape(4, -1)), b(images.permute(0, 3, 1, 2).reshape(4, -1)))
+
+
+def test_uint8_pixels_are_scaled_to_unit_range():
+    raw, scaled = ImageEncoder(ImageSpec("hwc", 5, 5, 3, 1 / 255), 8), ImageEncoder(ImageSpec("hwc", 5, 5, 3), 8)
+    scaled.load_state_dict(raw.state_dict())
+    pixels = torch.randint(0, 256, (3, 75)).float()
+    torch.testing.assert_close(raw(pixels), scaled(pixels / 255))
+
+
+def test_spec_refuses_an_image_that_does_not_fill_the_observation():
+    with pytest.raises(ValueError, match=r"image \(7, 7, 3\) holds 147 values, but the observation has 100"):
+        PolicySpec(kind="policy", cell="gru", num_layers=1, hidden_size=8, obs_encoding=ObsEncoding.flat(100),
+                   action=ActionSpec("discrete", n=2), image=ImageSpec("hwc", 7, 7, 3))
+
+
+@pytest.mark.parametrize("kind, cell, layout", [("policy", "lstm", "hwc"), ("q", "gru", "chw")])
+def test_cnn_policy_exports_with_onnxruntime_parity(tmp_path, kind, cell, layout):
+    image = ImageSpec(layout, 7, 6, 3, 1 / 255)
+    spec = PolicySpec(kind=kind, cell=cell, num_layers=1, hidden_size=16, obs_encoding=ObsEncoding.flat(image.size),
+                      action=ActionSpec("discrete", n=3), image=image)
+    torch.manual_seed(0)
+    model = build_model(spec)
+    report = export_checkpoint(save_checkpoint(tmp_path / "checkpoint.pt", spec, model, {}), tmp_path / "export")
+    assert report.verify is not None and report.verify.passed, report.verify.failures
+    session, onnx_spec = load_onnx_policy(report.onnx_path)
+    assert onnx_spec.image == image and "scaled by" in graph_inputs(spec)[0].doc
+    assert any(node.op_type == "Conv" for node in onnx.load(str(report.onnx_path)).graph.node)
+    # onnxruntime against eager torch on pixel values, batch 5.
+    pixels = np.random.default_rng(1).integers(0, 256, (5, image.size)).astype(np.float32)
+    feed = {"obs": pixels, "episode_start": np.ones(5, np.float32), **zero_state(spec, 5)}
+    outputs = session.run(None, feed)
+    with torch.no_grad():
+        heads, _ = model.step(torch.from_numpy(pixels), initial_state(spec, 5), torch.ones(5))
+    np.testing.assert_allclose(outputs[0], heads[0].numpy(), atol=1e-5)
+    np.testing.assert_array_equal(outputs[1], heads[1].numpy())
+
+
+def _train(tmp_path, **config):
+    return train(TrainConfig(algo="ppo", env="fake_envs:FakeImageCue-v0", out=str(tmp_path), hidden_size=16,
+                             progress=False, **config),
+                 dict(num_envs=4, rollout_steps=32, seq_len=16, num_minibatches=2, update_epochs=1))
+
+
+def test_training_on_images_uses_the_cnn_by_default_and_flattening_on_request(tmp_path):
+    cnn = load_checkpoint(_train(tmp_path / "cnn", total_steps=256))
+    assert cnn.spec.image == ImageSpec("hwc", 7, 7, 3, 1 / 255) and cnn.spec.format_version == 2
+    assert isinstance(cnn.build().actor_encoder, ImageEncoder)
+    flat = load_checkpoint(_train(tmp_path / "flat", total_steps=256, image_encoder="flatten"))
+    assert flat.spec.image is None and flat.spec.format_version == 1
+    assert not isinstance(flat.build().actor_encoder, ImageEncoder)
+    assert evaluate(tmp_path / "cnn" / "checkpoint.pt", episodes=4).episodes == 4
+
+
+@pytest.mark.slow
+def test_cnn_policy_learns_an_image_cue(tmp_path):
+    path = train(TrainConfig(algo="ppo", env="fake_envs:FakeImageCue-v0", out=str(tmp_path), hidden_size=32,
+                             total_steps=20_000, progress=False),
+                 dict(num_envs=8, rollout_steps=32, seq_len=32, num_minibatches=2, update_epochs=4, learning_rate=3e-3))
+    assert evaluate(path, episodes=100).success_rate >= 0.95
