@@ -2,8 +2,7 @@
 
 The processes themselves are :mod:`rnnpolicy.serve.processes` (``rnnpolicy cluster`` uses the same);
 this adds what tests need on top: a skip naming what is missing (a failure instead when
-``RNNPOLICY_REQUIRE_ALL=1``, as ``.ci/run`` sets), and ``started(process)`` that stops what a test started (the
-``redis_server`` fixture is in conftest.py).
+``RNNPOLICY_REQUIRE_ALL=1``, as ``.ci/run`` sets). The ``redis_server`` fixture is in conftest.py.
 """
 
 from __future__ import annotations
@@ -11,12 +10,13 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+
 import pytest
 
 from rnnpolicy.serve.processes import Envoy, RedisServer, Replica, envoy_binary, redis_server_binary
 
 __all__ = ["Envoy", "RedisServer", "Replica", "require_envoy", "require_redis", "require_redis_client",
-           "start_redis", "started"]
+           "start_redis"]
 
 REQUIRE_ALL = os.environ.get("RNNPOLICY_REQUIRE_ALL") == "1"
 
@@ -51,16 +51,3 @@ def require_envoy() -> str:
 def start_redis(directory: Path, **options) -> RedisServer:
     """A started, answering ``redis-server`` with its data (AOF on) in ``directory``."""
     return RedisServer(directory, binary=require_redis(), **options).start().wait_ready()
-
-
-class started:
-    """``with started(process) as p:`` stops ``p`` on the way out, whatever happened."""
-
-    def __init__(self, process):
-        self.process = process
-
-    def __enter__(self):
-        return self.process
-
-    def __exit__(self, *exc) -> None:
-        self.process.stop()
