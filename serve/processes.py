@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -147,7 +148,9 @@ class RedisServer(ManagedProcess):
     """``redis-server`` on a loopback port, its data (AOF on) in ``directory``: sessions survive its restart."""
 
     def __init__(self, directory: Path, port: int = 0, *, password: str | None = None,
-                 appendfsync: str = "everysec", host: str = "127.0.0.1", binary: str | None = None) -> None:
+                 appendfsync: str = "everysec", host: str = "127.0.0.1", binary: str | None = None,
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
+        """``tls``: (certificate, key, CA) PEM files; Redis then accepts only TLS on ``port`` (``rediss://``)."""
         binary = binary or redis_server_binary()
         if binary is None:
             raise FileNotFoundError("redis-server not found: install it (Debian: apt-get install redis-server) "
@@ -159,7 +162,13 @@ class RedisServer(ManagedProcess):
         self.host = host
         self.port = port or free_port(host)
         self.password = password
-        argv = [binary, "--port", str(self.port), "--bind", host, "--dir", str(self.directory.resolve()),
+        self.tls = tls
+        ports = ["--port", str(self.port)]
+        if tls is not None:
+            cert, key, ca = (str(Path(p).resolve()) for p in tls)
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", cert, "--tls-key-file", key,
+                     "--tls-ca-cert-file", ca, "--tls-auth-clients", "no"]
+        argv = [binary, *ports, "--bind", host, "--dir", str(self.directory.resolve()),
                 "--appendonly", "yes", "--appendfsync", appendfsync, "--save", "", "--daemonize", "no",
                 "--protected-mode", "yes", "--logfile", ""]
         if password:
@@ -169,15 +178,23 @@ class RedisServer(ManagedProcess):
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls is not None:
+            return f"rediss://{auth}{self.host}:{self.port}/0?ssl_ca_certs={Path(self.tls[2]).resolve()}"
         return f"redis://{auth}{self.host}:{self.port}/0"
 
     def ping(self) -> bool:
         """Whether it answers commands now (a reply asking for the password counts: it is up)."""
         try:
-            with socket.create_connection((self.host, self.port), timeout=0.5) as s:
-                s.sendall(b"*1\r\n$4\r\nPING\r\n")
-                reply = s.recv(64)
-        except OSError:
+            with socket.create_connection((self.host, self.port), timeout=0.5) as plain:
+                if self.tls is None:
+                    plain.sendall(b"*1\r\n$4\r\nPING\r\n")
+                    reply = plain.recv(64)
+                else:
+                    context = ssl.create_default_context(cafile=str(self.tls[2]))
+                    with context.wrap_socket(plain, server_hostname=self.host) as tls:
+                        tls.sendall(b"*1\r\n$4\r\nPING\r\n")
+                        reply = tls.recv(64)
+        except OSError:  # ssl.SSLError included
             return False
         return reply.startswith((b"+PONG", b"-NOAUTH"))
 

@@ -292,6 +292,27 @@ def test_a_password_protected_redis(tmp_path):
         server.stop()
 
 
+def test_a_tls_redis_over_rediss(tmp_path):
+    from tls_certs import have_openssl, make_pki
+
+    if not have_openssl():
+        pytest.skip("the openssl command line is needed to make test certificates")
+    pki = make_pki(tmp_path / "pki")
+    server = start_redis(tmp_path / "redis", tls=(pki.server_cert, pki.server_key, pki.ca))
+    try:
+        async def body(store: RedisStore):
+            await store.insert(make_record())
+            return (await store.claim("s1")).epoch
+
+        assert server.url.startswith("rediss://")
+        assert run(server.url, body) == 2
+        plain = server.url.replace("rediss://", "redis://").split("?")[0]  # TLS is all this Redis speaks
+        with pytest.raises(StoreUnavailable):
+            run(plain + "?socket_timeout=1", lambda s: s.claim("s1"))
+    finally:
+        server.stop()
+
+
 def test_the_key_prefix_separates_stores_on_one_redis(redis_server):
     async def body(store: RedisStore):
         await store.insert(make_record())
