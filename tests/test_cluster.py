@@ -376,3 +376,28 @@ def test_tokens_and_ownership_hold_across_replicas(serve_export_dirs, redis_serv
     finally:
         for replica in replicas:
             replica.stop()
+
+
+def test_sessions_of_one_affinity_are_created_and_stepped_on_one_replica(healthy):
+    """With ``affinity``, the client sends ``x-session-affinity`` on CreateSession and every step, and Envoy hashes on
+    it: each session is stepped where it was created, so none is claimed (its stored epoch stays 1). Without the
+    header on CreateSession, 6 sessions would all be created where their steps go with probability (1/3)**6."""
+    from rnnpolicy.clients import PolicyClient
+    from rnnpolicy.serve.redis_store import RedisStore
+
+    async def stored(ids):
+        store = RedisStore.from_url(healthy.store_url, 300.0)
+        try:
+            return [await store.stored_epoch_and_seq(sid) for sid in ids]
+        finally:
+            await store.close()
+
+    with PolicyClient(healthy.endpoint) as client:
+        sessions = [client.session(MODEL, affinity=f"game-{i % 2}") for i in range(6)]
+        for session in sessions:
+            for _ in range(3):
+                session.step(np.zeros(OBS_DIM, np.float32))
+        epochs = asyncio.run(stored([s.session_id for s in sessions]))
+        for session in sessions:
+            session.close()
+    assert epochs == [(1, 3)] * 6
