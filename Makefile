@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 NODE_STAMP := clients/node/node_modules/.installed-stamp
 WEB_STAMP := clients/web/node_modules/.installed-stamp
 
-.PHONY: setup demo test test-slow bench protos clean chromium redis-server
+.PHONY: setup demo test test-slow bench protos clean cpp system-packages
 
 setup: $(STAMP)
 
@@ -31,26 +31,29 @@ $(WEB_STAMP): clients/web/package.json clients/web/package-lock.json
 		cd clients/web && npm ci --no-audit --no-fund --silent && touch node_modules/.installed-stamp; \
 	else echo "npm not found: skipping the web page's packages"; fi
 
-# Debian's Chromium for the browser tests (Playwright drives the system browser; no browser download).
-chromium:
-	@if [ ! -x /usr/bin/chromium ]; then \
+# Debian packages some tests need: Chromium for the browser tests (Playwright drives the system browser; no
+# browser download), g++ and cmake for the C++ client and the AOTInductor tests, redis-server for the cluster
+# tests (Envoy comes with the cluster extra). Installed when running as root
+# (CI does); elsewhere those tests skip, saying why (with RNNPOLICY_REQUIRE_ALL=1, set by .ci/run, they fail).
+SYSTEM_PACKAGES := /usr/bin/chromium:chromium /usr/bin/g++:g++ /usr/bin/cmake:cmake /usr/bin/redis-server:redis-server
+system-packages:
+	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
+		[ -x "$${entry%%:*}" ] || missing="$$missing $${entry##*:}"; done; \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq && apt-get install -y -qq chromium; \
-		else echo "chromium not found (and not root): the browser tests skip; install it with apt-get install -y chromium"; fi; \
+			echo "installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		else echo "not installed (and not root):$$missing; the tests that need them skip (apt-get install -y$$missing)"; fi; \
 	fi
 
-# Debian's redis-server for the cluster tests (the session store; Envoy comes with the cluster extra).
-redis-server:
-	@if ! command -v redis-server >/dev/null 2>&1; then \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq && apt-get install -y -qq redis-server; \
-		else echo "redis-server not found (and not root): the cluster tests skip; install it with apt-get install -y redis-server"; fi; \
-	fi
+# The C++ control loop build/cpp/policy_loop (clients/cpp), against the libtorch that the torch wheel ships.
+cpp: $(STAMP) system-packages
+	cmake -S clients/cpp -B build/cpp -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+	cmake --build build/cpp -j 2
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-test: $(STAMP) $(NODE_STAMP) $(WEB_STAMP) chromium redis-server
+test: $(STAMP) $(NODE_STAMP) $(WEB_STAMP) system-packages
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 

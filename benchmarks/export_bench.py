@@ -1,12 +1,20 @@
-"""Per-step latency and throughput of an exported policy: onnxruntime vs TorchScript vs eager PyTorch.
+"""Per-step latency and throughput of an exported policy: onnxruntime vs PyTorch runtimes vs C++.
 
-    python benchmarks/export_bench.py [--quick]
+    python benchmarks/export_bench.py [--quick] [--no-cpp]
 
 Q-networks with one recurrent layer of 64, 128 (the target) and 256 LSTM and GRU units, batch
 1 and 256, one thread everywhere. Each call feeds the previous call's state back, as a client
 does. Medians and ratios come from one run and are written to
 benchmarks/results/export_bench.json and .md. Targets: onnxruntime batch-1 step of the 128-unit
-LSTM <= 50 us median; export of a small model < 10 s.
+LSTM <= 50 us median; export of a small model < 10 s (``rnnpolicy export`` with default options,
+timed as a fresh process, torch's import included, and as the report's own figure).
+
+The PyTorch runtimes: eager, the ``torch.export`` program (``model.pt2``), TorchScript
+(``model.ts``, opt-in) and, for the target model, the AOTInductor package called from Python.
+C++: the target model's AOTInductor package in ``clients/cpp``'s ``policy_loop`` (built with
+CMake into build/cpp, as ``make cpp`` does), its own p50/p99 of the step at full speed and at
+50 Hz, beside onnxruntime's from Python (skipped with ``--no-cpp``, or without g++ and cmake,
+saying so in the results).
 
 Two figures put the onnxruntime times in context: "ort call floor", the same call on a graph
 that only copies the same inputs to as many outputs (what onnxruntime's Python call costs
@@ -21,6 +29,11 @@ import argparse
 import json
 import os
 import platform
+import re
+import resource
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +46,8 @@ import torch
 
 from machine import cpu_ticks, loadavg, steal_pct
 from rnnpolicy.encoding import ObsEncoding
-from rnnpolicy.export.exporter import export_checkpoint
+from rnnpolicy.export.exporter import ExportReport, export_checkpoint
+from rnnpolicy.export.pt2 import load_aoti, load_program
 from rnnpolicy.export.runtime import feed_runner, load_onnx_policy, session_options, zero_state
 from rnnpolicy.export.step_module import step_module
 from rnnpolicy.export.torchscript import load_torchscript
@@ -42,6 +56,10 @@ from rnnpolicy.train.checkpoint import load_checkpoint, save_checkpoint
 from rnnpolicy.train.models import build_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+CPP_BUILD = ROOT / "build" / "cpp"
+CPP_SUMMARY = re.compile(r"step latency p50 ([\d.]+) us, p99 ([\d.]+) us, max ([\d.]+) us; (\d+) overruns")
+CPP_HZ = 50.0
 OBS_DIM = 16
 N_ACTIONS = 4
 MODELS = (("lstm", 64), ("lstm", 128), ("lstm", 256), ("gru", 64), ("gru", 256))
@@ -117,13 +135,16 @@ def _after_idle_us(step: Step, obs: np.ndarray, state: list[Any], gap_s: float, 
     return round(float(np.median(times)) * 1e6, 1)
 
 
-def _bench_model(cell: str, hidden: int, workdir: Path, calls: int) -> list[dict[str, Any]]:
+def _bench_model(cell: str, hidden: int, workdir: Path, calls: int, aot: bool) -> tuple[list[dict[str, Any]], ExportReport]:
     spec = _spec(cell, hidden)
     checkpoint = save_checkpoint(workdir / f"{cell}{hidden}" / "checkpoint.pt", spec, build_model(spec), {})
     started = time.perf_counter()
-    report = export_checkpoint(checkpoint, workdir / f"{cell}{hidden}" / "export", verify=False)
+    report = export_checkpoint(checkpoint, workdir / f"{cell}{hidden}" / "export", verify=False, torchscript=True)
     export_s = time.perf_counter() - started
+    if aot:
+        report = export_checkpoint(checkpoint, report.out_dir, verify=False, torchscript=True, aot=True)
     session, _ = load_onnx_policy(report.onnx_path, threads=1)
+    program, _ = load_program(report.program_path)
     scripted, _ = load_torchscript(report.torchscript_path)
     eager = step_module(load_checkpoint(checkpoint).build())
     n_state = len(spec.state_tensors)
@@ -154,9 +175,12 @@ def _bench_model(cell: str, hidden: int, workdir: Path, calls: int) -> list[dict
         runs = {
             "onnxruntime": (run_onnx(session), state_np),
             "ort_call_floor": (run_onnx(_passthrough_session(spec)), state_np),
+            "torch.export": (run_torch(program), state_t),
             "torchscript": (run_torch(scripted), state_t),
             "eager": (run_torch(eager), state_t),
         }
+        if aot:
+            runs["aotinductor"] = (run_torch(load_aoti(report.aoti_path)[0]), state_t)
         with torch.inference_mode():
             times = _times_us(runs, obs, n)
         medians = {name: float(np.median(t)) for name, t in times.items()}
@@ -167,6 +191,7 @@ def _bench_model(cell: str, hidden: int, workdir: Path, calls: int) -> list[dict
                 "batch": batch,
                 "export_s": round(export_s, 3),
                 "median_us": {k: round(v, 1) for k, v in medians.items()},
+                "p99_us": {k: round(float(np.percentile(t, 99)), 1) for k, t in times.items()},
                 "rows_per_s": {k: round(batch / v * 1e6) for k, v in medians.items()},
                 "eager_over_onnxruntime": round(medians["eager"] / medians["onnxruntime"], 2),
                 "torchscript_over_onnxruntime": round(medians["torchscript"] / medians["onnxruntime"], 2),
@@ -178,26 +203,113 @@ def _bench_model(cell: str, hidden: int, workdir: Path, calls: int) -> list[dict
                 f"{gap * 1e3:g} ms": _after_idle_us(runs["onnxruntime"][0], obs, state_np, gap, max(20, calls // (10 if gap > 0.01 else 3)))
                 for gap in IDLE_GAPS_S
             }
+            if aot:
+                rows[-1]["aot_compile_s"] = round(report.aot_seconds or 0.0, 1)
         print(_md_row(rows[-1]), flush=True)
-    return rows
+    return rows, report
+
+
+def _cpp_binary() -> tuple[Path | None, str]:
+    """``build/cpp/policy_loop``, configured and built as ``make cpp`` does; ``(None, why)`` where it cannot be."""
+    missing = [tool for tool in ("cmake", "make", "g++") if shutil.which(tool) is None]
+    if missing:
+        return None, f"skipped: {', '.join(missing)} not found"
+    configure = ["cmake", "-S", str(ROOT / "clients" / "cpp"), "-B", str(CPP_BUILD), f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"]
+    for command in (configure, ["cmake", "--build", str(CPP_BUILD), "-j", "2"]):
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            return None, f"skipped: {' '.join(command[:2])} failed: {result.stderr.strip()[-300:]}"
+    return CPP_BUILD / "policy_loop", "built"
+
+
+def _bench_cpp(binary: Path, report: ExportReport, steps: int, workdir: Path) -> dict[str, Any]:
+    """``policy_loop``'s own step latency (p50, p99, max) at full speed and at 50 Hz, on random observations."""
+    rng = np.random.default_rng(0)
+    lines = [" ".join(["1" if t == 0 else "0", *(f"{x:.6g}" for x in rng.standard_normal(OBS_DIM))]) for t in range(steps)]
+    inputs = workdir / "cpp_inputs.txt"
+    inputs.write_text("\n".join(lines) + "\n")
+    out: dict[str, Any] = {}
+    rate_steps = max(50, min(steps, 500))  # 10 s at 50 Hz at most
+    for label, args, n in (("full speed", [], steps), (f"{CPP_HZ:g} Hz", ["--hz", str(CPP_HZ)], rate_steps)):
+        head = workdir / f"cpp_inputs_{n}.txt"
+        head.write_text("\n".join(lines[:n]) + "\n")
+        result = subprocess.run([str(binary), str(report.aoti_path), "--input", str(head), *args], capture_output=True, text=True, timeout=600)
+        found = CPP_SUMMARY.search(result.stderr)
+        if result.returncode != 0 or not found:
+            raise RuntimeError(f"policy_loop failed ({result.returncode}): {result.stderr[-500:]}")
+        p50, p99, most, overruns = found.groups()
+        out[label] = {"steps": n, "p50_us": float(p50), "p99_us": float(p99), "max_us": float(most), "overruns": int(overruns)}
+    return out
+
+
+def _cli_export_s(workdir: Path) -> dict[str, float]:
+    """``rnnpolicy export`` of a small model with default options (parity check included) in a fresh process."""
+    spec = _spec("lstm", 64)
+    checkpoint = save_checkpoint(workdir / "cli" / "checkpoint.pt", spec, build_model(spec), {})
+    rnnpolicy = Path(sys.executable).with_name("rnnpolicy")
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    result = subprocess.run([str(rnnpolicy), "export", str(checkpoint), "--out", str(workdir / "cli" / "export")],
+                            capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode != 0:
+        raise RuntimeError(f"rnnpolicy export failed: {result.stderr[-500:]}")
+    files_s = float(re.search(r" in ([\d.]+) s", result.stdout).group(1))
+    cpu_s = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
+    return {"process_wall_s": round(wall, 1), "process_cpu_s": round(cpu_s, 1), "model_files_s": files_s,
+            "stderr_chars": len(result.stderr)}
 
 
 def _md_row(r: dict[str, Any]) -> str:
     m, t = r["median_us"], r["rows_per_s"]
     return (
         f"| {r['cell']} {r['hidden']} | {r['batch']} | {m['onnxruntime']:.1f} | {m['ort_call_floor']:.1f} "
-        f"| {m['torchscript']:.1f} | {m['eager']:.1f} "
+        f"| {m['torch.export']:.1f} | {m['torchscript']:.1f} | {m['eager']:.1f} "
         f"| {r['eager_over_onnxruntime']:.1f}x | {r['torchscript_over_onnxruntime']:.1f}x "
         f"| {t['onnxruntime']:,} | {t['torchscript']:,} | {t['eager']:,} | {r['export_s']:.2f} |"
     )
 
 
+def _cpp_lines(result: dict[str, Any], target_row: dict[str, Any]) -> list[str]:
+    cpp = result["cpp"]
+    if "runs" not in cpp:
+        return [f"C++ (`clients/cpp/policy_loop`): {cpp['status']}.", ""]
+    runs = cpp["runs"]
+    fast, paced = runs["full speed"], runs[f"{CPP_HZ:g} Hz"]
+    m, p99 = target_row["median_us"], target_row["p99_us"]
+    idle = target_row["onnxruntime_after_idle_us"]
+    return [
+        "## C++: the AOTInductor package in `clients/cpp/policy_loop`",
+        "",
+        f"The target model (LSTM 128, batch 1) compiled with `rnnpolicy export --aot` ({target_row['aot_compile_s']:.1f} s "
+        f"for the AOTInductor compile), stepped by the C++ loop carrying its state; the loop's own timing of each step "
+        f"(tensors in, the model call, the state carried; not the reading and printing). Beside it, the same model's "
+        f"step from Python, from the table's measurement.",
+        "",
+        "| runtime | how called | p50 us | p99 us | steps |",
+        "|---|---|---|---|---|",
+        f"| AOTInductor package | C++ `policy_loop`, back to back | {fast['p50_us']:.1f} | {fast['p99_us']:.1f} | {fast['steps']} |",
+        f"| AOTInductor package | C++ `policy_loop --hz {CPP_HZ:g}` | {paced['p50_us']:.1f} | {paced['p99_us']:.1f} | {paced['steps']} ({paced['overruns']} overruns) |",
+        f"| onnxruntime | Python, back to back | {m['onnxruntime']:.1f} | {p99['onnxruntime']:.1f} | {result['calls_per_batch1_measurement']} |",
+        f"| onnxruntime | Python, after 20 ms of sleep (50 Hz) | {idle['20 ms']:.1f} | | |",
+        f"| AOTInductor package | Python (`aoti_load_package`), back to back | {m['aotinductor']:.1f} | {p99['aotinductor']:.1f} | {result['calls_per_batch1_measurement']} |",
+        f"| `torch.export` program | Python (`model.pt2`), back to back | {m['torch.export']:.1f} | {p99['torch.export']:.1f} | {result['calls_per_batch1_measurement']} |",
+        f"| eager PyTorch | Python, back to back | {m['eager']:.1f} | {p99['eager']:.1f} | {result['calls_per_batch1_measurement']} |",
+        "",
+        f"C++ back to back over onnxruntime from Python (p50): {fast['p50_us'] / m['onnxruntime']:.2f}x.",
+        "",
+    ]
+
+
 def _markdown(result: dict[str, Any]) -> str:
     header = (
-        "| model | batch | onnxruntime us | ort call floor us | TorchScript us | eager us | eager/ort | TS/ort "
-        "| ort rows/s | TS rows/s | eager rows/s | export s |\n|" + "---|" * 12
+        "| model | batch | onnxruntime us | ort call floor us | torch.export us | TorchScript us | eager us | eager/ort | TS/ort "
+        "| ort rows/s | TS rows/s | eager rows/s | export s |\n|" + "---|" * 13
     )
     target = result["target"]
+    target_row = next(r for r in result["rows"] if (r["cell"], r["hidden"], r["batch"]) == TARGET_MODEL)
+    cli = result["cli_export"]
     return "\n".join(
         [
             "# Export benchmark: per-step latency (median) and throughput",
@@ -212,6 +324,8 @@ def _markdown(result: dict[str, Any]) -> str:
             header,
             *(_md_row(r) for r in result["rows"]),
             "",
+            "\"export s\": `export_checkpoint` writing model.onnx, model.pt2 and model.ts, without the parity check.",
+            "",
             f"Target: onnxruntime batch-1 step of the 128-unit LSTM <= {TARGET_US:g} us median: "
             f"**{target['onnxruntime_us']:.1f} us, {'met' if target['met'] else 'NOT met'}** "
             f"(eager {target['eager_us']:.1f} us, {target['eager_us'] / target['onnxruntime_us']:.1f}x slower). "
@@ -223,6 +337,13 @@ def _markdown(result: dict[str, Any]) -> str:
             "The same call made after the thread slept (a fixed-rate client; the vCPU idles and comes back with cold "
             "caches): " + ", ".join(f"{us:.1f} us after {gap}" for gap, us in target["after_idle_us"].items()) + ".",
             "",
+            f"Target: default `rnnpolicy export` of a small model (LSTM 64) < 10 s: **{cli['process_wall_s']:.1f} s "
+            f"for the whole command in a fresh process** (imports and the parity check included; "
+            f"{'met' if cli['process_wall_s'] < 10 else 'NOT met'}; {cli['process_cpu_s']:.1f} s of CPU time"
+            f"), of which writing the model files took "
+            f"{cli['model_files_s']:.1f} s (the figure the command prints); {cli['stderr_chars']} characters on stderr.",
+            "",
+            *_cpp_lines(result, target_row),
         ]
     )
 
@@ -230,13 +351,25 @@ def _markdown(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer calls per measurement (a smoke run)")
+    parser.add_argument("--no-cpp", action="store_true", help="skip the AOTInductor compile and the C++ loop")
     args = parser.parse_args()
     torch.set_num_threads(1)
     load_before = loadavg()[0]
     ticks = cpu_ticks()
     calls = 300 if args.quick else 3000
+    binary, cpp_status = (None, "skipped: --no-cpp") if args.no_cpp else _cpp_binary()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [row for cell, hidden in MODELS for row in _bench_model(cell, hidden, Path(tmp), calls)]
+        cli_export = _cli_export_s(Path(tmp))
+        print(f"default CLI export of LSTM 64: {cli_export}", flush=True)
+        rows = []
+        cpp: dict[str, Any] = {"status": cpp_status}
+        for cell, hidden in MODELS:
+            aot = binary is not None and (cell, hidden, 1) == TARGET_MODEL
+            model_rows, report = _bench_model(cell, hidden, Path(tmp), calls, aot)
+            rows += model_rows
+            if aot and binary is not None:
+                cpp["runs"] = _bench_cpp(binary, report, calls, Path(tmp))
+                print(f"C++ policy_loop: {cpp['runs']}", flush=True)
     target_row = next(r for r in rows if (r["cell"], r["hidden"], r["batch"]) == TARGET_MODEL)
     result = {
         "machine": f"{platform.machine()} {platform.processor() or platform.system()}",
@@ -247,6 +380,8 @@ def main() -> None:
         "steal_pct": steal_pct(ticks, cpu_ticks()),
         "cpu_count": os.cpu_count(),
         "rows": rows,
+        "cli_export": cli_export,
+        "cpp": cpp,
         "target": {
             "onnxruntime_us": target_row["median_us"]["onnxruntime"],
             "eager_us": target_row["median_us"]["eager"],
@@ -257,8 +392,9 @@ def main() -> None:
         },
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "export_bench.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "export_bench.md").write_text(_markdown(result))
+    name = "export_bench_quick" if args.quick else "export_bench"
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(_markdown(result))
     print(_markdown(result))
 
 

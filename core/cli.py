@@ -18,7 +18,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "train": ("rnnpolicy.train.cli", "add_train_arguments", "run_train", "train a recurrent agent (needs rnnpolicy[train])"),
     "eval": ("rnnpolicy.train.cli", "add_eval_arguments", "run_eval", "evaluate a checkpoint over episodes (needs rnnpolicy[train])"),
-    "export": ("rnnpolicy.export.cli", "add_export_arguments", "run_export", "export a checkpoint to ONNX and TorchScript (needs rnnpolicy[train])"),
+    "export": ("rnnpolicy.export.cli", "add_export_arguments", "run_export", "export a checkpoint to ONNX and torch.export (needs rnnpolicy[train])"),
     "verify": ("rnnpolicy.export.cli", "add_verify_arguments", "run_verify", "check an export against PyTorch (needs rnnpolicy[train])"),
     "serve": ("rnnpolicy.serve.cli", "add_serve_arguments", "run_serve", "serve exported models over gRPC with per-session state"),
     "cluster": ("rnnpolicy.serve.cluster_cli", "add_cluster_arguments", "run_cluster",

@@ -1,8 +1,9 @@
 """The policy spec: a torch-free description of a trained policy that every stage reads.
 
 The trainer writes it into each checkpoint, the exporter embeds it in every exported
-file (ONNX ``metadata_props`` key ``rnnpolicy.spec``, TorchScript extra file
-``spec.json``), and the server and clients read it to check and encode observations.
+file (ONNX ``metadata_props`` key ``rnnpolicy.spec``, extra file ``spec.json`` of the
+``torch.export`` program and of TorchScript, AOTInductor package metadata ``rnnpolicy.spec``),
+and the server and clients read it to check and encode observations.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Export a checkpoint to ONNX and TorchScript with explicit recurrent state, and verify parity.
+"""Export a checkpoint to ONNX and torch.export (and AOTInductor) with explicit recurrent state, and verify parity.
 
 Importing this package does not import torch: ``load_onnx_policy`` and the interface helpers
 are torch-free (the server uses them), and the torch-using functions import their modules

@@ -19,7 +19,15 @@ def add_export_arguments(parser: argparse.ArgumentParser, argv: list[str] | None
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.pt written by `rnnpolicy train`")
     parser.add_argument(
         "--out", required=True, metavar="EXPORT_DIR",
-        help="directory for model.onnx, model.ts, spec.json and verify.json (created if needed)",
+        help="directory for model.onnx, model.pt2, spec.json and verify.json (created if needed)",
+    )
+    parser.add_argument(
+        "--aot", action="store_true",
+        help="also compile model.aoti.pt2, an AOTInductor package for C++ (clients/cpp; needs g++, about 30-60 s)",
+    )
+    parser.add_argument(
+        "--torchscript", action="store_true",
+        help="also write model.ts (TorchScript: deprecated by PyTorch, kept for existing LibTorch users)",
     )
     parser.add_argument(
         "--opset", type=int, default=None, metavar="N",
@@ -27,14 +35,17 @@ def add_export_arguments(parser: argparse.ArgumentParser, argv: list[str] | None
     )
     parser.add_argument(
         "--no-verify", action="store_true",
-        help="skip the parity check of PyTorch, TorchScript and onnxruntime (run `rnnpolicy verify` later)",
+        help="skip the parity check of the exported files against PyTorch (run `rnnpolicy verify` later)",
     )
 
 
 def run_export(args: argparse.Namespace) -> int:
     from rnnpolicy.export.exporter import export_checkpoint
 
-    report = export_checkpoint(args.checkpoint, args.out, opset=args.opset, verify=not args.no_verify)
+    report = export_checkpoint(
+        args.checkpoint, args.out, opset=args.opset, verify=not args.no_verify,
+        aot=args.aot, torchscript=args.torchscript, progress=lambda line: print(line, flush=True),
+    )
     print(report.summary())
     if report.verify is not None and not report.verify.passed:
         return _parity_failed("export", report.verify.failures, str(report.verify_path))

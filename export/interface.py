@@ -1,6 +1,7 @@
 """The exported graph's interface, derived from the spec alone (torch-free): names, dtypes, shapes.
 
-``"batch"`` marks the dynamic batch axis. ONNX, TorchScript and every client use this order.
+``"batch"`` marks the dynamic batch axis. Every exported file (ONNX, torch.export, AOTInductor,
+TorchScript) and every client use this order.
 """
 
 from __future__ import annotations
@@ -19,14 +20,18 @@ from rnnpolicy.spec import (
     PolicySpec,
 )
 
-__all__ = ["DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "ONNX_FILE", "SPEC_FILE", "TORCHSCRIPT_FILE", "TensorInfo",
-           "VERIFY_FILE", "graph_inputs", "graph_outputs"]
+__all__ = ["AOTI_FILE", "DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "ONNX_FILE", "PROGRAM_FILE", "SPEC_FILE",
+           "TORCHSCRIPT_FILE", "TensorInfo", "VERIFY_FILE", "graph_inputs", "graph_outputs"]
 
 # An export directory's files, named here once for the exporter, the server, the clients and the tests.
 ONNX_FILE = "model.onnx"
 """The ONNX graph, with the spec in its metadata (what the server loads)."""
+PROGRAM_FILE = "model.pt2"
+"""The ``torch.export`` program, with the spec as an extra file named ``SPEC_FILE``."""
+AOTI_FILE = "model.aoti.pt2"
+"""The AOTInductor package for C++ (``--aot``), with the spec in its metadata."""
 TORCHSCRIPT_FILE = "model.ts"
-"""The TorchScript module, with the spec as an extra file named ``SPEC_FILE``."""
+"""The TorchScript module (``--torchscript``, deprecated by PyTorch), with the spec as an extra file named ``SPEC_FILE``."""
 SPEC_FILE = "spec.json"
 """The policy spec as JSON (:class:`rnnpolicy.spec.PolicySpec`)."""
 VERIFY_FILE = "verify.json"

@@ -1,4 +1,9 @@
-"""Write and read the step module as TorchScript ``model.ts``, with the spec as extra file ``spec.json``."""
+"""Write and read the step module as TorchScript ``model.ts``, with the spec as extra file ``spec.json``.
+
+Opt-in (``rnnpolicy export --torchscript``): PyTorch deprecates TorchScript in favour of
+``torch.export`` (``model.pt2``) and AOTInductor (``model.aoti.pt2`` for C++); this stays
+for existing LibTorch users.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from rnnpolicy.spec import PolicySpec
 __all__ = ["export_torchscript", "load_torchscript"]
 
 _JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated"
-"""torch.jit is deprecated in favour of torch.export, which has no loader for a plain file in C++; we keep TorchScript."""
+"""torch.jit's own deprecation notice: the user asked for TorchScript and the export summary says it is deprecated."""
 
 
 def export_torchscript(step: PolicyStep, path: str | Path) -> Path:

@@ -1,8 +1,10 @@
-"""Parity of an export directory: eager PyTorch vs TorchScript vs onnxruntime over long rollouts.
+"""Parity of an export directory: eager PyTorch vs every exported file, over the same long rollouts.
 
-Each runtime carries its own state between calls (as a deployed client would), episodes start
-at random steps in the middle of the rollouts, and every output and the state are compared
-with the eager checkpoint model at every step.
+The runtimes: onnxruntime (``model.onnx``), the ``torch.export`` program (``model.pt2``) and,
+where the export wrote them, the AOTInductor package (``model.aoti.pt2``) and TorchScript
+(``model.ts``). Each carries its own state between calls (as a deployed client would),
+episodes start at random steps in the middle of the rollouts, and every output and the state
+are compared with the eager checkpoint model at every step.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from rnnpolicy.export.interface import ONNX_FILE, SPEC_FILE, TORCHSCRIPT_FILE, VERIFY_FILE
+from rnnpolicy.export.interface import AOTI_FILE, ONNX_FILE, PROGRAM_FILE, SPEC_FILE, TORCHSCRIPT_FILE, VERIFY_FILE
+from rnnpolicy.export.pt2 import load_aoti, load_program
 from rnnpolicy.export.runtime import load_onnx_policy, zero_state
 from rnnpolicy.export.step_module import step_module
 from rnnpolicy.export.torchscript import load_torchscript
@@ -33,7 +37,8 @@ __all__ = [
     "write_unverified",
 ]
 
-RUNTIMES = ("torchscript", "onnxruntime")
+Runtime = Callable[[list[np.ndarray]], list[np.ndarray]]
+"""One step of a runtime: the inputs in ``spec.input_names`` order to the outputs in ``spec.output_names`` order."""
 
 
 @dataclass
@@ -131,7 +136,7 @@ def verify_export(
     tolerance: float = 1e-4,
     seed: int = 0,
 ) -> VerifyReport:
-    """Replay random rollouts through all three runtimes, write ``verify.json`` and return the report.
+    """Replay random rollouts through every exported file's runtime, write ``verify.json`` and return the report.
 
     ``checkpoint`` defaults to the one recorded in ``verify.json`` at export time, which must be
     unchanged since (its sha256 is checked); pass it explicitly to compare against another file.
@@ -142,12 +147,12 @@ def verify_export(
         raise ValueError(f"need steps >= 2 and batch sizes >= 1, got steps={steps}, batch_sizes={batch_sizes}")
     checkpoint_path = _resolve_checkpoint(export_dir, checkpoint)
     spec = read_spec_file(export_dir / SPEC_FILE)
-    session, onnx_spec = load_onnx_policy(export_dir / ONNX_FILE)
-    scripted, ts_spec = load_torchscript(export_dir / TORCHSCRIPT_FILE)
     reference = load_checkpoint(checkpoint_path)
-    for name, other in ((ONNX_FILE, onnx_spec), (TORCHSCRIPT_FILE, ts_spec), (str(checkpoint_path), reference.spec)):
-        if other != spec:
-            raise ValueError(f"{name!r} does not match {str(export_dir / SPEC_FILE)!r}: they describe different policies")
+    if reference.spec != spec:
+        raise ValueError(
+            f"{str(checkpoint_path)!r} does not match {str(export_dir / SPEC_FILE)!r}: they describe different policies"
+        )
+    runtimes = _load_runtimes(export_dir, spec)
     eager = step_module(reference.build())
 
     report = VerifyReport(
@@ -157,7 +162,7 @@ def verify_export(
         batch_sizes=tuple(batch_sizes),
         tolerance=tolerance,
         episode_starts=0,
-        runtimes={r: RuntimeParity({name: 0.0 for name in spec.output_names}) for r in RUNTIMES},
+        runtimes={r: RuntimeParity({name: 0.0 for name in spec.output_names}) for r in runtimes},
     )
     start = time.perf_counter()
     threads = torch.get_num_threads()
@@ -165,7 +170,7 @@ def verify_export(
     try:
         with torch.inference_mode():
             for batch in batch_sizes:
-                report.episode_starts += _rollout(spec, eager, scripted, session, batch, steps, seed + batch, report)
+                report.episode_starts += _rollout(spec, eager, runtimes, batch, steps, seed + batch, report)
     finally:
         torch.set_num_threads(threads)
     report.seconds = time.perf_counter() - start
@@ -195,7 +200,36 @@ def _resolve_checkpoint(export_dir: Path, checkpoint: str | Path | None) -> Path
     return path
 
 
-def _rollout(spec: PolicySpec, eager: torch.nn.Module, scripted: torch.jit.ScriptModule, session: Any,
+def _load_runtimes(export_dir: Path, spec: PolicySpec) -> dict[str, Runtime]:
+    """A step function per exported file: ``model.onnx`` must exist, the others are checked where present.
+
+    An older export directory (``model.ts``, no ``model.pt2``) still verifies. Each file's
+    embedded spec must equal ``spec.json``'s.
+    """
+    session, onnx_spec = load_onnx_policy(export_dir / ONNX_FILE)
+    loaded: dict[str, tuple[str, Runtime, PolicySpec]] = {
+        "onnxruntime": (ONNX_FILE, lambda inputs: session.run(None, dict(zip(spec.input_names, inputs))), onnx_spec),
+    }
+    if (export_dir / PROGRAM_FILE).is_file():
+        program, program_spec = load_program(export_dir / PROGRAM_FILE)
+        loaded["torch.export"] = (PROGRAM_FILE, _torch_runtime(program), program_spec)
+    if (export_dir / AOTI_FILE).is_file():
+        compiled, aoti_spec = load_aoti(export_dir / AOTI_FILE)
+        loaded["aotinductor"] = (AOTI_FILE, _torch_runtime(compiled), aoti_spec)
+    if (export_dir / TORCHSCRIPT_FILE).is_file():
+        scripted, ts_spec = load_torchscript(export_dir / TORCHSCRIPT_FILE)
+        loaded["torchscript"] = (TORCHSCRIPT_FILE, _torch_runtime(scripted), ts_spec)
+    for file, _, other in loaded.values():
+        if other != spec:
+            raise ValueError(f"{file!r} does not match {str(export_dir / SPEC_FILE)!r}: they describe different policies")
+    return {name: run for name, (_, run, _) in loaded.items()}
+
+
+def _torch_runtime(module: Callable[..., Any]) -> Runtime:
+    return lambda inputs: [o.numpy() for o in module(*map(torch.from_numpy, inputs))]
+
+
+def _rollout(spec: PolicySpec, eager: torch.nn.Module, runtimes: dict[str, Runtime],
              batch: int, steps: int, seed: int, report: VerifyReport) -> int:
     """One rollout of ``steps`` steps at ``batch`` rows; accumulates into ``report``, returns mid-rollout starts."""
     rng = np.random.default_rng(seed)
@@ -207,18 +241,15 @@ def _rollout(spec: PolicySpec, eager: torch.nn.Module, scripted: torch.jit.Scrip
     starts[rng.integers(1, steps, size=batch), np.arange(batch)] = True  # every row restarts mid-rollout
     n_state = len(spec.state_tensors)
     action_index = spec.output_names.index(ACTION)
-    states = {r: list(zero_state(spec, batch).values()) for r in ("eager", *RUNTIMES)}
+    reference = _torch_runtime(eager)
+    states = {r: list(zero_state(spec, batch).values()) for r in ("eager", *runtimes)}
     for t in range(steps):
         inputs = [obs[t], starts[t].astype(np.float32)]
-        tensors = [torch.from_numpy(a) for a in inputs]
-        outputs = {
-            "eager": [o.numpy() for o in eager(*tensors, *map(torch.from_numpy, states["eager"]))],
-            "torchscript": [o.numpy() for o in scripted(*tensors, *map(torch.from_numpy, states["torchscript"]))],
-            "onnxruntime": session.run(None, dict(zip(spec.input_names, inputs + states["onnxruntime"]))),
-        }
+        outputs = {"eager": reference(inputs + states["eager"])}
+        outputs.update({name: run(inputs + states[name]) for name, run in runtimes.items()})
         for runtime, outs in outputs.items():
             states[runtime] = list(outs[-n_state:])
-        for runtime in RUNTIMES:
+        for runtime in runtimes:
             parity = report.runtimes[runtime]
             for name, ref, out in zip(spec.output_names, outputs["eager"], outputs[runtime]):
                 diff = float(np.max(np.abs(out.astype(np.float64) - ref.astype(np.float64))))

@@ -73,6 +73,62 @@ def q_lstm_v2_export(tmp_path_factory):
     return _export_random(tmp_path_factory.mktemp("serve_models_v2"), "q_lstm", _serve_specs()["q_lstm"], 999)
 
 
+# ---------------------------------------------------------------- AOTInductor and C++ (tests marked cpp)
+
+
+def require_tools(*tools):
+    """Skip (or, with RNNPOLICY_REQUIRE_ALL=1 as in CI, fail) when a command-line tool is missing."""
+    import os
+    import shutil
+
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        reason = f"{', '.join(missing)} not found (needed to build C++: apt-get install -y g++ cmake make)"
+        if os.environ.get("RNNPOLICY_REQUIRE_ALL") == "1":
+            pytest.fail(reason + "; RNNPOLICY_REQUIRE_ALL=1 makes this an error")
+        pytest.skip(reason)
+
+
+def aot_specs():
+    """The two policies compiled with AOTInductor: a discrete LSTM actor-critic and a continuous GRU one."""
+    from rnnpolicy.encoding import ObsEncoding
+    from rnnpolicy.spec import ActionSpec, ObsNormSpec, PolicySpec
+
+    return {
+        "lstm-discrete": PolicySpec(kind="policy", cell="lstm", num_layers=2, hidden_size=16, num_cores=2,
+                                    obs_encoding=ObsEncoding.flat(6), action=ActionSpec("discrete", n=4),
+                                    obs_norm=ObsNormSpec(mean=(0.1,) * 6, var=(2.0,) * 6)),
+        "gru-box": PolicySpec(kind="policy", cell="gru", num_layers=1, hidden_size=8,
+                              obs_encoding=ObsEncoding.flat(3),
+                              action=ActionSpec("box", shape=(2,), low=(-1.0, -0.5), high=(1.0, 0.5))),
+    }
+
+
+@pytest.fixture(scope="session")
+def aot_exports(tmp_path_factory):
+    """``aot_specs()`` exported with ``aot=True`` and verified: name -> ExportReport (two ~35 s compiles, once per session)."""
+    import torch
+
+    from rnnpolicy.export import export_checkpoint
+    from rnnpolicy.train.checkpoint import save_checkpoint
+    from rnnpolicy.train.models import build_model
+
+    require_tools("g++")
+    root = tmp_path_factory.mktemp("aot_models")
+    reports = {}
+    for i, (name, spec) in enumerate(aot_specs().items()):
+        torch.manual_seed(200 + i)
+        model = build_model(spec)
+        with torch.no_grad():  # larger weights than the init and no head bias, so actions follow the state
+            for param_name, param in model.named_parameters():
+                param.add_(torch.randn_like(param) * 0.5)
+                if param_name.endswith("head.bias"):
+                    param.zero_()
+        checkpoint = save_checkpoint(root / name / "checkpoint.pt", spec, model, {})
+        reports[name] = export_checkpoint(checkpoint, root / name / "export", aot=True)
+    return reports
+
+
 # ---------------------------------------------------------------- cluster fixtures (tests/cluster_procs.py)
 
 

@@ -20,6 +20,7 @@ from rnnpolicy.export.cli import add_export_arguments, add_verify_arguments, run
 from rnnpolicy.export.exporter import ExportReport
 from rnnpolicy.export.onnx_export import export_onnx
 from rnnpolicy.export import feed_runner
+from rnnpolicy.export.pt2 import aoti_metadata, export_program, load_aoti, load_program
 from rnnpolicy.export.step_module import PolicyStep, step_module
 from rnnpolicy.export.torchscript import load_torchscript
 from rnnpolicy.spec import SPEC_METADATA_KEY, ActionSpec, ObsNormSpec, PolicySpec
@@ -86,14 +87,17 @@ def _random_inputs(spec: PolicySpec, batch: int, seed: int = 1, start: float = 0
 
 
 def test_export_writes_files_and_passes_parity(exported: ExportReport) -> None:
-    for path in (exported.onnx_path, exported.torchscript_path, exported.spec_path, exported.verify_path):
+    assert exported.files == (exported.onnx_path, exported.program_path, exported.spec_path, exported.verify_path)
+    for path in exported.files:
         assert path.is_file() and path.stat().st_size > 0
-    assert exported.seconds < 10.0
+    assert not exported.torchscript_path.exists() and not exported.aoti_path.exists()  # both opt-in
     assert exported.verify is not None and exported.verify.passed, exported.verify.failures
     record = json.loads(exported.verify_path.read_text())
     assert record["status"] == "passed" and record["batch_sizes"] == [1, 3, 64] and record["steps"] >= 200
     assert record["episode_starts"] > 0
-    assert set(record["runtimes"]["onnxruntime"]["max_abs_diff"]) == set(exported.spec.output_names)
+    assert list(record["runtimes"]) == ["onnxruntime", "torch.export"]
+    for parity in record["runtimes"].values():
+        assert set(parity["max_abs_diff"]) == set(exported.spec.output_names)
     assert PolicySpec.from_json(exported.spec_path.read_text()) == exported.spec
     summary = exported.summary()
     assert "state_h float32" in summary and "model.onnx" in summary and "passed" in summary
@@ -105,8 +109,8 @@ def test_interface_matches_spec(exported: ExportReport) -> None:
     assert onnx_spec == spec
     assert [i.name for i in session.get_inputs()] == list(spec.input_names)
     assert [o.name for o in session.get_outputs()] == list(spec.output_names)
-    module, ts_spec = load_torchscript(exported.torchscript_path)
-    assert ts_spec == spec
+    module, program_spec = load_program(exported.program_path)
+    assert program_spec == spec
     batch = 5
     feed = _random_inputs(spec, batch)
     outputs = session.run(None, feed)
@@ -122,7 +126,7 @@ def test_interface_matches_spec(exported: ExportReport) -> None:
 
 def test_dynamic_batch(exported: ExportReport) -> None:
     session, spec = load_onnx_policy(exported.onnx_path)
-    module, _ = load_torchscript(exported.torchscript_path)
+    module, _ = load_program(exported.program_path)
     full = _random_inputs(spec, 130)
     full_out = session.run(None, full)
     for batch in (1, 2, 130):
@@ -134,7 +138,7 @@ def test_dynamic_batch(exported: ExportReport) -> None:
         for name, a, b, c in zip(spec.output_names, out, full_out, ts_out):
             b = b[:, :batch] if name.startswith("next_state") else b[:batch]
             np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"{name} at batch {batch}")
-            np.testing.assert_allclose(c.numpy(), a, atol=1e-5, err_msg=f"TorchScript {name} at batch {batch}")
+            np.testing.assert_allclose(c.numpy(), a, atol=1e-5, err_msg=f"torch.export {name} at batch {batch}")
 
 
 def test_feed_runner_equals_session_run_and_still_rejects_bad_feeds(exported: ExportReport) -> None:
@@ -152,7 +156,7 @@ def test_feed_runner_equals_session_run_and_still_rejects_bad_feeds(exported: Ex
 
 def test_episode_start_resets_inside_graph(exported: ExportReport) -> None:
     session, spec = load_onnx_policy(exported.onnx_path)
-    module, _ = load_torchscript(exported.torchscript_path)
+    module, _ = load_program(exported.program_path)
     reset = _random_inputs(spec, 4, start=1.0)  # random state, all rows start an episode
     fresh = {**reset, "episode_start": np.zeros(4, np.float32), **zero_state(spec, 4)}
     for run in (
@@ -217,8 +221,23 @@ def test_gru_parity_catches_wrong_reset(broken: type[PolicyStep], gru_checkpoint
     result = verify_export(out, steps=50, batch_sizes=(3,))
     assert not result.passed
     assert any(f.startswith("onnxruntime: next_state_h") for f in result.failures), result.failures
-    assert not any(f.startswith("torchscript") for f in result.failures)
+    assert not any(f.startswith("torch.export") for f in result.failures)
     assert json.loads((out / "verify.json").read_text())["status"] == "failed"
+
+
+def test_verify_catches_a_wrong_or_foreign_program(gru_checkpoint: Path, tmp_path: Path) -> None:
+    report = export_checkpoint(gru_checkpoint, tmp_path / "e", verify=False)
+    model = step_module(build_model(report.spec)).model
+    model.load_state_dict(torch.load(gru_checkpoint, weights_only=True)["state_dict"])
+    export_program(_NoReset(model.eval()), tmp_path / "e" / "model.pt2")
+    result = verify_export(tmp_path / "e", steps=50, batch_sizes=(3,))
+    assert any(f.startswith("torch.export: next_state_h") for f in result.failures), result.failures
+    assert not any(f.startswith("onnxruntime") for f in result.failures)
+    other = make_checkpoint(tmp_path / "other.pt", make_spec("q", "lstm", DISCRETE, 1))
+    export_checkpoint(other, tmp_path / "o", verify=False)
+    (tmp_path / "e" / "model.pt2").write_bytes((tmp_path / "o" / "model.pt2").read_bytes())
+    with pytest.raises(ValueError, match="'model.pt2' does not match .*spec.json'"):
+        verify_export(tmp_path / "e")
 
 
 def test_cli_export_no_verify_then_verify(gru_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -260,6 +279,12 @@ def test_bad_input_errors(gru_checkpoint: Path, tmp_path: Path) -> None:
         load_onnx_policy(garbage)
     with pytest.raises(ValueError, match="garbage.onnx' is not a loadable TorchScript model"):
         load_torchscript(garbage)
+    with pytest.raises(ValueError, match="garbage.onnx' is not a loadable torch.export program"):
+        load_program(garbage)
+    with pytest.raises(ValueError, match="garbage.onnx' is not a loadable AOTInductor package"):
+        load_aoti(garbage)
+    with pytest.raises(ValueError, match="torch.export program .*missing.pt2' does not exist"):
+        load_program(tmp_path / "missing.pt2")
     with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
         load_onnx_policy(garbage, threads=0)
 
@@ -302,3 +327,96 @@ def test_package_import_is_torch_free() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_default_cli_export_prints_no_warning(gru_checkpoint: Path, tmp_path: Path) -> None:
+    """No deprecation (or any other) warning reaches the user of a default export: stderr stays empty."""
+    rnnpolicy = Path(sys.executable).with_name("rnnpolicy")
+    result = subprocess.run(
+        [str(rnnpolicy), "export", str(gru_checkpoint), "--out", str(tmp_path / "e")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert "model.pt2" in result.stdout and "model.ts" not in result.stdout
+
+
+def test_export_raises_no_warning_in_process(gru_checkpoint: Path, tmp_path: Path) -> None:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_checkpoint(gru_checkpoint, tmp_path / "e", verify=False)
+    assert [str(w.message) for w in caught] == []
+
+
+def test_torchscript_is_opt_in_verified_and_stale_files_go(gru_checkpoint: Path, tmp_path: Path) -> None:
+    report = export_checkpoint(gru_checkpoint, tmp_path, torchscript=True)
+    assert report.torchscript_path in report.files and report.torchscript_path.is_file()
+    assert report.verify is not None and report.verify.passed, report.verify.failures
+    assert list(report.verify.runtimes) == ["onnxruntime", "torch.export", "torchscript"]
+    assert "TorchScript, which PyTorch has deprecated" in report.summary()
+    module, spec = load_torchscript(report.torchscript_path)
+    assert spec == report.spec
+    again = export_checkpoint(gru_checkpoint, tmp_path)  # without --torchscript: the old model.ts would be stale
+    assert not again.torchscript_path.exists()
+    assert again.verify is not None and list(again.verify.runtimes) == ["onnxruntime", "torch.export"]
+    assert "deprecated" not in again.summary()
+
+
+def test_cli_export_flags() -> None:
+    parser = argparse.ArgumentParser()
+    add_export_arguments(parser)
+    args = parser.parse_args(["c.pt", "--out", "e"])
+    assert (args.aot, args.torchscript) == (False, False)
+    args = parser.parse_args(["c.pt", "--out", "e", "--aot", "--torchscript"])
+    assert (args.aot, args.torchscript) == (True, True)
+    assert "deprecated" in parser.format_help()
+
+
+def test_aot_without_compiler_is_a_clear_error(gru_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    with pytest.raises(ValueError, match="needs a C\\+\\+ compiler, but 'no-such-compiler' was not found"):
+        export_checkpoint(gru_checkpoint, tmp_path, aot=True, verify=False)
+
+
+def test_program_loads_with_plain_torch_export(exported: ExportReport) -> None:
+    """``model.pt2`` is an ordinary torch.export archive: ``torch.export.load`` reads it and its spec."""
+    extra = {"spec.json": ""}
+    program = torch.export.load(str(exported.program_path), extra_files=extra)
+    assert PolicySpec.from_json(extra["spec.json"]) == exported.spec
+    assert tuple(program.graph_signature.user_inputs) == exported.spec.input_names
+    assert len(program.graph_signature.user_outputs) == len(exported.spec.output_names)
+
+
+@pytest.mark.cpp
+@pytest.mark.parametrize("name", ["lstm-discrete", "gru-box"])
+def test_aot_package_passes_parity(name: str, aot_exports: dict[str, ExportReport]) -> None:
+    report = aot_exports[name]
+    assert report.aoti_path in report.files and report.aot_seconds is not None
+    assert report.verify is not None and report.verify.passed, report.verify.failures
+    record = json.loads(report.verify_path.read_text())
+    assert list(record["runtimes"]) == ["onnxruntime", "torch.export", "aotinductor"]
+    assert record["batch_sizes"] == [1, 3, 64] and record["episode_starts"] > 0
+    assert record["runtimes"]["aotinductor"]["action_mismatches"] == 0
+    assert "AOTInductor compile" in report.summary() and "model.aoti.pt2" in report.summary()
+
+
+@pytest.mark.cpp
+def test_aot_package_metadata_and_dynamic_batch(aot_exports: dict[str, ExportReport]) -> None:
+    report = aot_exports["lstm-discrete"]
+    compiled, spec = load_aoti(report.aoti_path)
+    assert spec == report.spec
+    metadata = compiled.get_metadata()
+    for key, value in aoti_metadata(spec).items():
+        assert metadata[key] == value
+    assert metadata["rnnpolicy.state_shapes"] == "4x16,4x16"  # 2 layers x 2 cores, 16 units
+    assert metadata["rnnpolicy.input_names"] == "obs,episode_start,state_h,state_c"
+    session, _ = load_onnx_policy(report.onnx_path)
+    for batch in (1, 2, 130):
+        feed = _random_inputs(spec, batch, seed=batch)
+        feed["episode_start"][::2] = 1.0
+        expected = session.run(None, feed)
+        outputs = compiled(*(torch.from_numpy(feed[n]) for n in spec.input_names))
+        for name, a, b in zip(spec.output_names, outputs, expected):
+            np.testing.assert_allclose(a.numpy(), b, atol=1e-5, err_msg=f"{name} at batch {batch}")
