@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,dev,cluster]'
 	touch $@
 
 # The Node.js examples' packages; skipped (and their tests skip, saying why) where npm is absent.
@@ -32,9 +32,10 @@ $(WEB_STAMP): clients/web/package.json clients/web/package-lock.json
 	else echo "npm not found: skipping the web page's packages"; fi
 
 # Debian packages some tests need: Chromium for the browser tests (Playwright drives the system browser; no
-# browser download), g++ and cmake for the C++ client and the AOTInductor tests. Installed when running as root
+# browser download), g++ and cmake for the C++ client and the AOTInductor tests, redis-server for the cluster
+# tests (Envoy comes with the cluster extra). Installed when running as root
 # (CI does); elsewhere those tests skip, saying why (with RNNPOLICY_REQUIRE_ALL=1, set by .ci/run, they fail).
-SYSTEM_PACKAGES := /usr/bin/chromium:chromium /usr/bin/g++:g++ /usr/bin/cmake:cmake
+SYSTEM_PACKAGES := /usr/bin/chromium:chromium /usr/bin/g++:g++ /usr/bin/cmake:cmake /usr/bin/redis-server:redis-server
 system-packages:
 	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
 		[ -x "$${entry%%:*}" ] || missing="$$missing $${entry##*:}"; done; \

@@ -26,6 +26,7 @@ from rnnpolicy.clients._protocol import (
     call_plan,
     check_history,
     check_transport,
+    affinity_metadata,
     create_plan,
     list_models_plan,
     step_timed_out,
@@ -112,19 +113,21 @@ class AsyncPolicyClient:
 
     def session(self, model: str = "", *, seed: int | None = None, deterministic: bool = True,
                 timeout: float | None = None, history: int = DEFAULT_HISTORY,
-                transport: str = "stream") -> OpeningSession:
+                transport: str = "stream", affinity: str = "") -> OpeningSession:
         """Open a session: ``async with client.session(model) as session`` (closed on exit), or
         ``session = await client.session(model)`` and ``await session.close()``.
 
-        ``transport``, ``history`` as for :meth:`~rnnpolicy.clients.PolicyClient.session`."""
+        ``transport``, ``history``, ``affinity`` as for :meth:`~rnnpolicy.clients.PolicyClient.session`."""
         check_history(history)  # before the session exists on the server
         check_transport(transport)
-        return OpeningSession(lambda: self._open(model, seed, deterministic, timeout, history, transport))
+        return OpeningSession(lambda: self._open(model, seed, deterministic, timeout, history, transport, affinity))
 
     async def _open(self, model: str, seed: int | None, deterministic: bool, timeout: float | None, history: int,
-                    transport: str) -> AsyncSession:
-        created = await self.run(create_plan(model, seed), timeout)
-        protocol = SessionProtocol(created, deterministic=deterministic, history=history, retry=self.retry_policy())
+                    transport: str, affinity: str) -> AsyncSession:
+        created = await self.run(create_plan(model, seed, affinity), timeout,
+                                 metadata=self.metadata + affinity_metadata(affinity))
+        protocol = SessionProtocol(created, deterministic=deterministic, history=history, retry=self.retry_policy(),
+                                   affinity=affinity)
         return AsyncSession(self, protocol, transport)
 
 

@@ -29,6 +29,7 @@ from rnnpolicy.clients._protocol import (
     call_plan,
     check_history,
     check_transport,
+    affinity_metadata,
     create_plan,
     list_models_plan,
     step_timed_out,
@@ -124,15 +125,18 @@ class PolicyClient:
         return self.run(list_models_plan(self.retry_policy()), timeout)
 
     def session(self, model: str = "", *, seed: int | None = None, deterministic: bool = True,
-                timeout: float | None = None, history: int = DEFAULT_HISTORY, transport: str = "stream") -> Session:
+                timeout: float | None = None, history: int = DEFAULT_HISTORY, transport: str = "stream",
+                affinity: str = "") -> Session:
         """Open a session on ``model`` (empty: the server's only model); close it with ``with`` or ``close()``.
 
         ``transport``: ``"stream"`` (default) steps over a ``StepStream`` of this session's own, opened at its
         first step; ``"unary"`` sends each step as a ``Step`` call. ``history``: steps kept to replay to a
-        server restored from an older checkpoint."""
+        server restored from an older checkpoint. ``affinity``: a routing key (e.g. a game server's id) sent
+        with the session's every call as ``x-session-affinity``, so that behind a proxy hashing on it the
+        sessions sharing it land on one replica (docs/cluster.md)."""
         check_history(history)  # before the session exists on the server
         check_transport(transport)
-        protocol = self._open(model, seed, deterministic, timeout, history)
+        protocol = self._open(model, seed, deterministic, timeout, history, affinity)
         return Session(self, protocol, transport)
 
     def stream_session(self, model: str = "", *, seed: int | None = None, deterministic: bool = True,
@@ -144,9 +148,10 @@ class PolicyClient:
         return StreamSession(self, self._open(model, seed, deterministic, timeout, history))
 
     def _open(self, model: str, seed: int | None, deterministic: bool, timeout: float | None,
-              history: int) -> SessionProtocol:
-        created = self.run(create_plan(model, seed), timeout)
-        return SessionProtocol(created, deterministic=deterministic, history=history, retry=self.retry_policy())
+              history: int, affinity: str = "") -> SessionProtocol:
+        created = self.run(create_plan(model, seed, affinity), timeout, metadata=affinity_metadata(affinity) or None)
+        return SessionProtocol(created, deterministic=deterministic, history=history, retry=self.retry_policy(),
+                               affinity=affinity)
 
 
 class SessionFields:

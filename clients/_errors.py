@@ -8,6 +8,8 @@ __all__ = ["PolicyError", "RETRYABLE"]
 
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 """Transient failures a step is retried on, with the same seq (the server answers a repeat from its cache)."""
+_RESET_IN_TRANSIT = "Stream removed"
+"""How grpcio words a stream reset by the peer (RST_STREAM), which it reports as INTERNAL."""
 
 
 class PolicyError(Exception):
@@ -34,6 +36,10 @@ class PolicyError(Exception):
                 retry_after = int(value) / 1000.0
             elif key == "expected-seq":
                 expected_seq = int(value)
+        if code == grpc.StatusCode.INTERNAL and _RESET_IN_TRANSIT in (details or ""):
+            # gRPC's own report of a stream reset in transit (RST_STREAM), e.g. by a proxy whose server went away
+            # mid-stream: no answer came, so it is a transient failure like a lost connection, retried the same way.
+            code, details = grpc.StatusCode.UNAVAILABLE, f"the call's stream was reset in transit ({details})"
         return cls(code if code is not None else grpc.StatusCode.UNKNOWN, details or "", retry_after, expected_seq)
 
     @classmethod

@@ -35,8 +35,8 @@ from rnnpolicy.clients._convert import (
 from rnnpolicy.clients._errors import RETRYABLE, PolicyError
 from rnnpolicy.v1 import policy_pb2 as pb
 
-__all__ = ["DEFAULT_HISTORY", "SESSION_ID_METADATA", "TRANSPORTS", "Backoff", "Call", "Plan", "RetryPolicy",
-           "SessionProtocol", "call_plan", "check_history", "check_transport", "create_plan", "list_models_plan",
+__all__ = ["AFFINITY_METADATA", "DEFAULT_HISTORY", "SESSION_ID_METADATA", "TRANSPORTS", "Backoff", "Call", "Plan", "RetryPolicy",
+           "SessionProtocol", "affinity_metadata", "call_plan", "check_history", "check_transport", "create_plan", "list_models_plan",
            "settle_plan", "step_timed_out"]
 
 T = TypeVar("T")
@@ -47,6 +47,9 @@ server's ``--checkpoint-interval`` times the step rate."""
 
 SESSION_ID_METADATA = "x-session-id"
 """The gRPC metadata key every per-session call carries (the session id), so a proxy can route on it."""
+AFFINITY_METADATA = "x-session-affinity"
+"""The gRPC metadata key carrying a session's affinity key (``CreateSession.affinity``) on its creation and every
+later call, so a proxy routes the sessions of one affinity (one game server's bots) together (docs/cluster.md)."""
 
 TRANSPORTS = ("stream", "unary")
 """How a session's steps travel: over a ``StepStream`` of its own (the default), or as unary ``Step`` calls."""
@@ -144,10 +147,17 @@ def list_models_plan(retry: RetryPolicy) -> Plan[list[ModelInfo]]:
     return [model_info(m) for m in response.models]
 
 
-def create_plan(model: str, seed: int | None) -> Plan[pb.CreateSessionResponse]:
+def create_plan(model: str, seed: int | None, affinity: str = "") -> Plan[pb.CreateSessionResponse]:
     """``CreateSession``, never retried: a lost answer would leave a second session open on the server."""
-    request = pb.CreateSessionRequest(model=model) if seed is None else pb.CreateSessionRequest(model=model, seed=seed)
+    request = pb.CreateSessionRequest(model=model, affinity=affinity)
+    if seed is not None:
+        request.seed = seed
     return (yield from call_plan("CreateSession", request))
+
+
+def affinity_metadata(affinity: str) -> tuple[tuple[str, str], ...]:
+    """The metadata that routes a session's calls by its affinity key (none without one)."""
+    return ((AFFINITY_METADATA, affinity),) if affinity else ()
 
 
 class SessionProtocol:
@@ -159,7 +169,7 @@ class SessionProtocol:
     older checkpoint), the steps from its expected seq on are replayed from the history, then the step."""
 
     def __init__(self, created: pb.CreateSessionResponse, *, deterministic: bool = True,
-                 history: int = DEFAULT_HISTORY, retry: RetryPolicy | None = None) -> None:
+                 history: int = DEFAULT_HISTORY, retry: RetryPolicy | None = None, affinity: str = "") -> None:
         check_history(history)
         self.session_id: str = created.session_id
         self.model: ModelInfo = model_info(created.model)
@@ -169,7 +179,8 @@ class SessionProtocol:
         """The last seq the server applied."""
         self.history: deque[pb.StepRequest] = deque(maxlen=history)
         """The last ``history`` steps applied, oldest first, one per seq."""
-        self.metadata: tuple[tuple[str, str], ...] = ((SESSION_ID_METADATA, self.session_id),)
+        self.metadata: tuple[tuple[str, str], ...] = ((SESSION_ID_METADATA, self.session_id),
+                                                      *affinity_metadata(affinity))
         self.closed = False
         self._encode = obs_encoder(self.model.spec)
         self._decode = result_decoder(self.model.spec)

@@ -1,4 +1,5 @@
-"""The ``rnnpolicy`` command: ``train``, ``eval``, ``export``, ``verify``, ``serve``, ``play``, ``web``.
+"""The ``rnnpolicy`` command: ``train``, ``eval``, ``export``, ``verify``, ``serve``, ``cluster``, ``envoy-config``,
+``play``, ``web``.
 
 Only the chosen command's module is imported, so ``serve``, ``play`` and ``web`` run without torch.
 Each command module provides ``add_<command>_arguments(parser, argv)`` (``argv``: the
@@ -20,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "export": ("rnnpolicy.export.cli", "add_export_arguments", "run_export", "export a checkpoint to ONNX and torch.export (needs rnnpolicy[train])"),
     "verify": ("rnnpolicy.export.cli", "add_verify_arguments", "run_verify", "check an export against PyTorch (needs rnnpolicy[train])"),
     "serve": ("rnnpolicy.serve.cli", "add_serve_arguments", "run_serve", "serve exported models over gRPC with per-session state"),
+    "cluster": ("rnnpolicy.serve.cluster_cli", "add_cluster_arguments", "run_cluster",
+                "run redis-server, replicas and Envoy on this machine (needs rnnpolicy[cluster])"),
+    "envoy-config": ("rnnpolicy.serve.cluster_cli", "add_envoy_config_arguments", "run_envoy_config",
+                     "write an Envoy configuration routing by session to a list of replicas"),
     "play": ("rnnpolicy.clients.cli", "add_play_arguments", "run_play", "drive a gymnasium environment through a server"),
     "web": ("rnnpolicy.clients.web_page", "add_web_arguments", "run_web",
             "watch an exported policy act in a browser page, served on a local port"),

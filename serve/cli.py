@@ -11,6 +11,7 @@ from rnnpolicy.configcli import add_dataclass_arguments, dataclass_from_args
 from rnnpolicy.export.interface import ONNX_FILE
 from rnnpolicy.serve.auth import TOKEN_FILE_HELP, Security, is_loopback_host
 from rnnpolicy.serve.limits import raise_open_file_limit
+from rnnpolicy.serve.redis_store import redacted_url
 from rnnpolicy.serve.server import ServeConfig, create_server, serve_until_signal
 
 __all__ = ["CONFIG_OPTIONS", "add_serve_arguments", "parse_models", "run_serve"]
@@ -79,7 +80,9 @@ def run_serve(args: argparse.Namespace) -> int:
     server, port = create_server(models, f"{args.host}:{args.port}", config, security=security)
     described = ", ".join(f"{name}={m.spec.kind}/{m.spec.cell} v{m.version} ({models[name]})"
                           for name, m in server.models.items())
-    settings = " ".join(f"{field.name}={getattr(config, field.name)}" for field in dataclasses.fields(config))
+    settings = " ".join(f"{field.name}={getattr(config, field.name)}" for field in dataclasses.fields(config)
+                        if field.name != "session_store")
+    settings += f" session_store={redacted_url(config.session_store) or '-'}"  # never the password
     metrics = f"http://{config.metrics_host}:{server.metrics_port}/metrics" if server.metrics_port is not None else "off"
     _log.info("serving %s on %s:%d; sessions_restored=%d metrics=%s %s; %s", described, args.host, port,
               len(server.directory), metrics, security.describe(), settings)

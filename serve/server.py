@@ -37,6 +37,7 @@ from rnnpolicy.serve.handlers import add_policy_service
 from rnnpolicy.serve.metrics import ServeMetrics
 from rnnpolicy.serve.model import ServedModel
 from rnnpolicy.serve.persistence import StateDirStore, restore_sessions
+from rnnpolicy.serve.redis_store import open_store
 from rnnpolicy.serve.servicer import PolicyServicer
 from rnnpolicy.serve.store import MemoryStore, SessionStore
 from rnnpolicy.v1 import policy_pb2
@@ -82,6 +83,10 @@ class ServeConfig:
     state_dir: str | None = None
     """Directory where sessions are saved on shutdown (and every checkpoint_interval) and restored on
     start, so clients continue across restarts."""
+    session_store: str = ""
+    """Where sessions live, shared by every replica: a ``redis://[:PASSWORD@]HOST:PORT/DB`` (or ``rediss://``) URL;
+    each step is committed there before it is answered, so any replica can continue any session
+    (docs/cluster.md; needs rnnpolicy[cluster]). Unset: sessions live in this process."""
     checkpoint_interval: float = 0.0
     """Seconds between periodic session snapshots to state_dir; a crash (kill -9) loses at most the
     steps of that many seconds (0: only on graceful shutdown)."""
@@ -106,6 +111,9 @@ class ServeConfig:
                      "split_batch_rows"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0: off), got {getattr(self, name)}")
+        if self.session_store and self.state_dir:
+            raise ValueError(f"session_store {self.session_store.split('@')[-1]!r} and state_dir {self.state_dir!r} "
+                             "are two homes for the sessions; choose one (a cluster uses the session store)")
         if self.checkpoint_interval and not self.state_dir:
             raise ValueError(f"checkpoint_interval {self.checkpoint_interval} needs a state_dir to write to")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
@@ -251,9 +259,14 @@ class PolicyServer:
             self.metrics_port = self.metrics.serve_http(self.config.metrics_port, self.config.metrics_host)
         self._loop.call(self.grpc_server.start())
         self._loop.busy_poll(self, self.config.busy_poll_us / 1e6)
+        if self.store.write_through:  # a store unreachable from the start: NOT_SERVING from the start
+            self._store_reachable = self._loop.call(self.store.healthy(), timeout=STORE_CHECK_INTERVAL + 5.0)
+            if not self._store_reachable:
+                _log.error("event=session_store_unreachable store=%s", self.store.describe)
         for thread in self._threads:
             thread.start()
-        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._set_health(health_pb2.HealthCheckResponse.SERVING if self._store_reachable
+                         else health_pb2.HealthCheckResponse.NOT_SERVING)
         return self
 
     def _set_health(self, status: int) -> None:
@@ -353,7 +366,8 @@ def create_server(models: Mapping[str, str | Path], address: str = "127.0.0.1:0"
     """Load ``models`` (name -> export directory or ``.onnx`` file) and bind ``address``; return the server and its port.
 
     ``security``: TLS (optionally mutual) and token authentication (:class:`~rnnpolicy.serve.auth.Security`).
-    ``store``: where sessions live beyond this process (default: ``config.state_dir``'s snapshots, or memory only).
+    ``store``: where sessions live beyond this process (default: ``config.session_store``'s Redis, or
+    ``config.state_dir``'s snapshots, or memory only).
     ``ValueError`` names a model that cannot be loaded, an address that cannot be bound, or an unreadable or
     mismatched certificate, key or token file.
     """
@@ -363,6 +377,8 @@ def create_server(models: Mapping[str, str | Path], address: str = "127.0.0.1:0"
     security = security or Security()
     credentials = security.server_credentials()  # before loading models: bad files fail fast
     interceptor = security.interceptor()
+    if store is None and config.session_store:
+        store = open_store(config.session_store, config.session_ttl)
     if store is None:
         store = StateDirStore(config.state_dir) if config.state_dir else MemoryStore()
     metrics = ServeMetrics()

@@ -127,3 +127,19 @@ def aot_exports(tmp_path_factory):
         checkpoint = save_checkpoint(root / name / "checkpoint.pt", spec, model, {})
         reports[name] = export_checkpoint(checkpoint, root / name / "export", aot=True)
     return reports
+
+
+# ---------------------------------------------------------------- cluster fixtures (tests/cluster_procs.py)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A ``redis-server`` on a free loopback port in a temporary directory, AOF on; stopped afterwards
+    (skips, or fails with RNNPOLICY_REQUIRE_ALL=1, where redis-server is missing)."""
+    from cluster_procs import start_redis
+
+    server = start_redis(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()

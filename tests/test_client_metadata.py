@@ -88,3 +88,24 @@ def test_each_session_streams_on_its_own_stream_with_its_own_id(recording):
     streamed = [(metadata["x-session-id"], session) for method, metadata, session in servicer.calls
                 if method == "StepStream"]
     assert len(streamed) == 4 and {m for m, _ in streamed} == ids and all(m == s for m, s in streamed)
+
+
+@pytest.mark.parametrize("transport", ["stream", "unary"])
+def test_an_affinity_travels_as_x_session_affinity_from_create_session_on(recording, transport):
+    servicer, target = recording
+
+    async def run_async() -> None:
+        async with AsyncPolicyClient(target, token=TOKEN) as client:
+            async with client.session("q", transport=transport, affinity="game-7") as session:
+                await session.step([0.1, 0.2, 0.3])
+
+    with PolicyClient(target) as client, client.session("q", transport=transport, affinity="game-7") as session:
+        session.step([0.1, 0.2, 0.3])
+    asyncio.run(run_async())
+    with PolicyClient(target) as client, client.session("q", transport=transport) as session:
+        session.step([0.1, 0.2, 0.3])
+    calls = [(method, metadata) for method, metadata, _ in servicer.calls]
+    with_affinity, without = calls[:len(calls) * 2 // 3], calls[len(calls) * 2 // 3:]
+    assert [m for m, _ in with_affinity].count("CreateSession") == 2
+    assert all(metadata.get("x-session-affinity") == "game-7" for _, metadata in with_affinity), with_affinity
+    assert all("x-session-affinity" not in metadata for _, metadata in without), without

@@ -35,6 +35,19 @@ def test_a_record_round_trips_exactly_through_its_bytes():
         assert _same(back, record) and back.state[0].dtype == np.float32
 
 
+def test_the_encoded_bytes_are_the_message_record_message_builds():
+    """encode_record writes the float arrays itself: the same message, byte for byte once re-serialised."""
+    from rnnpolicy.serve.records import record_message
+
+    big = _record()
+    big.state = tuple(np.random.default_rng(0).normal(size=(3, 200)).astype(np.float32) for _ in big.state)
+    big.last_seq = 2**40
+    for record in (_record(), _record(seed=None), big):
+        parsed = rpb.SessionRecord.FromString(encode_record(record))
+        assert parsed == record_message(record)
+        assert parsed.SerializeToString() == record_message(record).SerializeToString()
+
+
 def test_corrupt_bytes_and_a_foreign_format_version_are_refused_naming_the_problem():
     with pytest.raises(RecordError, match=r"not a session record \(3 bytes\)"):
         decode_record(b"\xff\xff\xff")
