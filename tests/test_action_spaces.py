@@ -24,6 +24,7 @@ from rnnpolicy.train.models import (
     factored_sample,
     initial_state,
 )
+from rnnpolicy.train.periodic_eval import TrainingEvaluator
 from rnnpolicy.train.runlog import RunLog
 
 
@@ -88,12 +89,13 @@ def test_actor_critic_step_gives_concatenated_logits_and_one_action_per_entry():
 
 def _learn(tmp_path, env, total_steps=512):
     config, algo = resolve(
-        TrainConfig(algo="ppo", env=env, out=str(tmp_path), total_steps=total_steps, hidden_size=16, seed=3, progress=False),
+        TrainConfig(algo="ppo", env=env, out=str(tmp_path), total_steps=total_steps, hidden_size=16, seed=3, progress=False,
+                    eval_every=0),
         dict(num_envs=4, rollout_steps=32, seq_len=16, num_minibatches=2, update_epochs=2),
     )
     seed_everything(3)
     run = RunLog(tmp_path, total_steps, progress=False)
-    spec, model = ppo.learn(config, algo, run)
+    spec, model = ppo.learn(config, algo, run, TrainingEvaluator(config, {}, clock=lambda: 0.0))
     run.close()
     return spec, model, run.rows
 
