@@ -288,13 +288,15 @@ def _live_objects(*types: type) -> int:
 
 
 def _threads_after_streams_end(timeout: float = 10.0) -> list[str]:
-    """Names of the live threads once the reader threads of the closed streams ended (at most ``timeout`` s)."""
+    """Names of the live rnnpolicy threads (the server's loop, batchers and reaper, the clients' stream readers) once
+    the reader threads of the closed streams ended (at most ``timeout`` s). Threads of other tests in this process
+    (tqdm monitors, pollers) come and go on their own and are not counted."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not any(t.name == "rnnpolicy-stream-reader" for t in threading.enumerate()):
             break
         time.sleep(0.05)
-    return sorted(t.name for t in threading.enumerate())
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("rnnpolicy"))
 
 
 def test_loopback_load_no_errors_no_leaks_metrics_agree(serve_export_dirs):
