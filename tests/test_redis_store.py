@@ -239,6 +239,7 @@ def test_unreachable_redis_raises_store_unavailable_from_every_verb():
 def test_the_store_recovers_when_redis_restarts_and_keeps_sessions_by_its_aof(tmp_path):
     server = start_redis(tmp_path / "redis", appendfsync="always")
     record = make_record()
+    restarted: list[RedisServer] = []
     try:
         async def body(store: RedisStore):
             await store.insert(record)
@@ -247,7 +248,8 @@ def test_the_store_recovers_when_redis_restarts_and_keeps_sessions_by_its_aof(tm
             with pytest.raises(StoreUnavailable):
                 await store.claim("s1")
             down = await store.healthy()
-            RedisServer(server.directory, server.port).start().wait_ready()  # same port, same AOF
+            restarted.append(RedisServer(server.directory, server.port).start())  # same port, same AOF
+            restarted[0].wait_ready()
             up = await store.healthy()
             claimed = await store.claim("s1")
             return down, up, claimed, await store.commit([Commit(stepped(claimed, 2.0), 1)])
@@ -255,7 +257,8 @@ def test_the_store_recovers_when_redis_restarts_and_keeps_sessions_by_its_aof(tm
         down, up, claimed, applied = run(server.url, body)
     finally:
         server.stop()
-        RedisServer(server.directory, server.port).stop()
+        for again in restarted:
+            again.stop()
     assert (down, up) == (False, True)
     assert claimed.last_seq == 1 and claimed.epoch == 2 and float(claimed.state[0][0, 0]) == 1.0
     assert applied == [True]
