@@ -26,6 +26,15 @@ p50/p99 of 128 sessions through AsyncPolicyClient and through PolicyClient from 
 
     python benchmarks/serve_bench.py [--seconds 3] [--rounds 3] [--soak 1000000]
     python benchmarks/serve_bench.py --only client-async:128,client-sync:128   # the clients' scenarios alone
+
+Before and after a change, in one run: ``--baseline PYTHON`` adds a policy server started by another
+interpreter, one whose ``rnnpolicy`` is the version to compare with, to every round of the echo
+comparison (same export, same flags, same echo servers, in the same rotation), and writes its figures and
+``serve / baseline`` per scenario. ``benchmarks/baseline_env.sh COMMIT DIR`` makes such an interpreter
+from a commit of this repository (a worktree plus a venv that borrows this one's packages):
+
+    bash benchmarks/baseline_env.sh ee3d204 /tmp/rnnpolicy-before
+    python benchmarks/serve_bench.py --soak 300000 --baseline /tmp/rnnpolicy-before/venv/bin/python
 """
 
 from __future__ import annotations
@@ -556,6 +565,9 @@ def main() -> int:
                         help="rounds over all scenarios; each scenario runs every echo server and both policy servers "
                              "back to back, the order rotating per round; figures are medians over rounds "
                              "(default %(default)s)")
+    parser.add_argument("--baseline", metavar="PYTHON",
+                        help="also run a policy server with this interpreter's rnnpolicy in every round of the echo "
+                             "comparison (a version to compare with; see benchmarks/baseline_env.sh)")
     parser.add_argument("--only", type=_scenarios, default=PLAN + CLIENT_PLAN, metavar="KIND:SESSIONS,...",
                         help="run only these scenarios, e.g. stream:1,stream:128 or client-async:128 (for iterating; "
                              "the targets need all, and the memory and soak runs are skipped)")
@@ -571,16 +583,24 @@ def main() -> int:
                                  "loadavg_at_start": loadavg()},
                      "model": f"q-network, LSTM {HIDDEN} units, obs_dim {OBS_DIM}, {ACTIONS} actions",
                      "seconds_per_scenario": args.seconds, "max_wait_us": args.max_wait_us, "rounds": args.rounds}
+    if args.baseline:
+        try:
+            results["baseline_version"] = baseline_version(args.baseline)
+        except ValueError as exc:
+            parser.error(str(exc))
     with tempfile.TemporaryDirectory() as tmp:
         export = export_bench_model(Path(tmp))
         serve_cmd = [sys.executable, "-m", "rnnpolicy.cli", "serve", "--model", f"bench={export}", "--port", "0",
                      "--max-sessions", "20000", "--max-wait-us", str(args.max_wait_us)]
-        all_names = [*(f"echo-{mode}" for mode in (*ECHO_MODES, "asyncio-busy-poll")), "serve", "serve-busy-poll"]
+        all_names = [*(f"echo-{mode}" for mode in (*ECHO_MODES, "asyncio-busy-poll")), "serve", "serve-busy-poll",
+                     "baseline"]
         servers = {"serve": start(serve_cmd)} if plan or client_plan else {}
         if plan:  # the default clients' scenarios alone need only `serve`
             servers |= {f"echo-{mode}": start([sys.executable, __file__, "--echo-server", mode])
                         for mode in (*ECHO_MODES, "asyncio-busy-poll")}
             servers["serve-busy-poll"] = start(serve_cmd + ["--busy-poll-us", str(BUSY_POLL_US)])
+            if args.baseline:
+                servers["baseline"] = start([args.baseline, *serve_cmd[1:]])
         try:
             names = [name for name in all_names if name in servers]
             runs: dict[str, list[list[dict]]] = {name: [[] for _ in plan] for name in [*all_names, "echo"]}
@@ -611,6 +631,10 @@ def main() -> int:
             results["ratios"] = ratios(runs, "serve", "echo", plan)
             results["ratios_busy_poll"] = ratios(runs, "serve-busy-poll", "echo", plan)
             results["ratios_busy_poll_echo"] = ratios(runs, "serve-busy-poll", "echo-asyncio-busy-poll", plan)
+            if "baseline" in servers:
+                results["baseline"] = [median_row(rows) for rows in runs["baseline"]]
+                results["ratios_baseline"] = ratios(runs, "baseline", "echo", plan)
+                results["serve_vs_baseline"] = ratios(runs, "serve", "baseline", plan)
         finally:
             for proc, _port in servers.values():
                 stop(proc)
@@ -665,14 +689,32 @@ def _scenarios(text: str) -> list[tuple[str, int]]:
 
 
 def ratios(runs: dict[str, list[list[dict]]], server: str, reference: str, plan: list[tuple[str, int]]) -> list[dict]:
-    """Per scenario, the medians over rounds of ``server``'s throughput and p50 divided by ``reference``'s."""
+    """Per scenario, the medians over rounds of ``server``'s throughput and p50 divided by ``reference``'s, and the
+    lowest and highest per-round throughput ratio (the spread of this run)."""
     out = []
     for i, (kind, n) in enumerate(plan):
         pairs = list(zip(runs[server][i], runs[reference][i]))
+        throughput = [s["steps_per_s"] / e["steps_per_s"] for s, e in pairs]
         out.append({"kind": kind, "sessions": n,
-                    "throughput": round(float(np.median([s["steps_per_s"] / e["steps_per_s"] for s, e in pairs])), 3),
+                    "throughput": round(float(np.median(throughput)), 3),
+                    "throughput_range": [round(min(throughput), 3), round(max(throughput), 3)],
                     "p50": round(float(np.median([s["p50_ms"] / e["p50_ms"] for s, e in pairs])), 3)})
     return out
+
+
+def baseline_version(python: str) -> str:
+    """Where ``python``'s rnnpolicy comes from: its directory and git commit (``ValueError`` if it has none)."""
+    try:
+        found = subprocess.run([python, "-c", "import rnnpolicy.serve, os; print(os.path.dirname(rnnpolicy.serve.__file__))"],
+                               capture_output=True, text=True)
+    except OSError as exc:
+        raise ValueError(f"--baseline {python!r} cannot be run: {exc.strerror}") from None
+    if found.returncode != 0:
+        raise ValueError(f"--baseline {python!r} cannot import rnnpolicy.serve: "
+                         f"{(found.stderr.strip().splitlines() or ['?'])[-1]}")
+    where = found.stdout.strip()
+    commit = subprocess.run(["git", "-C", where, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return f"{where} at {commit.stdout.strip() or 'an unknown commit'}"
 
 
 def client_results(client_runs: dict[str, list[dict]]) -> dict:
@@ -772,6 +814,20 @@ def markdown(results: dict) -> str:
     lines += ["", "| target | measured | limit | met |", "|---|---|---|---|"]
     lines += [f"| {t['target']} | {t['value']} | {t['limit']} | {'yes' if t['met'] else 'NO'} |"
               for t in results["targets_busy_poll"]]
+    if "baseline" in results:
+        lines += ["", "## Before and after, same run (`--baseline`)", "",
+                  f"`baseline`: the policy server of {results['baseline_version']}, in every round beside `serve` "
+                  "(same export, flags and echo servers). `serve / baseline`: the median of the per-round throughput "
+                  "ratios, with the lowest and highest round.", "",
+                  "| mode | sessions | baseline steps/s | serve steps/s | baseline / echo | serve / echo "
+                  "| serve / baseline | rounds' range | baseline p50 ms | serve p50 ms | p50 serve / baseline |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for b, s, rb, rs, sb in zip(results["baseline"], results["serve"], results["ratios_baseline"],
+                                    results["ratios"], results["serve_vs_baseline"]):
+            low, high = sb["throughput_range"]
+            lines.append(f"| {s['kind']} | {s['sessions']} | {b['steps_per_s']:.0f} | {s['steps_per_s']:.0f} | "
+                         f"{rb['throughput']:.2f} | {rs['throughput']:.2f} | {sb['throughput']:.2f} | {low:.2f}-{high:.2f} "
+                         f"| {b['p50_ms']:.3f} | {s['p50_ms']:.3f} | {sb['p50']:.2f} |")
     if "clients" in results:
         clients = results["clients"]
         ref = clients["reference_stream_128"]

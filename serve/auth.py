@@ -145,8 +145,8 @@ _call_principal: contextvars.ContextVar[str] = contextvars.ContextVar("rnnpolicy
 def principal_of(context: grpc.ServicerContext) -> str:
     """The authenticated principal of the current call; ``""`` when the server has no token auth.
 
-    The interceptor sets it in a context variable around the handler: for a coroutine handler in the
-    call's own task (for the whole of a stream), for a plain handler in its pool thread for the call.
+    The interceptor sets it in a context variable around the handler, in the call's own task (for the
+    whole of a stream).
     ``context`` is the call's context, kept in the signature for handlers that pass it along.
     """
     return _call_principal.get()
@@ -224,7 +224,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _refusing(behavior: Callable, method: str, why: str, refusals: _Throttle) -> Callable:
-    """A handler of ``behavior``'s kind (plain, coroutine or async generator) that answers UNAUTHENTICATED."""
+    """A handler of ``behavior``'s kind (coroutine or async generator) that answers UNAUTHENTICATED."""
     def log(context) -> None:
         refusals.warning("refused %s from %s: %s", method, context.peer(), why.split(":")[0])
 
@@ -235,22 +235,17 @@ def _refusing(behavior: Callable, method: str, why: str, refusals: _Throttle) ->
             yield  # never reached: makes this an async generator like the behavior it replaces
 
         return refuse_stream
-    if inspect.iscoroutinefunction(behavior):
-        async def refuse_async(request_or_iterator, context):
-            log(context)
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
+    _check_on_loop(behavior)
 
-        return refuse_async
-
-    def refuse(request_or_iterator, context):
+    async def refuse_async(request_or_iterator, context):
         log(context)
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
 
-    return refuse
+    return refuse_async
 
 
 def _authenticated(behavior: Callable, principal: str) -> Callable:
-    """``behavior`` (plain unary, coroutine or async generator) with ``principal`` set for :func:`principal_of`."""
+    """``behavior`` (a coroutine or an async generator) with ``principal`` set for :func:`principal_of`."""
     if inspect.isasyncgenfunction(behavior):
         async def authenticated_stream(request_or_iterator, context):
             _call_principal.set(principal)  # the call's own task: nothing to restore when it ends
@@ -258,26 +253,23 @@ def _authenticated(behavior: Callable, principal: str) -> Callable:
                 yield response
 
         return authenticated_stream
-    if inspect.iscoroutinefunction(behavior):
-        async def authenticated_async(request_or_iterator, context):
-            token = _call_principal.set(principal)
-            try:
-                return await behavior(request_or_iterator, context)
-            finally:
-                _call_principal.reset(token)
+    _check_on_loop(behavior)
 
-        return authenticated_async
-    if inspect.isgeneratorfunction(behavior):
-        raise TypeError(f"{behavior.__name__}: a streaming handler must be an async generator on this server")
-
-    def authenticated(request_or_iterator, context):
+    async def authenticated_async(request_or_iterator, context):
         token = _call_principal.set(principal)
         try:
-            return behavior(request_or_iterator, context)
+            return await behavior(request_or_iterator, context)
         finally:
             _call_principal.reset(token)
 
-    return authenticated
+    return authenticated_async
+
+
+def _check_on_loop(behavior: Callable) -> None:
+    """``TypeError`` unless ``behavior`` is a coroutine function (or an async generator, checked before)."""
+    if not inspect.iscoroutinefunction(behavior):
+        raise TypeError(f"{getattr(behavior, '__name__', behavior)} must be a coroutine or an async generator: "
+                        f"every handler of this server runs on its event loop")
 
 
 def _with_behavior(handler: grpc.RpcMethodHandler, wrap: Callable[[Callable], Callable]) -> grpc.RpcMethodHandler:

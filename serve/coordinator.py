@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import operator
 from typing import Any, Awaitable, Sequence
 
 import grpc
@@ -40,7 +41,7 @@ from rnnpolicy.serve.metrics import ServeMetrics
 from rnnpolicy.serve.model import ServedModel
 from rnnpolicy.serve.records import RecordError, SessionRecord, Tombstone
 from rnnpolicy.serve.sampling import sample_actions
-from rnnpolicy.serve.sequencing import admit, enqueue, finish, next_queued, until_idle
+from rnnpolicy.serve.sequencing import admit, enqueue, finish, finish_rows, next_queued, until_idle
 from rnnpolicy.serve.store import Commit, SessionStore, Snapshot, StoreUnavailable
 
 __all__ = ["Job", "Step", "StepCoordinator"]
@@ -113,7 +114,7 @@ class Step:
 class Rows:
     """The steps of one batch as columns: per row its session, seq, answer (job and row) and whether it samples."""
 
-    __slots__ = ("sessions", "seqs", "jobs", "rows", "deterministic")
+    __slots__ = ("sessions", "seqs", "jobs", "rows", "deterministic", "_slots")
 
     def __init__(self, sessions: list[Session], seqs: list[int], jobs: list[Job], rows: list[int],
                  deterministic: list[bool]) -> None:
@@ -122,6 +123,7 @@ class Rows:
         self.jobs = jobs
         self.rows = rows
         self.deterministic = deterministic
+        self._slots: np.ndarray | None = None
 
     @classmethod
     def of(cls, steps: Sequence[Step]) -> Rows:
@@ -134,8 +136,13 @@ class Rows:
                     self.deterministic[i], self.jobs[i], self.rows[i])
 
     def slots(self, chosen: Sequence[int] | None = None) -> np.ndarray:
-        sessions = self.sessions if chosen is None else [self.sessions[i] for i in chosen]
-        return np.fromiter((s.slot for s in sessions), dtype=np.intp, count=len(sessions))
+        """The rows' state slots ``(k,)`` (a session's slot stays while its step is in flight), or those of ``chosen``."""
+        if self._slots is None:
+            self._slots = np.fromiter(map(_SLOT, self.sessions), dtype=np.intp, count=len(self.sessions))
+        return self._slots if chosen is None else self._slots[chosen]
+
+
+_SLOT = operator.attrgetter("slot")
 
 
 StepOutcome = tuple[Session, np.ndarray]
@@ -413,13 +420,23 @@ class StepCoordinator:
             model.slots.scatter_one(sessions[0].slot, batch.next_state, packed)
         else:
             model.slots.scatter(rows.slots(), batch.next_state, packed)
-        self._answer_rows(rows, packed, range(len(sessions)))
+        self._answer_rows(rows, packed)
 
-    def _answer_rows(self, rows: Rows, packed: np.ndarray, chosen: Sequence[int]) -> None:
-        """Advance the sessions of rows ``chosen`` and answer them with their ``packed`` rows (the rows of one job
-        that follow each other, one copy for all)."""
+    def _answer_rows(self, rows: Rows, packed: np.ndarray, chosen: Sequence[int] | None = None) -> None:
+        """Advance the sessions of rows ``chosen`` (None: all) and answer them with their ``packed`` rows (the rows of
+        one job that follow each other, one copy for all)."""
         sessions, seqs, jobs, answer_rows = rows.sessions, rows.seqs, rows.jobs, rows.rows
-        self._release([sessions[i] for i in chosen], [seqs[i] for i in chosen])
+        if chosen is None:
+            self._release(sessions, seqs)
+            if jobs.count(jobs[0]) == len(jobs):  # one job: a StepBatch's ready rows, or a lone step
+                if len(jobs) == 1:
+                    jobs[0].resolve(answer_rows[0], packed[0])
+                else:
+                    jobs[0].resolve_rows(answer_rows, packed)
+                return
+            chosen = range(len(sessions))
+        else:
+            self._release([sessions[i] for i in chosen], [seqs[i] for i in chosen])
         chosen = list(chosen)
         start = 0
         while start < len(chosen):
@@ -497,12 +514,8 @@ class StepCoordinator:
 
     def _release(self, sessions: Sequence[Session], seqs: Sequence[int] | None) -> None:
         """The sessions' steps ended (``seqs`` applied, or None: nothing advanced); admit the steps queued behind them."""
-        now = self.directory.clock()
-        for i, session in enumerate(sessions):
-            finish(session, seqs[i] if seqs is not None else None)
-            session.last_used = now
-            if session.pending is not None:
-                self._admit_queued(session)
+        for session in finish_rows(sessions, seqs, self.directory.clock()):
+            self._admit_queued(session)
 
     def _admit_queued(self, session: Session) -> None:
         while (step := next_queued(session)) is not None:

@@ -107,6 +107,8 @@ class SessionDirectory:
         self.wall = wall
         """Wall-clock seconds, for the times in messages and records."""
         self._sessions: dict[str, Session] = {}
+        self.held: Callable[[str], Session | None] = self._sessions.get
+        """The session if this process holds it, else None (no checks: the step path's dict read, a C call per row)."""
         self._per_model: Counter = Counter()      # ServedModel -> open sessions
         self._per_principal: Counter = Counter()  # principal -> open sessions
         self._gone: dict[str, Tombstone] = {}     # closed or expired ids, oldest first (dicts keep order)
@@ -123,10 +125,6 @@ class SessionDirectory:
     def sessions_of(self, model: ServedModel) -> int:
         """Open sessions pinned to ``model`` (one version of a model)."""
         return self._per_model[model]
-
-    def held(self, session_id: str) -> Session | None:
-        """The session if this process holds it (no checks: the step path's dict read)."""
-        return self._sessions.get(session_id)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import grpc
 
@@ -25,7 +25,7 @@ from rnnpolicy.serve.errors import ServeError
 if TYPE_CHECKING:
     from rnnpolicy.serve.directory import Session
 
-__all__ = ["Admission", "admit", "enqueue", "finish", "next_queued", "out_of_order", "until_idle"]
+__all__ = ["Admission", "admit", "enqueue", "finish", "finish_rows", "next_queued", "out_of_order", "until_idle"]
 
 Admission = Literal["ready", "cached", "queued"]
 
@@ -73,6 +73,22 @@ def finish(session: Session, seq: int | None) -> None:
         for future in waiters:
             if not future.done():
                 future.set_result(None)
+
+
+def finish_rows(sessions: Sequence[Session], seqs: Sequence[int] | None, now: float) -> list[Session]:
+    """:func:`finish` for the sessions of one batch (``seqs`` applied, or None: none advanced), each last used at
+    ``now``; returns those with steps queued behind (the caller admits them). One loop, no call per row."""
+    queued = []
+    for i, session in enumerate(sessions):
+        if seqs is not None:
+            session.last_seq = seqs[i]
+        session.busy = False
+        session.last_used = now
+        if session.idle_waiters:
+            finish(session, None)  # wakes them
+        if session.pending is not None:
+            queued.append(session)
+    return queued
 
 
 def next_queued(session: Session) -> object | None:

@@ -24,7 +24,7 @@ REQUIRE_ALL = os.environ.get("RNNPOLICY_REQUIRE_ALL") == "1"
 def _missing(reason: str) -> None:
     if REQUIRE_ALL:
         pytest.fail(f"{reason} (RNNPOLICY_REQUIRE_ALL=1: every component must be installed)", pytrace=False)
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)  # also called at import (test_redis_store)
 
 
 def require_redis_client() -> None:

@@ -140,6 +140,33 @@ def test_serve_bench_refuses_an_unknown_scenario_naming_it_and_the_choices():
     assert "unknown scenario 'stream:7'; expected KIND:SESSIONS from unary:1, unary:16" in done.stderr
 
 
+def test_serve_bench_baseline_names_its_checkout_or_refuses_an_interpreter_without_rnnpolicy(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    bench = root / "benchmarks" / "serve_bench.py"
+    sys.path.insert(0, str(bench.parent))
+    try:
+        from serve_bench import baseline_version
+    finally:
+        sys.path.remove(str(bench.parent))
+    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    assert baseline_version(sys.executable) == f"{root / 'serve'} at {commit.stdout.strip() or 'an unknown commit'}"
+    missing = tmp_path / "no-python"
+    done = subprocess.run([sys.executable, str(bench), "--only", "stream:1", "--baseline", str(missing)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert f"--baseline '{missing}' cannot be run: No such file or directory" in done.stderr
+    bare = subprocess.run(["python3", "-c", "import sys; print(sys.executable)"], capture_output=True, text=True)
+    if bare.returncode == 0 and bare.stdout.strip() != sys.executable:  # an interpreter without rnnpolicy
+        done = subprocess.run([sys.executable, str(bench), "--only", "stream:1", "--baseline", bare.stdout.strip()],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2
+        assert "cannot import rnnpolicy.serve: ModuleNotFoundError" in done.stderr
+
+
 def test_serve_options_are_the_config_fields_under_their_names_and_docs():
     import argparse
     import dataclasses

@@ -9,7 +9,7 @@ import pytest
 
 from rnnpolicy.serve.directory import Session
 from rnnpolicy.serve.errors import ServeError
-from rnnpolicy.serve.sequencing import admit, enqueue, finish, next_queued, until_idle
+from rnnpolicy.serve.sequencing import admit, enqueue, finish, finish_rows, next_queued, until_idle
 
 
 def _session(last_seq: int = 0) -> Session:
@@ -71,3 +71,23 @@ def test_until_idle_returns_once_the_step_in_flight_ends():
         return seen
 
     assert asyncio.run(scenario()) == ["idle at seq 1"]
+
+
+def test_finish_rows_ends_a_batch_like_finish_per_row_and_returns_the_sessions_with_steps_queued():
+    async def main():
+        sessions = [_session(3), _session(7), _session(1)]
+        for session in sessions:
+            admit(session, session.last_seq + 1)
+        enqueue(sessions[1], "next step")
+        idle = asyncio.ensure_future(until_idle(sessions[2]))
+        await asyncio.sleep(0)
+        assert finish_rows(sessions, [4, 8, 2], now=12.5) == [sessions[1]]
+        await asyncio.wait_for(idle, 1)  # a waiter is woken as by finish
+        assert [s.last_seq for s in sessions] == [4, 8, 2] and [s.last_used for s in sessions] == [12.5] * 3
+        assert not any(s.busy for s in sessions) and next_queued(sessions[1]) == "next step"
+        for session in sessions:
+            admit(session, session.last_seq + 1)
+        assert finish_rows(sessions, None, now=13.0) == []  # failed: nothing advanced
+        assert [s.last_seq for s in sessions] == [4, 8, 2] and not any(s.busy for s in sessions)
+
+    asyncio.run(main())
