@@ -9,7 +9,8 @@ from rnnpolicy.train.checkpoint import load_checkpoint
 from rnnpolicy.train.config import TrainConfig
 from rnnpolicy.train.evaluate import EvalResult
 from rnnpolicy.train.models import build_model
-from rnnpolicy.train.periodic_eval import BestScore, EvalSchedule, TrainingEvaluator
+from rnnpolicy.train.evaluate import evaluate_model
+from rnnpolicy.train.periodic_eval import EVAL_WIDTH_MAX, BestScore, EvalSchedule, TrainingEvaluator
 from rnnpolicy import ActionSpec, ObsEncoding, PolicySpec
 
 
@@ -47,7 +48,8 @@ def _evaluator(tmp_path, returns, clock=None, **train):
     clock = clock or FakeClock()
     queue = list(returns)
 
-    def evaluate(model, spec, env_id, episodes, seed, wrappers):
+    def evaluate(model, spec, env_id, episodes, seed, batch, wrappers):
+        assert batch == min(episodes, EVAL_WIDTH_MAX)  # every episode side by side: one wave
         clock.now += 1.0
         value = queue.pop(0)
         return EvalResult(episodes, value, 0.0, None, [value] * episodes)
@@ -157,3 +159,15 @@ def test_resolve_fills_the_evaluation_options():
     assert (mine.eval_every, mine.target_return) == (100, 0.5)
     off, _ = resolve(TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out="x", eval_every=0))
     assert (off.evaluates, off.target_return) == (False, None)  # the entry's target is dropped with evaluation
+
+
+def test_an_evaluation_gives_the_same_returns_whatever_the_number_of_episodes_side_by_side():
+    torch.manual_seed(3)
+    spec = PolicySpec(kind="policy", cell="lstm", num_layers=1, hidden_size=8, obs_encoding=ObsEncoding.flat(2),
+                      action=ActionSpec("discrete", n=2), env_id="rnnpolicy/CartPoleNoVel-v0", algo="ppo")
+    model = build_model(spec)
+    results = [evaluate_model(model, spec, "rnnpolicy/CartPoleNoVel-v0", episodes=6, seed=7, batch=batch)
+               for batch in (1, 4, 6)]
+    returns = sorted(results[0].returns)
+    assert len(returns) == 6 and len(set(returns)) > 1  # episodes that differ, so a mix-up would show
+    assert [sorted(r.returns) for r in results[1:]] == [returns, returns]

@@ -31,6 +31,11 @@ Snapshot = Callable[[], tuple[PolicySpec, torch.nn.Module]]
 """Returns the policy as it stands, on the CPU, with the spec to save it under."""
 
 
+EVAL_WIDTH_MAX = 64
+"""An evaluation plays up to this many episodes side by side, so one of 20 lasts as long as its longest
+episode, not two waves of 16 and 4 (an episode's return does not depend on its slot: seeds go by episode)."""
+
+
 @dataclass
 class BestScore:
     """The best evaluation so far; a later evaluation that matches it takes its place."""
@@ -115,7 +120,7 @@ class TrainingEvaluator:
         assert self.config.eval_episodes is not None
         result = self._evaluate(
             model, spec, self.config.env, episodes=self.config.eval_episodes, seed=self.config.eval_seed,
-            wrappers=self.config.wrapper,
+            batch=min(self.config.eval_episodes, EVAL_WIDTH_MAX), wrappers=self.config.wrapper,
         )
         if self.best.offer(step, result.mean_return):
             save_checkpoint(self.out_dir / CHECKPOINT_NAME, spec, model, self._record(step, result))
