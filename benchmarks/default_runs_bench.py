@@ -63,8 +63,19 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict:
     for name, key in (("checkpoint.pt", "best"), ("last.pt", "final")):
         evaluation = evaluate(out / name, episodes=args.episodes)
         result[f"{key}_return"] = round(evaluation.mean_return, 4)
-        result[f"{key}_success_rate"] = evaluation.success_rate
+        success, derived = success_rate(evaluation) if args.metric == "success_rate" else (evaluation.success_rate, False)
+        if derived:
+            result["success_from"] = "return > 0 (the environment reports no is_success)"
+        result[f"{key}_success_rate"] = success
     return result
+
+
+def success_rate(evaluation) -> tuple[float, bool]:
+    """The evaluation's success rate, and whether it was derived: where the environment reports no ``is_success``
+    (MiniGrid, which pays a reward only on reaching the goal), the share of episodes with a positive return."""
+    if evaluation.success_rate is not None:
+        return evaluation.success_rate, False
+    return sum(r > 0 for r in evaluation.returns) / len(evaluation.returns), True
 
 
 def main() -> None:
@@ -148,6 +159,8 @@ def main() -> None:
     ]
     if args.random_baseline is not None:
         lines.append(f"A random policy's mean return: {args.random_baseline:g}.")
+    if any("success_from" in r for r in runs):
+        lines.append("Success: an episode with a positive return (the environment reports no `is_success`).")
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -1,0 +1,14 @@
+"""benchmarks/default_runs_bench.py's success rate: the environment's own, or a positive return where it has none."""
+
+import sys
+from pathlib import Path
+
+from rnnpolicy.train.evaluate import EvalResult
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from default_runs_bench import success_rate  # noqa: E402
+
+
+def test_the_environments_success_rate_is_kept_and_a_missing_one_is_the_share_of_positive_returns():
+    assert success_rate(EvalResult(4, 0.5, 0.1, 0.25, [0.9, 0.0, 0.0, 0.0])) == (0.25, False)
+    assert success_rate(EvalResult(4, 0.5, 0.1, None, [0.9, 0.0, 0.8, -0.1])) == (0.5, True)
