@@ -336,9 +336,15 @@ def test_sessions_survive_a_redis_restart_and_wait_out_a_redis_outage(healthy, s
     error = asyncio.run(refused())
     assert error.code() == UNAVAILABLE and "session store unreachable" in error.details()
     wait_until(lambda: not grpc_serving(replica.address), 15, "the replica to report NOT_SERVING")
+    # Envoy takes unhealthy_threshold failed checks to eject a replica: wait for that, so that the healthy
+    # replicas counted below are the ones it re-admitted after the outage, not stale flags from before it.
+    wait_until(lambda: not healthy.envoy.healthy_hosts(), 15, "envoy to stop routing to the replicas")
     redis.start().wait_ready()
     wait_until(lambda: grpc_serving(replica.address), 15, "the replica to report SERVING again")
     healthy.envoy.wait_healthy(3, timeout=30)
+    # /clusters says healthy a moment before Envoy's router does (calls right then got "no healthy upstream"):
+    # wait until a call through Envoy is answered.
+    wait_until(lambda: grpc_serving(healthy.endpoint), 15, "envoy to route calls again")
     assert asyncio.run(steps(driven, 12)) == []
     assert_matches_offline(serve_export_dirs[MODEL], driven)
     assert_each_seq_committed_once(healthy, driven)

@@ -31,11 +31,11 @@ def _observations(streams: int, steps: int) -> np.ndarray:
     return np.random.default_rng(7).normal(size=(streams, steps, OBS_DIM)).astype(np.float32)
 
 
-async def _open_sessions(stub, count: int) -> list[str]:
+async def _open_sessions(stub, count: int, burst: int = 200) -> list[str]:
     ids: list[str] = []
-    for lo in range(0, count, 200):  # in bursts, well under the server's limits
+    for lo in range(0, count, burst):  # in bursts, under the server's limits
         answers = await asyncio.gather(*(stub.CreateSession(pb.CreateSessionRequest(model="q"))
-                                         for _ in range(min(200, count - lo))))
+                                         for _ in range(min(burst, count - lo))))
         ids += [a.session_id for a in answers]
     return ids
 
@@ -109,7 +109,7 @@ async def _over_the_limit(port: int) -> tuple[Counter, Counter, set[str], list[i
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(10)]
     try:
         stubs = [policy_pb2_grpc.PolicyServiceStub(c) for c in channels]
-        ids = await _open_sessions(stubs[0], LIMIT + 1)
+        ids = await _open_sessions(stubs[0], LIMIT + 1, burst=LIMIT)  # never more calls at once than the limit
         held = [stubs[i % 10].StepStream() for i in range(LIMIT)]
         for i, call in enumerate(held):  # every admitted stream has stepped: LIMIT calls in progress
             await call.write(pb.StepRequest(session_id=ids[i], seq=1, obs=[0.1] * OBS_DIM))
@@ -177,7 +177,7 @@ def test_a_cancelled_stream_gives_its_place_back(serve_export_dirs):
     async def run(port: int) -> list[int]:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = policy_pb2_grpc.PolicyServiceStub(channel)
-            a, b, c = await _open_sessions(stub, 3)
+            a, b, c = await _open_sessions(stub, 3, burst=1)  # one call at a time: the limit is 2 calls
             admitted_after_refusals = []
             for seq in range(1, 6):  # more rounds than the limit: each cancelled stream must have been released
                 first, second = stub.StepStream(), stub.StepStream()  # the limit of 2 reached
