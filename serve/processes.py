@@ -316,10 +316,19 @@ class LocalCluster:
             for replica in self.replicas:
                 replica.wait_ready(timeout)
             write_envoy_config(self.envoy_config, [r.address for r in self.replicas], self.listen, self.envoy_options)
-            self.envoy.start().wait_healthy(len(self.replicas), timeout)
+            self.envoy.start()
+            self.wait_routing(timeout)
         except BaseException:
             self.stop()
             raise
+        return self
+
+    def wait_routing(self, timeout: float = 30.0) -> LocalCluster:
+        """Wait until Envoy counts every replica healthy and answers a call through its listener: its admin
+        ``/clusters`` flags turn healthy a moment before its router does (calls made right then get "no healthy
+        upstream")."""
+        self.envoy.wait_healthy(len(self.replicas), timeout)
+        wait_until(lambda: grpc_serving(self.listen), timeout, "envoy to route a call to a replica", self.envoy)
         return self
 
     def restart_replica(self, index: int, timeout: float = 60.0) -> Replica:

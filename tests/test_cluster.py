@@ -47,7 +47,7 @@ def healthy(cluster):
             cluster.restart_replica(index)
     if cluster.redis is not None and not cluster.redis.alive:
         cluster.redis.start().wait_ready()
-    cluster.envoy.wait_healthy(len(cluster.replicas), timeout=30)
+    cluster.wait_routing(timeout=30)
     return cluster
 
 
@@ -280,7 +280,7 @@ def test_flip_back_kill_restart_kill(healthy, serve_export_dirs):
     def flip() -> None:
         healthy.replicas[0].kill()
         healthy.restart_replica(0)
-        healthy.envoy.wait_healthy(3, timeout=30)
+        healthy.wait_routing(timeout=30)
         time.sleep(0.5)
         healthy.replicas[0].kill()
 
@@ -341,10 +341,7 @@ def test_sessions_survive_a_redis_restart_and_wait_out_a_redis_outage(healthy, s
     wait_until(lambda: not healthy.envoy.healthy_hosts(), 15, "envoy to stop routing to the replicas")
     redis.start().wait_ready()
     wait_until(lambda: grpc_serving(replica.address), 15, "the replica to report SERVING again")
-    healthy.envoy.wait_healthy(3, timeout=30)
-    # /clusters says healthy a moment before Envoy's router does (calls right then got "no healthy upstream"):
-    # wait until a call through Envoy is answered.
-    wait_until(lambda: grpc_serving(healthy.endpoint), 15, "envoy to route calls again")
+    healthy.wait_routing(timeout=30)
     assert asyncio.run(steps(driven, 12)) == []
     assert_matches_offline(serve_export_dirs[MODEL], driven)
     assert_each_seq_committed_once(healthy, driven)
