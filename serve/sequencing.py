@@ -67,12 +67,16 @@ def finish(session: Session, seq: int | None) -> None:
     if seq is not None:
         session.last_seq = seq
     session.busy = False
-    waiters = session.idle_waiters
-    if waiters:
-        session.idle_waiters = None
-        for future in waiters:
-            if not future.done():
-                future.set_result(None)
+    if session.idle_waiters:
+        _wake_idle_waiters(session)
+
+
+def _wake_idle_waiters(session: Session) -> None:
+    """Resolve the futures :func:`until_idle` left on the session (it has no step in flight now)."""
+    waiters, session.idle_waiters = session.idle_waiters, None
+    for future in waiters:
+        if not future.done():
+            future.set_result(None)
 
 
 def finish_rows(sessions: Sequence[Session], seqs: Sequence[int] | None, now: float) -> list[Session]:
@@ -85,7 +89,7 @@ def finish_rows(sessions: Sequence[Session], seqs: Sequence[int] | None, now: fl
         session.busy = False
         session.last_used = now
         if session.idle_waiters:
-            finish(session, None)  # wakes them
+            _wake_idle_waiters(session)
         if session.pending is not None:
             queued.append(session)
     return queued
