@@ -37,7 +37,8 @@ def sequence_outputs(model, obs, state, episode_start):
 
 @pytest.mark.parametrize("kind, action, cores", CASES)
 @pytest.mark.parametrize("cell", ["lstm", "gru", "ff"])
-def test_step_by_step_equals_whole_sequence_with_episode_starts_inside(kind, action, cores, cell):
+@pytest.mark.parametrize("cell_math", [False, True], ids=["module-call", "cell-math"])
+def test_step_by_step_equals_whole_sequence_with_episode_starts_inside(kind, action, cores, cell, cell_math):
     torch.manual_seed(0)
     spec = make_spec(kind, action, cores, cell, norm=True)
     model = build_model(spec)
@@ -51,7 +52,7 @@ def test_step_by_step_equals_whole_sequence_with_episode_starts_inside(kind, act
     seq_head, seq_state = sequence_outputs(model, obs, start, episode_start)
     state, heads = start, []
     for t in range(T):
-        outputs, state = model.step(obs[t], state, episode_start[t])
+        outputs, state = model.step(obs[t], state, episode_start[t], cell_math=cell_math)
         heads.append(outputs[0])
     torch.testing.assert_close(torch.stack(heads), seq_head, rtol=0, atol=1e-5)
     torch.testing.assert_close(state.h, seq_state.h, rtol=0, atol=1e-5)

@@ -22,7 +22,16 @@ def test_best_score_keeps_the_highest_and_a_later_tie_wins():
     assert not best.offer(400, math.nan) and best.step == 300
 
 
-def test_schedule_is_due_every_n_steps_within_the_time_share():
+def test_schedule_is_due_every_n_steps_whatever_the_time_taken_by_default():
+    schedule = EvalSchedule(every=1000)
+    assert not schedule.due(999, elapsed_s=1.0, spent_s=0.0, last_cost_s=0.0)
+    assert schedule.due(1000, elapsed_s=1.0, spent_s=50.0, last_cost_s=50.0)
+    schedule.done(1000)
+    assert not schedule.due(1999, elapsed_s=1.0, spent_s=50.0, last_cost_s=50.0)
+    assert schedule.due(2000, elapsed_s=1.0, spent_s=50.0, last_cost_s=50.0)
+
+
+def test_schedule_with_a_share_is_due_every_n_steps_within_the_time_share():
     schedule = EvalSchedule(every=1000, max_share=0.1)
     assert not schedule.due(999, elapsed_s=100.0, spent_s=0.0, last_cost_s=0.0)
     assert schedule.due(1000, elapsed_s=100.0, spent_s=0.0, last_cost_s=0.0)
@@ -54,8 +63,7 @@ def _evaluator(tmp_path, returns, clock=None, **train):
         value = queue.pop(0)
         return EvalResult(episodes, value, 0.0, None, [value] * episodes)
 
-    config = TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out=str(tmp_path), eval_every=100, eval_episodes=3,
-                         eval_max_share=1.0, **train)
+    config = TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out=str(tmp_path), eval_every=100, eval_episodes=3, **train)
     return TrainingEvaluator(config, {"train": {"seed": 1}}, clock=clock, evaluate=evaluate), clock
 
 
@@ -152,7 +160,7 @@ def test_resolve_fills_the_evaluation_options():
     from rnnpolicy.train.api import resolve
 
     plain, _ = resolve(TrainConfig(algo="ppo", env="CartPole-v1", out="x", total_steps=40_000))
-    assert (plain.eval_every, plain.eval_episodes, plain.eval_max_share, plain.target_return) == (2_000, 10, 0.1, None)
+    assert (plain.eval_every, plain.eval_episodes, plain.eval_max_share, plain.target_return) == (2_000, 10, None, None)
     entry, _ = resolve(TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out="x"))
     assert (entry.eval_every, entry.eval_episodes, entry.target_return) == (8192, 32, 1.0)
     mine, _ = resolve(TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out="x", eval_every=100, target_return=0.5))

@@ -123,7 +123,7 @@ def _learn(tmp_path, env, seed=3, total_steps=512, evaluation=None, **algo):
 
 def test_learn_smoke_discrete(tmp_path):
     # A clock that never advances: the time share never holds an evaluation back.
-    spec, model, rows = _learn(tmp_path, "rnnpolicy/TMaze-v0", evaluation=dict(eval_every=256, eval_episodes=4, eval_max_share=1.0))
+    spec, model, rows = _learn(tmp_path, "rnnpolicy/TMaze-v0", evaluation=dict(eval_every=256, eval_episodes=4))
     assert (spec.action.kind, spec.algo, spec.num_cores, spec.obs_norm) == ("discrete", "ppo", 1, None)
     assert [r["step"] for r in rows] == [128, 256, 384, 512]
     assert {"policy_loss", "value_loss", "entropy", "approx_kl", "steps_per_s", "eval_return", "best_eval_return"} <= set(rows[0])
@@ -153,7 +153,7 @@ def test_same_seed_gives_identical_metrics(tmp_path):
 
 def test_early_stop_at_target_return(tmp_path, capsys):
     # T-maze returns lie in [-0.1, 1]: a target of -1 is met by the first evaluation.
-    evaluation = dict(eval_every=256, eval_episodes=2, target_return=-1.0, eval_max_share=1.0)
+    evaluation = dict(eval_every=256, eval_episodes=2, target_return=-1.0)
     _, _, rows = _learn(tmp_path, "rnnpolicy/TMaze-v0", total_steps=2048, evaluation=evaluation)
     assert rows[-1]["step"] == 256 and rows[-1]["eval_return"] >= -1.0
     assert "stopping early at step 256" in capsys.readouterr().err

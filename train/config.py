@@ -49,7 +49,7 @@ class TrainConfig:
     eval_seed: int = 1_000_000
     """Seed of the first evaluation episode during training (apart from `rnnpolicy eval`'s default 10000, so that eval stays a held-out check)."""
     eval_max_share: float | None = None
-    """Largest share of the wall time evaluations may take: an evaluation due sooner waits, the final one always runs (default: the environment's entry, else 0.1)."""
+    """Cap evaluations at this share of the wall time: one due sooner waits, the final one always runs (default: no cap, so which steps are evaluated, and so the run, depend on the seed alone; with a cap they depend on timing)."""
     target_return: float | None = None
     """Stop once an evaluation's mean return reaches this (default: the environment's entry, else none; inf disables an entry's)."""
 

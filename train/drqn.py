@@ -228,7 +228,7 @@ def learn(config: TrainConfig, algo_config: Config, run: RunLog, evaluator: Trai
     init_forget_bias(online, cfg.forget_bias)
     online.to(device)
     target = copy.deepcopy(online).requires_grad_(False)
-    optimizer = torch.optim.Adam(online.parameters(), lr=cfg.learning_rate)
+    optimizer = torch.optim.Adam(online.parameters(), lr=cfg.learning_rate, fused=True)
     rng = np.random.default_rng(config.seed)
 
     replay = SequenceReplay(
@@ -251,7 +251,7 @@ def learn(config: TrainConfig, algo_config: Config, run: RunLog, evaluator: Trai
         epsilon = epsilon_at(step, config.total_steps, cfg)
         state = state.masked(1.0 - episode_start)  # the state acted from, stored with the step
         with torch.no_grad():
-            (_, greedy), next_state = online.step(torch.as_tensor(obs, device=device), state, episode_start)
+            (_, greedy), next_state = online.step(torch.as_tensor(obs, device=device), state, episode_start, cell_math=True)
         explore = rng.random(cfg.num_envs) < epsilon
         actions = np.where(explore, rng.integers(action.n, size=cfg.num_envs), greedy.cpu().numpy())
         raw_next, rewards, terminated, truncated, infos = envs.step(actions)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gymnasium.vector.utils import concatenate, create_empty_array
 
 from rnnpolicy.encoding import ObsEncoding
 from rnnpolicy.envs import make_env
@@ -80,6 +81,8 @@ def evaluate_model(
             f"{spec.obs_dim}: evaluate it on the environment and wrappers it was trained with"
         )
     obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
+    space = envs[0].observation_space
+    batch_obs = create_empty_array(space, width)  # reused: the observations as a vector env batches them
     started = width
     state = initial_state(spec, width)
     episode_start = torch.ones(width)
@@ -88,8 +91,8 @@ def evaluate_model(
     returns: list[float] = []
     successes: list[float] = []
     while active.any():
-        x = torch.as_tensor(np.stack([spec.obs_encoding.encode(o) for o in obs]))  # (B, obs_dim)
-        outputs, state = model.step(x, state, episode_start)
+        x = torch.as_tensor(spec.obs_encoding.encode_batch(concatenate(space, obs, batch_obs)))  # (B, obs_dim)
+        outputs, state = model.step(x, state, episode_start, cell_math=True)
         actions = outputs[spec.output_names.index("action")].numpy()
         episode_start = torch.zeros(width)
         for i, env in enumerate(envs):

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from rnnpolicy.spec import ImageSpec, PolicySpec
 
@@ -75,9 +76,40 @@ class RecurrentCore(nn.Module):
         # Feed-forward: the state passes through as zeros, so every stage keeps one interface.
         return self.rnn(x), state.masked(torch.zeros_like(state.h[0, :, 0]))
 
-    def step(self, x: Tensor, state: RecurrentState, episode_start: Tensor) -> tuple[Tensor, RecurrentState]:
-        """One step: ``x`` ``(B, F)``, ``episode_start`` ``(B,)`` -> ``(B, H)`` and the next state."""
-        out, state = self._run(x.unsqueeze(0), state.masked(1.0 - episode_start.float()))
+    def _cell_math(self, x: Tensor, state: RecurrentState) -> RecurrentState:
+        """One step of every layer from the cell's weights, op by op: the same numbers as ``nn.LSTM``/``nn.GRU``."""
+        hs, cs = [], []
+        for layer in range(len(state.h)):
+            h = state.h[layer]  # (B, H)
+            gates_x = F.linear(x, getattr(self.rnn, f"weight_ih_l{layer}"), getattr(self.rnn, f"bias_ih_l{layer}"))
+            gates_h = F.linear(h, getattr(self.rnn, f"weight_hh_l{layer}"), getattr(self.rnn, f"bias_hh_l{layer}"))
+            if self.cell == "lstm":
+                assert state.c is not None
+                i, f, g, o = (gates_x + gates_h).chunk(4, dim=1)  # (B, H) each: input, forget, cell, output
+                c = torch.sigmoid(f) * state.c[layer] + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                cs.append(c)
+            else:
+                x_r, x_z, x_n = gates_x.chunk(3, dim=1)  # (B, H) each: reset, update, new
+                h_r, h_z, h_n = gates_h.chunk(3, dim=1)
+                r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+                h = (1.0 - z) * torch.tanh(x_n + r * h_n) + z * h
+            hs.append(h)
+            x = h
+        return RecurrentState(torch.stack(hs), torch.stack(cs) if cs else None)
+
+    def step(self, x: Tensor, state: RecurrentState, episode_start: Tensor, *, cell_math: bool = False) -> tuple[Tensor, RecurrentState]:
+        """One step: ``x`` ``(B, F)``, ``episode_start`` ``(B,)`` -> ``(B, H)`` and the next state.
+
+        ``cell_math`` computes the step op by op from the cell's weights instead of calling
+        ``nn.LSTM``/``nn.GRU`` (equal to float rounding): about 2.5x faster for one step in eager
+        PyTorch, which rollouts and evaluations take; exports trace the module call.
+        """
+        state = state.masked(1.0 - episode_start.float())
+        if cell_math and self.cell != "ff":
+            state = self._cell_math(x, state)
+            return state.h[-1], state
+        out, state = self._run(x.unsqueeze(0), state)
         if self.cell == "ff":
             return out.squeeze(0), state
         # One step's output is the last layer's new hidden state; taking it from the state
@@ -222,9 +254,11 @@ class QNetwork(nn.Module):
         features, state = self.core(self.encoder(self.normalizer(obs)), state, episode_start)
         return self.head(features), state
 
-    def step(self, obs: Tensor, state: RecurrentState, episode_start: Tensor) -> tuple[tuple[Tensor, ...], RecurrentState]:
-        """One step for a batch: ``(q_values (B, A), action (B,))`` and the next state."""
-        features, state = self.core.step(self.encoder(self.normalizer(obs)), state, episode_start)
+    def step(
+        self, obs: Tensor, state: RecurrentState, episode_start: Tensor, *, cell_math: bool = False
+    ) -> tuple[tuple[Tensor, ...], RecurrentState]:
+        """One step for a batch: ``(q_values (B, A), action (B,))`` and the next state (``cell_math``: see :meth:`RecurrentCore.step`)."""
+        features, state = self.core.step(self.encoder(self.normalizer(obs)), state, episode_start, cell_math=cell_math)
         q_values = self.head(features)
         return (q_values, torch.argmax(q_values, dim=-1)), state
 
@@ -263,10 +297,15 @@ class ActorCritic(nn.Module):
         nn.init.orthogonal_(self.value_head.weight, gain=1.0)
         nn.init.zeros_(self.value_head.bias)
 
-    def _features(self, obs: Tensor, state: RecurrentState, episode_start: Tensor, step: bool) -> tuple[Tensor, Tensor, RecurrentState]:
+    def _features(
+        self, obs: Tensor, state: RecurrentState, episode_start: Tensor, step: bool, cell_math: bool = False
+    ) -> tuple[Tensor, Tensor, RecurrentState]:
         obs = self.normalizer(obs)
         layers = self.spec.num_layers
-        run = (lambda core, x, s: core.step(x, s, episode_start)) if step else (lambda core, x, s: core(x, s, episode_start))
+        if step:
+            run = lambda core, x, s: core.step(x, s, episode_start, cell_math=cell_math)  # noqa: E731
+        else:
+            run = lambda core, x, s: core(x, s, episode_start)  # noqa: E731
         if self.spec.num_cores == 1:
             features, state = run(self.actor_core, self.actor_encoder(obs), state)
             return features, features, state
@@ -299,13 +338,15 @@ class ActorCritic(nn.Module):
         """Map a continuous action into the action bounds."""
         return torch.maximum(torch.minimum(action, self.action_high), self.action_low)
 
-    def step(self, obs: Tensor, state: RecurrentState, episode_start: Tensor) -> tuple[tuple[Tensor, ...], RecurrentState]:
+    def step(
+        self, obs: Tensor, state: RecurrentState, episode_start: Tensor, *, cell_math: bool = False
+    ) -> tuple[tuple[Tensor, ...], RecurrentState]:
         """One step for a batch, deterministic action: ``(logits, action, value)`` or ``(mean, log_std, action, value)``.
 
         ``action`` is ``(B,)`` for a discrete space, ``(B, k)`` (each entry's most likely value) for a
-        factored one and ``(B, A)`` for a box.
+        factored one and ``(B, A)`` for a box. ``cell_math``: see :meth:`RecurrentCore.step`.
         """
-        actor, critic, state = self._features(obs, state, episode_start, step=True)
+        actor, critic, state = self._features(obs, state, episode_start, step=True, cell_math=cell_math)
         params, log_std, value = self._heads(actor, critic)
         if self.spec.action.is_discrete:
             return (params, torch.argmax(params, dim=-1), value), state
