@@ -1,8 +1,8 @@
 """Does memory solve the memory tasks? Train recurrent and feed-forward agents over seeds and evaluate.
 
 For each (algorithm, environment, network, seed) it trains with the per-environment defaults,
-evaluates 100 deterministic episodes, and records success rate, return, wall time and
-environment steps/s. Results go to ``benchmarks/results/train_bench.json`` and ``.md``.
+evaluates 100 deterministic episodes of the best (checkpoint.pt) and of the final (last.pt) policy,
+and records their success rates and returns, the wall time and environment steps/s. Results go to ``benchmarks/results/train_bench.json`` and ``.md``.
 
     python benchmarks/train_bench.py                       # the full matrix, 5 seeds (long)
     python benchmarks/train_bench.py --seeds 2 --algos drqn --envs rnnpolicy/TMaze-v0
@@ -25,6 +25,7 @@ MEMORY_ENVS = ("rnnpolicy/TMaze-v0", "rnnpolicy/RepeatFirst-v0", "rnnpolicy/Memo
 
 def run_one(algo: str, env: str, network: str, seed: int, out: Path) -> dict:
     from rnnpolicy.train.api import train
+    from rnnpolicy.train.checkpoint import LAST_NAME
     from rnnpolicy.train.config import TrainConfig
     from rnnpolicy.train.evaluate import evaluate
 
@@ -34,12 +35,14 @@ def run_one(algo: str, env: str, network: str, seed: int, out: Path) -> dict:
     wall = time.perf_counter() - start
     rows = (out / "metrics.csv").read_text().splitlines()
     steps = int(float(rows[-1].split(",")[0]))
-    result = evaluate(checkpoint, episodes=100)
-    return {
+    row = {
         "algo": algo, "env": env, "network": network, "seed": seed,
         "env_steps": steps, "wall_s": round(wall, 2), "steps_per_s": round(steps / wall, 1),
-        "mean_return": result.mean_return, "success_rate": result.success_rate,
     }
+    for key, path in (("best", checkpoint), ("final", out / LAST_NAME)):
+        result = evaluate(path, episodes=100)
+        row[f"{key}_return"], row[f"{key}_success_rate"] = result.mean_return, result.success_rate
+    return row
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -48,16 +51,16 @@ def summarise(rows: list[dict]) -> list[dict]:
         groups.setdefault((row["algo"], row["env"], row["network"]), []).append(row)
     summary = []
     for (algo, env, network), runs in groups.items():
-        success = [r["success_rate"] for r in runs if r["success_rate"] is not None]
-        summary.append({
-            "algo": algo, "env": env, "network": network, "seeds": len(runs),
-            "median_success_rate": statistics.median(success) if success else None,
-            "min_success_rate": min(success) if success else None,
-            "seeds_at_0.95": sum(s >= 0.95 for s in success),
-            "median_return": statistics.median(r["mean_return"] for r in runs),
-            "median_wall_s": statistics.median(r["wall_s"] for r in runs),
-            "median_steps_per_s": statistics.median(r["steps_per_s"] for r in runs),
-        })
+        entry: dict = {"algo": algo, "env": env, "network": network, "seeds": len(runs)}
+        for key in ("best", "final"):
+            success = [r[f"{key}_success_rate"] for r in runs if r[f"{key}_success_rate"] is not None]
+            entry[f"{key}_median_success_rate"] = statistics.median(success) if success else None
+            entry[f"{key}_min_success_rate"] = min(success) if success else None
+            entry[f"{key}_seeds_at_0.95"] = sum(s >= 0.95 for s in success)
+            entry[f"{key}_median_return"] = statistics.median(r[f"{key}_return"] for r in runs)
+        entry["median_wall_s"] = statistics.median(r["wall_s"] for r in runs)
+        entry["median_steps_per_s"] = statistics.median(r["steps_per_s"] for r in runs)
+        summary.append(entry)
     return summary
 
 
@@ -68,14 +71,19 @@ def write_markdown(summary: list[dict], path: Path, command: str) -> None:
         f"Command: `{command}`  ",
         f"Machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, one torch thread.",
         "",
-        "| algo | env | network | seeds | median success | min success | seeds >= 0.95 | median return | median wall s | median steps/s |",
+        "Best: checkpoint.pt (the best evaluation during training); final: last.pt.",
+        "",
+        "| algo | env | network | seeds | median success best / final | min success best / final | seeds >= 0.95 best / final "
+        "| median return best / final | median wall s | median steps/s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     fmt = lambda v: "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+    pair = lambda s, k: f"{fmt(s['best_' + k])} / {fmt(s['final_' + k])}"  # noqa: E731
     for s in summary:
-        lines.append("| " + " | ".join(fmt(s[k]) for k in (
-            "algo", "env", "network", "seeds", "median_success_rate", "min_success_rate",
-            "seeds_at_0.95", "median_return", "median_wall_s", "median_steps_per_s")) + " |")
+        cells = [fmt(s[k]) for k in ("algo", "env", "network", "seeds")]
+        cells += [pair(s, k) for k in ("median_success_rate", "min_success_rate", "seeds_at_0.95", "median_return")]
+        cells += [fmt(s["median_wall_s"]), fmt(s["median_steps_per_s"])]
+        lines.append("| " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n")
 
 
