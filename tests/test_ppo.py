@@ -11,12 +11,13 @@ from rnnpolicy.train.api import resolve, seed_everything, train
 from rnnpolicy.train.checkpoint import load_checkpoint
 from rnnpolicy.train.config import TrainConfig
 from rnnpolicy.train.envs import make_vector_env
-from rnnpolicy.train.evaluate import evaluate
-from rnnpolicy.train.models import initial_state
+from rnnpolicy.train.evaluate import evaluate, evaluate_model
+from rnnpolicy.train.episode_carry import EpisodeCarry
+from rnnpolicy.train.models import RecurrentState, initial_state
 from rnnpolicy.train.normalize import RunningMeanStd
 from rnnpolicy.train.periodic_eval import TrainingEvaluator
 from rnnpolicy.train.runlog import EpisodeTracker, RunLog
-from rnnpolicy.train.sequences import split_sequences
+from rnnpolicy.train.sequences import split_sequences, with_prefixes
 
 
 def test_gae_matches_a_hand_computed_case_with_truncation_and_termination():
@@ -53,6 +54,21 @@ def test_split_sequences_cuts_at_chunk_and_episode_starts_and_pads():
         split_sequences(episode_start, seq_len=3)
 
 
+def test_with_prefixes_puts_earlier_steps_in_front_as_inputs_only():
+    episode_start = np.zeros((4, 2), dtype=bool)
+    episode_start[0] = True
+    episode_start[2, 0] = True
+    seqs = split_sequences(episode_start, seq_len=4)  # env 0: t 0-1, 2-3; env 1: t 0-3 (chunks 0 and 1)
+    # Env 1's episode had 3 earlier steps, stored at flat rows 8-10, begun from stored state 2.
+    out = with_prefixes(seqs, rows=np.array([2]), first=np.array([8]), lengths=np.array([3]), chunk=np.array([2]))
+    np.testing.assert_array_equal(out.lengths, [2, 2, 7])
+    np.testing.assert_array_equal(out.index[:, 2], [8, 9, 10, 1, 3, 5, 7])
+    np.testing.assert_array_equal(out.mask[:, 2], [False, False, False, True, True, True, True])
+    np.testing.assert_array_equal(out.mask[:, 0], [True, True, False, False, False, False, False])
+    np.testing.assert_array_equal(out.index[:2, 0], seqs.index[:2, 0])
+    np.testing.assert_array_equal(out.chunk, [0, 0, 2])
+
+
 def _rollout(cell="lstm", shared_core=True, env="rnnpolicy/CartPoleNoVel-v0"):
     torch.manual_seed(0)
     config = TrainConfig(algo="ppo", env=env, out="unused", hidden_size=16, cell=cell)
@@ -83,6 +99,72 @@ def test_padded_sequence_pass_equals_the_per_step_loop(cell, shared_core):
     torch.testing.assert_close(value[mask], values.flatten()[index][mask], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(logprob[mask], rollout.logprobs[index][mask], atol=1e-5, rtol=1e-5)
     assert int(mask.sum()) == steps * envs
+
+
+def test_whole_episode_bptt_replays_each_unfinished_episode_from_its_start():
+    torch.manual_seed(0)
+    env, T, B = "rnnpolicy/CartPoleNoVel-v0", 8, 3  # random CartPole episodes last 10-40 steps: most span rollouts
+    config = TrainConfig(algo="ppo", env=env, out="unused", hidden_size=16)
+    algo = ppo.Config(num_envs=B, rollout_steps=T, seq_len=0, num_minibatches=1, episode_bptt=True)
+    envs = make_vector_env(env, B, seed=0)
+    spec, model = ppo._build(config, algo, envs, None)
+    raw, _ = envs.reset(seed=0)
+    next_obs, start, state = torch.as_tensor(spec.obs_encoding.encode_batch(raw)), torch.ones(B), initial_state(spec, B)
+    carry, tracker, rollouts = EpisodeCarry(B, algo.episode_bptt_max), EpisodeTracker(B), []
+    for _ in range(4):
+        rollout, next_obs, start, state = ppo._collect(model, envs, algo, tracker, next_obs, start, state, carry)
+        rollouts.append(rollout)
+    last = rollouts[-1]
+    assert (last.sequences.lengths > last.sequences.mask.sum(0)).any(), "some episode should have begun in an earlier rollout"
+    with torch.no_grad():
+        for p in model.parameters():  # the weights an update has changed since the steps were collected
+            p.add_(0.1 * torch.randn_like(p))
+        # The reference: every environment's 4 * T steps from the first, one model pass with the new weights.
+        steps = lambda r, x: x[: T * B].view(T, B, *x.shape[1:])  # noqa: E731
+        obs = torch.cat([steps(r, r.obs) for r in rollouts])  # (4T, B, F)
+        starts = torch.cat([steps(r, r.episode_start) for r in rollouts])  # (4T, B)
+        params, _, values, _ = model(obs, initial_state(spec, B), starts)
+        logprobs = torch.log_softmax(params, -1).gather(-1, torch.cat([steps(r, r.actions) for r in rollouts]).unsqueeze(-1))
+        reference = logprobs.squeeze(-1)[-T:].flatten()  # (T * B,) the last rollout's steps, time-major
+        logprob, _, value, index = ppo.evaluate_sequences(model, last, last.sequences)
+        mask = torch.as_tensor(last.sequences.mask)
+        torch.testing.assert_close(logprob[mask], reference[index[mask]], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(value[mask], values[-T:].flatten()[index[mask]], atol=1e-5, rtol=1e-5)
+        assert int(mask.sum()) == T * B
+        # Without the replay the continuing episodes start from their stored (old-weight) states instead.
+        plain = dataclasses.replace(last, sequences=split_sequences(steps(last, last.episode_start).numpy() > 0, T))
+        plain_logprob, *_, plain_index = ppo.evaluate_sequences(model, plain, plain.sequences)
+        plain_mask = torch.as_tensor(plain.sequences.mask)
+        assert not torch.allclose(plain_logprob[plain_mask], reference[plain_index[plain_mask]], atol=1e-4)
+    envs.close()
+
+
+def test_episode_carry_keeps_the_unfinished_episode_up_to_its_cap():
+    carry = EpisodeCarry(num_envs=2, max_steps=5)
+    state = lambda v: RecurrentState(torch.full((1, 2, 1), float(v)), None)  # noqa: E731
+    obs = torch.arange(8.0).view(4, 2, 1)  # (T, B, F): step t of env b holds 2t + b
+    starts = np.zeros((4, 2), dtype=bool)
+    starts[0] = True  # both begin an episode
+    starts[2, 1] = True  # env 1 begins another at t=2
+    carry.extend(obs, starts, [state(t) for t in range(4)], next_start=np.array([False, False]))
+    first = carry.prefixes()
+    np.testing.assert_array_equal(first.envs, [0, 1])
+    np.testing.assert_array_equal(first.lengths, [4, 2])
+    assert first.obs.flatten().tolist() == [0, 2, 4, 6, 5, 7]
+    assert first.episode_start.tolist() == [1, 0, 0, 0, 1, 0]  # both replays begin at their episode's first step
+    carry.extend(obs + 100, np.zeros((4, 2), dtype=bool), [state(10 + t) for t in range(4)], next_start=np.array([False, True]))
+    second = carry.prefixes()
+    np.testing.assert_array_equal(second.envs, [0])  # env 1's episode ended with the rollout
+    assert second.obs.flatten().tolist() == [6, 100, 102, 104, 106]  # the last 5 of its 8 steps
+    assert second.episode_start.tolist() == [0, 0, 0, 0, 0]  # cut: it starts from the state step 3 began from
+    assert second.state.h.flatten().tolist() == [3.0]
+    with pytest.raises(ValueError, match="max_steps must be >= 1, got 0"):
+        EpisodeCarry(1, 0)
+
+
+def test_whole_episode_bptt_needs_whole_rollouts():
+    with pytest.raises(ValueError, match="needs seq_len 0 .*got seq_len=16"):
+        ppo.Config(rollout_steps=64, seq_len=16, episode_bptt=True)
 
 
 def test_build_sets_the_forget_gate_bias_of_every_core_and_the_initial_log_std():
@@ -116,13 +198,25 @@ def _learn(tmp_path, env, seed=3, total_steps=512, evaluation=None, **algo):
     )
     seed_everything(seed)
     run = RunLog(tmp_path, total_steps, progress=False)
-    spec, model = ppo.learn(config, algo_config, run, TrainingEvaluator(config, {}, clock=lambda: 0.0))
+    now = [0.0]
+
+    def slow_evaluate(*args, **kwargs):
+        now[0] += 1000.0  # every evaluation seems to take 1000 s, and training no time at all
+        return evaluate_model(*args, **kwargs)
+
+    spec, model = ppo.learn(config, algo_config, run, TrainingEvaluator(config, {}, clock=lambda: now[0], evaluate=slow_evaluate))
     run.close()
     return spec, model, run.rows
 
 
+def test_evaluations_are_due_by_steps_alone_however_long_they_take(tmp_path):
+    # _learn's evaluations each seem to take 1000 s and training none: a wall-time share would hold them back.
+    _, _, rows = _learn(tmp_path, "rnnpolicy/TMaze-v0", evaluation=dict(eval_every=128, eval_episodes=2))
+    assert [r["step"] for r in rows] == [128, 256, 384, 512]
+    assert not any(np.isnan(r["eval_return"]) for r in rows)
+
+
 def test_learn_smoke_discrete(tmp_path):
-    # A clock that never advances: the time share never holds an evaluation back.
     spec, model, rows = _learn(tmp_path, "rnnpolicy/TMaze-v0", evaluation=dict(eval_every=256, eval_episodes=4))
     assert (spec.action.kind, spec.algo, spec.num_cores, spec.obs_norm) == ("discrete", "ppo", 1, None)
     assert [r["step"] for r in rows] == [128, 256, 384, 512]

@@ -36,7 +36,8 @@ from rnnpolicy.train.models import (
 from rnnpolicy.train.normalize import RunningMeanStd
 from rnnpolicy.train.periodic_eval import TrainingEvaluator
 from rnnpolicy.train.runlog import EpisodeTracker, RunLog
-from rnnpolicy.train.sequences import PaddedSequences, split_sequences
+from rnnpolicy.train.episode_carry import EpisodeCarry, Prefixes
+from rnnpolicy.train.sequences import PaddedSequences, split_sequences, with_prefixes
 
 
 DATA_PARALLEL = True
@@ -53,6 +54,10 @@ class Config:
     """Steps per environment between updates."""
     seq_len: int = 0
     """BPTT chunk length: the rollout is cut into chunks of this many steps, each starting from its stored state (0: the whole rollout, so gradients run back through whole episodes up to rollout_steps long)."""
+    episode_bptt: bool = False
+    """Backpropagate through whole episodes: an episode that began in an earlier rollout has its earlier steps (up to episode_bptt_max) replayed, loss-free, in front of its steps in this one, so the gradient crosses rollout boundaries (needs seq_len 0)."""
+    episode_bptt_max: int = 1024
+    """With episode_bptt: the most earlier steps replayed per episode (a longer episode's replay starts from a stored state)."""
     num_minibatches: int = 4
     """Minibatches per epoch; each holds whole sequences."""
     update_epochs: int = 4
@@ -92,6 +97,10 @@ class Config:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.seq_len < 0 or (self.seq_len and self.rollout_steps % self.seq_len != 0):
             raise ValueError(f"seq_len must divide rollout_steps ({self.rollout_steps}) or be 0 (whole rollout), got {self.seq_len}")
+        if self.episode_bptt and self.seq_len:
+            raise ValueError(f"episode_bptt replays whole episodes, so it needs seq_len 0 (whole rollouts), got seq_len={self.seq_len}")
+        if self.episode_bptt_max < 1:
+            raise ValueError(f"episode_bptt_max must be >= 1, got {self.episode_bptt_max}")
         self.check_split(1)
         for name in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
@@ -196,15 +205,19 @@ def compute_gae(
 
 @dataclass
 class Rollout:
-    """One rollout, time-major, ready for the update: ``(T, B, ...)`` tensors flattened to ``(T * B, ...)``."""
+    """One rollout, time-major, ready for the update: ``(T, B, ...)`` tensors flattened to ``(T * B, ...)``.
 
-    obs: Tensor  # (T * B, F)
+    With whole-episode BPTT every per-step tensor has ``P`` more rows after those: the replayed
+    earlier steps of unfinished episodes (zeros where only the losses would read them).
+    """
+
+    obs: Tensor  # (T * B, F), then with whole-episode BPTT the P replayed earlier steps
     actions: Tensor  # (T * B,), or (T * B, A) for box and factored spaces
     logprobs: Tensor  # (T * B,)
     advantages: Tensor  # (T * B,)
     returns: Tensor  # (T * B,)
     episode_start: Tensor  # (T * B,)
-    chunk_states: RecurrentState  # (layers * cores, num_chunks * B, H), chunk c of env b at row c * B + b
+    chunk_states: RecurrentState  # (layers * cores, num_chunks * B [+ n], H), chunk c of env b at row c * B + b, then replays' starts
     sequences: PaddedSequences
 
 
@@ -279,6 +292,7 @@ def learn(config: TrainConfig, algo: Config, run: RunLog, evaluator: TrainingEva
     optimizer = torch.optim.Adam(model.parameters(), lr=algo.learning_rate, eps=1e-5, fused=True)
     rng = np.random.default_rng(config.seed)
     tracker = EpisodeTracker(num_envs)
+    carry = EpisodeCarry(num_envs, algo.episode_bptt_max) if algo.episode_bptt else None
 
     steps_per_update = algo.num_envs * algo.rollout_steps  # over all ranks
     num_updates = max(1, config.total_steps // steps_per_update)
@@ -293,12 +307,12 @@ def learn(config: TrainConfig, algo: Config, run: RunLog, evaluator: TrainingEva
     for update in range(1, num_updates + 1):
         if algo.anneal_lr:
             optimizer.param_groups[0]["lr"] = algo.learning_rate * (1.0 - (update - 1) / num_updates)
-        rollout, next_obs, next_start, state = _collect(model, envs, algo, tracker, next_obs, next_start, state)
+        rollout, next_obs, next_start, state = _collect(model, envs, algo, tracker, next_obs, next_start, state, carry)
         step += steps_per_update
         stats = _update(model, optimizer, rollout, algo, rng, dp)
         if obs_rms is not None:
             # Statistics stay frozen through a rollout and its update, then take in that rollout (every rank's).
-            obs_rms.update(dp.gather_rows(rollout.obs).cpu().numpy())
+            obs_rms.update(dp.gather_rows(rollout.obs[: algo.rollout_steps * num_envs]).cpu().numpy())  # not the replays
             model.normalizer.mean.copy_(torch.as_tensor(obs_rms.mean, dtype=torch.float32))
             model.normalizer.var.copy_(torch.as_tensor(obs_rms.var, dtype=torch.float32))
 
@@ -350,12 +364,17 @@ def _collect(
     next_obs: Tensor,
     next_start: Tensor,
     state: RecurrentState,
+    carry: EpisodeCarry | None = None,
 ) -> tuple[Rollout, Tensor, Tensor, RecurrentState]:
-    """Step the environments ``rollout_steps`` times; returns the rollout and where the next one starts."""
+    """Step the environments ``rollout_steps`` times; returns the rollout and where the next one starts.
+
+    With ``carry`` (whole-episode BPTT) each environment's unfinished episode from earlier rollouts
+    goes in front of its first sequence, and this rollout's steps join the carry.
+    """
     encoding = model.spec.obs_encoding
     device = next_obs.device
     steps, num_envs = algo.rollout_steps, envs.num_envs
-    obs, starts, actions, logprobs, values, chunk_states = [], [], [], [], [], []
+    obs, starts, actions, logprobs, values, chunk_states, step_states = [], [], [], [], [], [], []
     rewards = np.zeros((steps, num_envs), dtype=np.float64)
     terminated = np.zeros((steps, num_envs), dtype=bool)
     truncated = np.zeros((steps, num_envs), dtype=bool)
@@ -363,6 +382,8 @@ def _collect(
     for t in range(steps):
         if t % algo.chunk_len == 0:
             chunk_states.append(state)
+        if carry is not None:
+            step_states.append(state)
         obs.append(next_obs)
         starts.append(next_start)
         outputs, state = model.step(next_obs, state, next_start, cell_math=True)
@@ -392,17 +413,50 @@ def _collect(
         last_value.cpu().numpy(), algo.gamma, algo.gae_lambda,
     )
     starts_t = torch.stack(starts)  # (T, B)
+    starts_np = starts_t.cpu().numpy() > 0
+    obs_t = torch.stack(obs)  # (T, B, F)
     rollout = Rollout(
-        obs=torch.stack(obs).flatten(0, 1),
+        obs=obs_t.flatten(0, 1),
         actions=torch.stack(actions).flatten(0, 1),
         logprobs=torch.stack(logprobs).flatten(0, 1),
         advantages=torch.as_tensor(advantages, dtype=torch.float32, device=device).flatten(),
         returns=torch.as_tensor(returns, dtype=torch.float32, device=device).flatten(),
         episode_start=starts_t.flatten(),
         chunk_states=_cat_rows(chunk_states),
-        sequences=split_sequences(starts_t.cpu().numpy() > 0, algo.chunk_len),
+        sequences=split_sequences(starts_np, algo.chunk_len),
     )
+    if carry is not None:
+        rollout = _prepend_episodes(rollout, carry.prefixes())
+        carry.extend(obs_t, starts_np, step_states, next_start.cpu().numpy() > 0)
     return rollout, next_obs, next_start, state
+
+
+def _prepend_episodes(rollout: Rollout, prefixes: Prefixes | None) -> Rollout:
+    """``rollout`` with each carried episode's earlier steps in front of its first sequence, as inputs only.
+
+    The earlier steps are appended after the rollout's ``T * B`` rows (with zero actions,
+    log-probabilities, advantages and returns, all masked out of the losses) and their start
+    states after the stored chunk states.
+    """
+    if prefixes is None:
+        return rollout
+    seqs = rollout.sequences
+    sequence_of = {int(first): j for j, first in enumerate(seqs.index[0])}
+    rows = np.array([sequence_of[int(b)] for b in prefixes.envs])  # env b's first sequence starts at flat index b (t = 0)
+    first = rollout.obs.shape[0] + np.concatenate([[0], np.cumsum(prefixes.lengths)[:-1]])  # (n,)
+    chunk = rollout.chunk_states.h.shape[1] + np.arange(len(prefixes.envs))  # (n,)
+    extra = prefixes.obs.shape[0]
+    zeros = rollout.logprobs.new_zeros(extra)  # (P,)
+    return Rollout(
+        obs=torch.cat([rollout.obs, prefixes.obs]),
+        actions=torch.cat([rollout.actions, rollout.actions.new_zeros((extra, *rollout.actions.shape[1:]))]),
+        logprobs=torch.cat([rollout.logprobs, zeros]),
+        advantages=torch.cat([rollout.advantages, zeros]),
+        returns=torch.cat([rollout.returns, zeros]),
+        episode_start=torch.cat([rollout.episode_start, prefixes.episode_start]),
+        chunk_states=_cat_rows([rollout.chunk_states, prefixes.state]),
+        sequences=with_prefixes(seqs, rows, first, prefixes.lengths, chunk),
+    )
 
 
 def evaluate_sequences(model: ActorCritic, rollout: Rollout, seqs: PaddedSequences) -> tuple[Tensor, Tensor, Tensor, Tensor]:

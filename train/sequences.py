@@ -51,3 +51,28 @@ def split_sequences(episode_start: np.ndarray, seq_len: int) -> PaddedSequences:
     index = t * envs + env  # (L, S) time-major
     chunk = (t[0] // seq_len) * envs + env[0]  # (S,)
     return PaddedSequences(index=index, mask=mask, lengths=lengths, chunk=chunk)
+
+
+def with_prefixes(
+    seqs: PaddedSequences, rows: np.ndarray, first: np.ndarray, lengths: np.ndarray, chunk: np.ndarray
+) -> PaddedSequences:
+    """``seqs`` with sequence ``rows[j]`` preceded by ``lengths[j]`` earlier steps at flat indices ``first[j] ...``.
+
+    The earlier steps (an episode's steps from past rollouts) are inputs only: masked out of the
+    losses, they carry the recurrent pass, and the gradient, back to where they begin; the
+    sequence then starts from stored state ``chunk[j]`` instead of its own.
+    """
+    count = seqs.lengths.shape[0]
+    extra = np.zeros(count, dtype=np.int64)  # (S,) steps put in front of each sequence
+    extra[rows] = lengths
+    start = np.zeros(count, dtype=np.int64)
+    start[rows] = first
+    total = seqs.lengths + extra  # (S,)
+    offsets = np.arange(int(total.max()))[:, None]  # (L, 1)
+    own = offsets - extra[None, :]  # (L, S) position within the sequence's own steps; < 0 in front of them
+    index = seqs.index[np.clip(own, 0, seqs.lengths[None, :] - 1), np.arange(count)[None, :]]  # (L, S)
+    index = np.where(own < 0, start[None, :] + offsets, index)
+    mask = (own >= 0) & (own < seqs.lengths[None, :])
+    starts_from = seqs.chunk.copy()
+    starts_from[rows] = chunk
+    return PaddedSequences(index=index, mask=mask, lengths=total, chunk=starts_from)
