@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from default_runs_bench import run_seed  # noqa: E402
 from machine import cpu_ticks, loadavg, steal_pct  # noqa: E402
+from multi_discrete_bench import EVAL_SEED, random_policy_return  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASKS = [
@@ -40,25 +41,6 @@ CONFIGS: dict[str, list[str]] = {
     "previous defaults (8 x 64, 16-step BPTT, no entropy bonus)": ["--rollout-steps", "64", "--seq-len", "16", "--ent-coef", "0"],
     "defaults without the entropy bonus": ["--ent-coef", "0"],
 }
-
-
-def random_return(env_id: str, episodes: int, seed: int = 10_000) -> float:
-    """Mean return of uniformly random actions over ``episodes`` episodes seeded like ``rnnpolicy eval``'s."""
-    from rnnpolicy.envs import make_env
-
-    env = make_env(env_id)
-    env.action_space.seed(seed)
-    totals = []
-    for episode in range(episodes):
-        env.reset(seed=seed + episode)
-        total, done = 0.0, False
-        while not done:
-            _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
-            total += float(reward)
-            done = terminated or truncated
-        totals.append(total)
-    env.close()
-    return statistics.fmean(totals)
 
 
 def score(results: dict[str, dict]) -> dict[str, float | None]:
@@ -102,7 +84,8 @@ def main() -> None:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
-            results[task] = {"random_return": round(random_return(task, args.episodes), 4), "configs": {}}
+            floor = random_policy_return(task, args.episodes, action_seed=EVAL_SEED)
+            results[task] = {"random_return": round(floor, 4), "configs": {}}
             for name in args.configs:
                 run_args = argparse.Namespace(algo="ppo", env=task, timeout=args.timeout, episodes=args.episodes, metric="return",
                                               extra=["--total-steps", str(args.total_steps), *CONFIGS[name]])

@@ -27,12 +27,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 EVAL_SEED = 10_000  # rnnpolicy eval's default: episode i is reset with seed EVAL_SEED + i
 
 
-def random_policy_return(env_id: str, episodes: int) -> float:
-    """Mean return of uniformly random actions over the evaluation's episode seeds."""
+def random_policy_return(env_id: str, episodes: int, action_seed: int = 0) -> float:
+    """Mean return of uniformly random actions (drawn from ``action_seed``) over the evaluation's episode seeds."""
     from rnnpolicy.envs import make_env
 
     env = make_env(env_id)
-    env.action_space.seed(0)
+    env.action_space.seed(action_seed)
     returns = []
     for i in range(episodes):
         env.reset(seed=EVAL_SEED + i)

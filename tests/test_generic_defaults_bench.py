@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from generic_defaults_bench import random_return, score  # noqa: E402
+from generic_defaults_bench import score  # noqa: E402
 
 
 def _config(*runs):
@@ -31,8 +31,3 @@ def test_a_failed_run_leaves_its_configuration_unscored_on_that_task():
     results = {"a": {"random_return": 0.0, "configs": {"x": failed, "y": _config((2.0, 2.0))}}}
     assert score(results) == {"x": None, "y": 1.0}
     assert results["a"]["configs"]["x"]["mean_final_return"] is None
-
-
-def test_the_random_policy_floor_is_measured_on_the_task():
-    # CartPole pays 1 per step and a random policy falls within about 10-40 steps.
-    assert 10 <= random_return("CartPole-v1", episodes=20) <= 40
