@@ -25,6 +25,7 @@ from rnnpolicy.train.config import TrainConfig
 from rnnpolicy.train import distributed
 from rnnpolicy.train.distributed import DataParallel
 from rnnpolicy.train.envs import action_spec, image_spec, make_vector_env, observation_encoding
+from rnnpolicy.train.episode_carry import EpisodeCarry, Prefixes
 from rnnpolicy.train.models import (
     ActorCritic,
     RecurrentState,
@@ -36,7 +37,6 @@ from rnnpolicy.train.models import (
 from rnnpolicy.train.normalize import RunningMeanStd
 from rnnpolicy.train.periodic_eval import TrainingEvaluator
 from rnnpolicy.train.runlog import EpisodeTracker, RunLog
-from rnnpolicy.train.episode_carry import EpisodeCarry, Prefixes
 from rnnpolicy.train.sequences import PaddedSequences, split_sequences, with_prefixes
 
 
