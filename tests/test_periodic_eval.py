@@ -22,7 +22,7 @@ def test_best_score_keeps_the_highest_and_a_later_tie_wins():
     assert not best.offer(400, math.nan) and best.step == 300
 
 
-def test_schedule_is_due_every_n_steps_whatever_the_time_taken_by_default():
+def test_schedule_without_a_cap_is_due_every_n_steps_whatever_the_time_taken():
     schedule = EvalSchedule(every=1000)
     assert not schedule.due(999, elapsed_s=1.0, spent_s=0.0, last_cost_s=0.0)
     assert schedule.due(1000, elapsed_s=1.0, spent_s=50.0, last_cost_s=50.0)
@@ -160,7 +160,7 @@ def test_resolve_fills_the_evaluation_options():
     from rnnpolicy.train.api import resolve
 
     plain, _ = resolve(TrainConfig(algo="ppo", env="CartPole-v1", out="x", total_steps=40_000))
-    assert (plain.eval_every, plain.eval_episodes, plain.eval_max_share, plain.target_return) == (2_000, 10, None, None)
+    assert (plain.eval_every, plain.eval_episodes, plain.eval_max_share, plain.target_return) == (2_000, 10, 0.1, None)
     entry, _ = resolve(TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out="x"))
     assert (entry.eval_every, entry.eval_episodes, entry.target_return) == (8192, 32, 1.0)
     mine, _ = resolve(TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out="x", eval_every=100, target_return=0.5))

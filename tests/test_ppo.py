@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -209,11 +210,12 @@ def _learn(tmp_path, env, seed=3, total_steps=512, evaluation=None, **algo):
     return spec, model, run.rows
 
 
-def test_evaluations_are_due_by_steps_alone_however_long_they_take(tmp_path):
-    # _learn's evaluations each seem to take 1000 s and training none: a wall-time share would hold them back.
-    _, _, rows = _learn(tmp_path, "rnnpolicy/TMaze-v0", evaluation=dict(eval_every=128, eval_episodes=2))
-    assert [r["step"] for r in rows] == [128, 256, 384, 512]
-    assert not any(np.isnan(r["eval_return"]) for r in rows)
+@pytest.mark.parametrize("share, evaluated", [(math.inf, [128, 256, 384, 512]), (None, [128, 512])])
+def test_the_wall_time_cap_holds_slow_evaluations_back_unless_it_is_inf(tmp_path, share, evaluated):
+    # _learn's evaluations each seem to take 1000 s and training none: the default cap (0.1) lets the first and
+    # the final one run; with inf every one due runs.
+    _, _, rows = _learn(tmp_path, "rnnpolicy/TMaze-v0", evaluation=dict(eval_every=128, eval_episodes=2, eval_max_share=share))
+    assert [r["step"] for r in rows if not np.isnan(r["eval_return"])] == evaluated
 
 
 def test_learn_smoke_discrete(tmp_path):

@@ -34,7 +34,7 @@ from rnnpolicy.train.runlog import RunLog
 
 ALGORITHMS: dict[str, str] = {"ppo": "rnnpolicy.train.ppo", "drqn": "rnnpolicy.train.drqn"}
 # TrainConfig fields left unset (None) by the user and by the environment's entry.
-FALLBACK_DEFAULTS: dict[str, Any] = {"total_steps": 100_000, "hidden_size": 64, "eval_episodes": 10}
+FALLBACK_DEFAULTS: dict[str, Any] = {"total_steps": 100_000, "hidden_size": 64, "eval_episodes": 10, "eval_max_share": 0.1}
 EVALUATIONS_PER_RUN = 20
 """Without an entry, a run evaluates every total_steps / EVALUATIONS_PER_RUN steps."""
 

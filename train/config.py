@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,7 +50,7 @@ class TrainConfig:
     eval_seed: int = 1_000_000
     """Seed of the first evaluation episode during training (apart from `rnnpolicy eval`'s default 10000, so that eval stays a held-out check)."""
     eval_max_share: float | None = None
-    """Cap evaluations at this share of the wall time: one due sooner waits, the final one always runs (default: no cap, so which steps are evaluated, and so the run, depend on the seed alone; with a cap they depend on timing)."""
+    """Largest share of the wall time evaluations may take: an evaluation due sooner waits, the final one always runs (default: the environment's entry, else 0.1; inf: no cap, so the steps evaluated, and so the run, depend on the seed alone, not on timing)."""
     target_return: float | None = None
     """Stop once an evaluation's mean return reaches this (default: the environment's entry, else none; inf disables an entry's)."""
 
@@ -66,8 +67,8 @@ class TrainConfig:
             raise ValueError(f"eval_every must be >= 0 (0: no evaluation), got {self.eval_every}")
         if self.eval_episodes is not None and self.eval_episodes < 1:
             raise ValueError(f"eval_episodes must be >= 1, got {self.eval_episodes}")
-        if self.eval_max_share is not None and not 0.0 < self.eval_max_share <= 1.0:
-            raise ValueError(f"eval_max_share must lie in (0, 1], got {self.eval_max_share}")
+        if self.eval_max_share is not None and not (0.0 < self.eval_max_share <= 1.0 or self.eval_max_share == math.inf):
+            raise ValueError(f"eval_max_share must lie in (0, 1] or be inf (no cap), got {self.eval_max_share}")
         if self.target_return is not None and self.eval_every == 0:
             raise ValueError(f"target_return={self.target_return} needs evaluation, got eval_every=0")
         self.wrapper = tuple(self.wrapper)

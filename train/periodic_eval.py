@@ -2,10 +2,10 @@
 
 Every ``eval_every`` environment steps the trainer's policy plays ``eval_episodes`` deterministic
 episodes on environments of its own (seeds from ``eval_seed``, apart from the training seeds and
-from ``rnnpolicy eval``'s), so a run evaluates the same steps, and ends the same way, every time.
-With ``eval_max_share`` set, an evaluation that would take the evaluations past that share of the
-run's wall time waits until training has run long enough (the steps evaluated then depend on
-timing); the final one always runs.
+from ``rnnpolicy eval``'s). An evaluation that would take the evaluations past ``eval_max_share``
+of the run's wall time waits until training has run long enough, so which steps are evaluated
+can depend on the machine's speed; with ``eval_max_share`` inf (or unset) they depend on the seed
+alone and a run repeats exactly. The final one always runs.
 ``checkpoint.pt`` is rewritten whenever an evaluation matches or beats the best so far (a later
 policy wins a tie), ``last.pt`` holds the final policy; a run without evaluation writes the final
 policy to both.
@@ -55,10 +55,10 @@ class BestScore:
 
 @dataclass
 class EvalSchedule:
-    """Due every ``every`` steps, unless the evaluations' time would pass ``max_share`` (when set) of the wall time."""
+    """Due every ``every`` steps, unless the evaluations' time would pass ``max_share`` of the wall time (inf: never)."""
 
     every: int
-    max_share: float | None = None
+    max_share: float = math.inf
     next_step: int = 0
 
     def __post_init__(self) -> None:
@@ -68,7 +68,7 @@ class EvalSchedule:
         """Whether to evaluate at ``step``: ``spent_s`` evaluating so far, ``last_cost_s`` the last one's cost."""
         if self.every <= 0 or step < self.next_step:
             return False
-        return self.max_share is None or spent_s + last_cost_s <= self.max_share * elapsed_s
+        return self.max_share == math.inf or spent_s + last_cost_s <= self.max_share * elapsed_s
 
     def done(self, step: int) -> None:
         """An evaluation ran at ``step``: the next is due ``every`` steps later."""
@@ -97,7 +97,7 @@ class TrainingEvaluator:
         self._clock = clock
         self._evaluate = evaluate
         self._start = clock()
-        self.schedule = EvalSchedule(config.eval_every or 0, config.eval_max_share)
+        self.schedule = EvalSchedule(config.eval_every or 0, math.inf if config.eval_max_share is None else config.eval_max_share)
         self.best = BestScore()
         self.eval_time = 0.0
         self._last_cost = 0.0

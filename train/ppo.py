@@ -10,6 +10,7 @@ to equal length and runs them through the recurrent core in one fused call per m
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -141,15 +142,15 @@ _MEMORY_TASK: dict[str, Any] = dict(
 # Per-environment defaults that solve the built-in tasks (keys may name TrainConfig fields).
 ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     # PPO's policy swings on this task: a seed evaluating 420 at 65k steps fell to 290 by 90k. So a run
-    # evaluates 10 episodes every 5k steps (about 0.3 s each at full speed, side by side) and stops at
-    # the first perfect evaluation, leaving that policy in both checkpoint.pt and last.pt. 32
+    # evaluates 10 episodes every 5k steps (about 0.3 s each at full speed, side by side; no wall-time
+    # cap, so a seed stops at the same step every run) and stops at the first perfect evaluation, leaving that policy in both checkpoint.pt and last.pt. 32
     # environments x 16 steps, one minibatch of all 32 sequences per epoch: the same 512 steps per
     # update as 16 x 32, at ~1.2x the steps/s (the recurrent calls are half as long); seeds 1-5 solved
     # it in a median 28 s (16 x 32 and 20 episodes: 39 s); benchmarks/results/ppo_cartpole_candidate_*.md.
     "rnnpolicy/CartPoleNoVel-v0": dict(
         _BUILTIN, total_steps=200_000, hidden_size=64, num_envs=32, rollout_steps=16, seq_len=16, num_minibatches=1,
         update_epochs=8, learning_rate=2e-3, gamma=0.98, gae_lambda=0.8, reward_scale=0.1,
-        eval_every=5_000, eval_episodes=10, target_return=500.0,
+        eval_every=5_000, eval_episodes=10, eval_max_share=math.inf, target_return=500.0,
     ),
     # 16 environments (2048 steps per update, same 4 minibatches) for 500k steps: about as many gradient
     # steps as 8 environments for 300k, on twice the data each, at ~1.5x the steps/s. Seeds 1-5 evaluate
