@@ -148,7 +148,7 @@ def test_a_trained_factored_policy_evaluates_through_its_env(tmp_path):
 
 @pytest.mark.slow
 def test_ppo_learns_to_recall_a_pair_of_cues(tmp_path):
-    config = TrainConfig(algo="ppo", env="fake_envs:FakeRecallPair-v0", out=str(tmp_path), total_steps=30_000,
+    config = TrainConfig(algo="ppo", env="fake_envs:FakeRecallPair-v0", out=str(tmp_path), total_steps=60_000,
                          hidden_size=32, progress=False)
     path = train(config, dict(num_envs=8, rollout_steps=32, seq_len=32, num_minibatches=2, update_epochs=4,
                               learning_rate=3e-3))
