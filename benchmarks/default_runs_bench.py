@@ -18,7 +18,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import shlex
 import statistics
 import subprocess
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_ticks, loadavg, steal_pct  # noqa: E402
+from machine import RunConditions, describe  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -94,7 +93,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    load_before, ticks = loadavg(), cpu_ticks()
+    conditions = RunConditions()
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
@@ -121,10 +120,7 @@ def main() -> None:
         "median_wall_s": statistics.median(r["wall_s"] for r in runs) if runs else None,
         "median_steps_per_s": statistics.median(r["steps_per_s"] for r in ok) if ok else None,
         "random_baseline_return": args.random_baseline,
-        "load_average_before": load_before,
-        "load_average_after": loadavg(),
-        "steal_pct": steal_pct(ticks, cpu_ticks()),
-        "cores": os.cpu_count(),
+        **conditions.finish(),
         "torch": torch.__version__,
         "runs": runs,
     }
@@ -137,8 +133,7 @@ def main() -> None:
         "",
         f"Command: `{command}`  ",
         f"Each seed: `{summary['train_command']}`; then {args.episodes} evaluation episodes of checkpoint.pt (best) and last.pt (final).  ",
-        f"Load average before/after {load_before} / {summary['load_average_after']}, steal {summary['steal_pct']}%, "
-        f"{os.cpu_count()} cores shared with other work.",
+        describe(summary),
         "",
         f"| seed | steps | stopped early | wall s | steps/s | best {metric} | final {metric} | best return | final return |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from default_runs_bench import run_seed  # noqa: E402
-from machine import cpu_ticks, loadavg, steal_pct  # noqa: E402
+from machine import RunConditions, describe  # noqa: E402
 from multi_discrete_bench import EVAL_SEED, random_policy_return  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -80,7 +79,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    load_before, ticks = loadavg(), cpu_ticks()
+    conditions = RunConditions()
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
@@ -101,10 +100,7 @@ def main() -> None:
         "seeds": args.seeds,
         "episodes": args.episodes,
         "mean_final_score": scores,
-        "load_average_before": load_before,
-        "load_average_after": loadavg(),
-        "steal_pct": steal_pct(ticks, cpu_ticks()),
-        "cores": os.cpu_count(),
+        **conditions.finish(),
         "torch": torch.__version__,
         "tasks": results,
     }
@@ -118,8 +114,7 @@ def main() -> None:
         f"Each run: `rnnpolicy train --algo ppo --env TASK --seed S --total-steps {args.total_steps} --out DIR [OPTIONS]`, "
         f"seeds {', '.join(map(str, args.seeds))}; best (checkpoint.pt) and final (last.pt) policy each evaluated on "
         f"{args.episodes} held-out episodes; returns are means over seeds.  ",
-        f"Load average before/after {load_before} / {summary['load_average_after']}, steal {summary['steal_pct']}%, "
-        f"{os.cpu_count()} cores shared with other work.",
+        describe(summary),
         "",
         "| task | random policy | configuration | best return | final return | final score | median steps/s |",
         "|---|---|---|---|---|---|---|",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["cpu_ticks", "loadavg", "steal_pct"]
+__all__ = ["RunConditions", "cpu_ticks", "describe", "loadavg", "steal_pct"]
 
 
 def cpu_ticks() -> tuple[int, int]:
@@ -26,3 +26,22 @@ def steal_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
 def loadavg() -> list[float]:
     """The 1, 5 and 15 minute load averages (other work on the machine skews the latencies)."""
     return [round(x, 2) for x in os.getloadavg()]
+
+
+class RunConditions:
+    """The machine's load and steal over one benchmark run: make it before the run, :meth:`finish` after."""
+
+    def __init__(self) -> None:
+        self.load_before = loadavg()
+        self._ticks = cpu_ticks()
+
+    def finish(self) -> dict:
+        """``load_average_before``, ``load_average_after``, ``steal_pct`` and ``cores``, for the results file."""
+        return {"load_average_before": self.load_before, "load_average_after": loadavg(),
+                "steal_pct": steal_pct(self._ticks, cpu_ticks()), "cores": os.cpu_count()}
+
+
+def describe(conditions: dict) -> str:
+    """One sentence for a results page from :meth:`RunConditions.finish`'s fields."""
+    return (f"Load average before/after {conditions['load_average_before']} / {conditions['load_average_after']}, "
+            f"steal {conditions['steal_pct']}%, {conditions['cores']} cores shared with other work.")

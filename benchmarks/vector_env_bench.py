@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_ticks, loadavg, steal_pct  # noqa: E402
+from machine import RunConditions, describe  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ENV = "rnnpolicy/SlowCartPoleNoVel-v0"
@@ -60,14 +60,13 @@ def main() -> None:
     parser.add_argument("--total-steps", type=int, default=8192)
     parser.add_argument("--num-envs", type=int, nargs="+", default=[2, 16])
     args = parser.parse_args()
-    load_before, ticks = loadavg(), cpu_ticks()
+    conditions = RunConditions()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, prefix, options) in enumerate(configurations(args.num_envs)):
             results.append({"name": name, **run(prefix, options, args.total_steps, Path(tmp) / str(i))})
             print(json.dumps(results[-1]), flush=True)
-    summary = {"env": ENV, "total_steps": args.total_steps, "load_average_before": load_before, "load_average_after": loadavg(),
-               "steal_pct": steal_pct(ticks, cpu_ticks()), "cores": os.cpu_count(), "runs": results}
+    summary = {"env": ENV, "total_steps": args.total_steps, **conditions.finish(), "runs": results}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "vector_env.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [
@@ -75,8 +74,7 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/vector_env_bench.py --total-steps {args.total_steps} --num-envs {' '.join(map(str, args.num_envs))}`  ",
         f"Recurrent PPO, the environment's defaults apart from --num-envs, evaluation off, {args.total_steps} steps each, "
-        f"run one after another. Load average before/after {load_before} / {summary['load_average_after']}, "
-        f"steal {summary['steal_pct']}%, {os.cpu_count()} cores shared with other work.",
+        f"run one after another. {describe(summary)}",
         "",
         "| configuration | training steps/s | wall s (command) |",
         "|---|---|---|",

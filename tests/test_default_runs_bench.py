@@ -12,3 +12,14 @@ from default_runs_bench import success_rate  # noqa: E402
 def test_the_environments_success_rate_is_kept_and_a_missing_one_is_the_share_of_positive_returns():
     assert success_rate(EvalResult(4, 0.5, 0.1, 0.25, [0.9, 0.0, 0.0, 0.0])) == (0.25, False)
     assert success_rate(EvalResult(4, 0.5, 0.1, None, [0.9, 0.0, 0.8, -0.1])) == (0.5, True)
+
+
+def test_run_conditions_record_the_load_and_describe_it_in_one_sentence():
+    from machine import RunConditions, describe
+
+    conditions = RunConditions().finish()
+    assert set(conditions) == {"load_average_before", "load_average_after", "steal_pct", "cores"}
+    assert len(conditions["load_average_after"]) == 3 and conditions["steal_pct"] >= 0.0
+    sentence = describe(conditions)
+    assert sentence.startswith("Load average before/after ") and sentence.endswith(" cores shared with other work.")
+    assert f"steal {conditions['steal_pct']}%" in sentence
