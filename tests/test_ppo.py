@@ -151,6 +151,7 @@ def test_episode_carry_keeps_the_unfinished_episode_up_to_its_cap():
     first = carry.prefixes()
     np.testing.assert_array_equal(first.envs, [0, 1])
     np.testing.assert_array_equal(first.lengths, [4, 2])
+    np.testing.assert_array_equal(first.offsets, [0, 4])
     assert first.obs.flatten().tolist() == [0, 2, 4, 6, 5, 7]
     assert first.episode_start.tolist() == [1, 0, 0, 0, 1, 0]  # both replays begin at their episode's first step
     carry.extend(obs + 100, np.zeros((4, 2), dtype=bool), [state(10 + t) for t in range(4)], next_start=np.array([False, True]))

@@ -24,6 +24,7 @@ class Prefixes:
 
     envs: np.ndarray  # (n,) environment of each prefix
     lengths: np.ndarray  # (n,) steps of each
+    offsets: np.ndarray  # (n,) the row of obs where each begins
     obs: Tensor  # (P, F)
     episode_start: Tensor  # (P,) 1 on a prefix's first step when it is its episode's first step
     state: RecurrentState  # (layers, n, H): the state each prefix's first step began from
@@ -49,11 +50,11 @@ class EpisodeCarry:
         obs = [self._obs[b] for b in envs]
         lengths = np.array([len(rows) for rows in obs], dtype=np.int64)
         episode_start = torch.zeros(int(lengths.sum()), device=obs[0].device)
-        first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        episode_start[torch.as_tensor(first[[self._from_start[b] for b in envs]], dtype=torch.long)] = 1.0
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        episode_start[torch.as_tensor(offsets[[self._from_start[b] for b in envs]], dtype=torch.long)] = 1.0
         h = torch.stack([self._h[b][0] for b in envs], dim=1)  # (layers, n, H)
         c = None if self._c[envs[0]] is None else torch.stack([self._c[b][0] for b in envs], dim=1)
-        return Prefixes(envs, lengths, torch.cat(obs), episode_start, RecurrentState(h, c))
+        return Prefixes(envs, lengths, offsets, torch.cat(obs), episode_start, RecurrentState(h, c))
 
     def extend(self, obs: Tensor, episode_start: np.ndarray, states: list[RecurrentState], next_start: np.ndarray) -> None:
         """Take in a rollout: ``obs`` ``(T, B, F)``, ``episode_start`` ``(T, B)``, the state before each step

@@ -444,7 +444,7 @@ def _prepend_episodes(rollout: Rollout, prefixes: Prefixes | None) -> Rollout:
     seqs = rollout.sequences
     sequence_of = {int(first): j for j, first in enumerate(seqs.index[0])}
     rows = np.array([sequence_of[int(b)] for b in prefixes.envs])  # env b's first sequence starts at flat index b (t = 0)
-    first = rollout.obs.shape[0] + np.concatenate([[0], np.cumsum(prefixes.lengths)[:-1]])  # (n,)
+    first = rollout.obs.shape[0] + prefixes.offsets  # (n,) the prefixes go after the rollout's rows
     chunk = rollout.chunk_states.h.shape[1] + np.arange(len(prefixes.envs))  # (n,)
     extra = prefixes.obs.shape[0]
     zeros = rollout.logprobs.new_zeros(extra)  # (P,)
