@@ -38,6 +38,12 @@ def test_train_help_shows_the_algorithm_hyperparameters(capsys):
         (["train", "--algo", "drqn", "--env", "fake_envs:FakeText-v0", "--out", "{tmp}/x"], "cannot encode observation space Text"),
         (["train", "--algo", "drqn", "--env", "rnnpolicy/PendulumNoVel-v0", "--out", "{tmp}/x"], "drqn needs a discrete action space"),
         (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--total-steps", "0", "--out", "{tmp}/x"], "total_steps must be >= 1, got 0"),
+        (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--eval-max-share", "1.5", "--out", "{tmp}/x"],
+         "eval_max_share must lie in (0, 1] or be inf (no cap), got 1.5"),
+        (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--episode-bptt-max", "0", "--out", "{tmp}/x"],
+         "episode_bptt_max must be >= 1, got 0"),
+        (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--episode-bptt", "--seq-len", "16", "--out", "{tmp}/x"],
+         "episode_bptt replays whole episodes, so it needs seq_len 0 (whole rollouts), got seq_len=16"),
         (["eval", "{tmp}/missing.pt"], "missing.pt' does not exist"),
     ],
 )
