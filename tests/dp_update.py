@@ -16,6 +16,7 @@ import torch
 from rnnpolicy import ActionSpec, ObsEncoding, PolicySpec
 from rnnpolicy.train import distributed, ppo
 from rnnpolicy.train.models import ActorCritic, RecurrentState
+from rnnpolicy.train.optim import FusedAdam
 from rnnpolicy.train.sequences import split_sequences
 
 STEPS, ENVS, FEATURES, CHUNK, HIDDEN = 16, 4, 3, 8, 8
@@ -51,7 +52,7 @@ def updated_weights(dp: distributed.DataParallel) -> dict[str, torch.Tensor]:
     """The model after one update on this rank's share of the rollout."""
     torch.manual_seed(0)
     model = ActorCritic(SPEC)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, eps=1e-5, fused=True)  # as the trainer
+    optimizer = FusedAdam(model.parameters(), lr=1e-2, eps=1e-5)  # as the trainer
     share = ENVS // dp.world_size
     ppo._update(model, optimizer, rollout(list(range(dp.rank * share, (dp.rank + 1) * share))), ALGO, np.random.default_rng(0), dp)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}

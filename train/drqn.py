@@ -27,6 +27,7 @@ from rnnpolicy.train.api import resolve_device
 from rnnpolicy.train.config import TrainConfig
 from rnnpolicy.train.envs import action_spec, image_spec, make_vector_env, observation_encoding
 from rnnpolicy.train.models import QNetwork, RecurrentState, init_forget_bias, initial_state
+from rnnpolicy.train.optim import FusedAdam
 from rnnpolicy.train.replay import SequenceBatch, SequenceCollector, SequenceReplay
 from rnnpolicy.train.periodic_eval import TrainingEvaluator
 from rnnpolicy.train.runlog import EpisodeTracker, RunLog
@@ -228,7 +229,7 @@ def learn(config: TrainConfig, algo_config: Config, run: RunLog, evaluator: Trai
     init_forget_bias(online, cfg.forget_bias)
     online.to(device)
     target = copy.deepcopy(online).requires_grad_(False)
-    optimizer = torch.optim.Adam(online.parameters(), lr=cfg.learning_rate, fused=True)
+    optimizer = FusedAdam(online.parameters(), lr=cfg.learning_rate)
     rng = np.random.default_rng(config.seed)
 
     replay = SequenceReplay(
