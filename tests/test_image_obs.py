@@ -11,10 +11,10 @@ from gymnasium import spaces
 from rnnpolicy.encoding import ObsEncoding
 from rnnpolicy.export import export_checkpoint, graph_inputs, load_onnx_policy, zero_state
 from rnnpolicy.spec import ActionSpec, ImageSpec, PolicySpec
-from rnnpolicy.train.api import train
+from rnnpolicy.train.api import resolve, train
 from rnnpolicy.train.checkpoint import load_checkpoint, save_checkpoint
 from rnnpolicy.train.config import TrainConfig
-from rnnpolicy.train.envs import image_spec
+from rnnpolicy.train.envs import default_image_scale, image_spec
 from rnnpolicy.train.evaluate import evaluate
 from rnnpolicy.train.models import ImageEncoder, build_model, initial_state
 
@@ -27,7 +27,7 @@ class _Env:
 @pytest.mark.parametrize(
     "space, expected",
     [
-        (spaces.Box(0, 255, (7, 7, 3), np.uint8), ImageSpec("hwc", 7, 7, 3, 1 / 255)),  # MiniGrid's ImgObsWrapper
+        (spaces.Box(0, 255, (7, 7, 3), np.uint8), ImageSpec("hwc", 7, 7, 3, 1 / 255)),  # without a resolved scale
         (spaces.Box(0, 255, (84, 84, 4), np.uint8), ImageSpec("hwc", 84, 84, 4, 1 / 255)),
         (spaces.Box(0, 1, (3, 64, 48), np.float32), ImageSpec("chw", 64, 48, 3, 1.0)),
         (spaces.Box(0, 1, (5, 5, 5), np.float32), ImageSpec("hwc", 5, 5, 5, 1.0)),  # a tie: channels last
@@ -35,6 +35,58 @@ class _Env:
 )
 def test_image_layout_is_detected_from_the_smallest_axis(space, expected):
     assert image_spec(_Env(space)) == expected
+
+
+def test_a_given_scale_replaces_the_dtype_rule():
+    assert image_spec(_Env(spaces.Box(0, 255, (7, 7, 3), np.uint8)), 1.0) == ImageSpec("hwc", 7, 7, 3, 1.0)
+
+
+class _FirstObsEnv(_Env):
+    def __init__(self, space, first):
+        super().__init__(space)
+        self.first, self.seeds = first, []
+
+    def reset(self, *, seed=None):
+        self.seeds.append(seed)
+        return self.first, {}
+
+
+@pytest.mark.parametrize(
+    "space, peak, expected",
+    [
+        (spaces.Box(0, 255, (7, 7, 3), np.uint8), 10, 1.0),  # codes (MiniGrid's object, colour, state indices)
+        (spaces.Box(0, 255, (7, 7, 3), np.uint8), 31, 1.0),
+        (spaces.Box(0, 255, (7, 7, 3), np.uint8), 32, 1 / 255),  # intensities
+        (spaces.Box(0, 255, (84, 84, 4), np.uint8), 255, 1 / 255),
+        (spaces.Box(0, 1, (3, 8, 8), np.float32), 1, 1.0),
+        (spaces.Box(0, 255, (4,), np.uint8), 10, None),  # no image
+    ],
+)
+def test_default_image_scale_reads_codes_as_they_are_and_intensities_by_1_255(space, peak, expected):
+    first = np.zeros(space.shape, space.dtype)
+    first.flat[-1] = peak
+    env = _FirstObsEnv(space, first)
+    assert default_image_scale(env, seed=7) == expected
+    assert env.seeds == ([7] if expected is not None and space.dtype == np.uint8 else [])
+
+
+@pytest.mark.parametrize(
+    "env, wrappers, given, expected",
+    [
+        ("minigrid:MiniGrid-MemoryS11-v0", ("minigrid.wrappers:ImgObsWrapper",), None, 1.0),
+        ("fake_envs:FakeImageCue-v0", (), None, 1 / 255),
+        ("fake_envs:FakeImageCue-v0", (), 0.5, 0.5),
+        ("rnnpolicy/TMaze-v0", (), None, None),
+    ],
+)
+def test_training_resolves_the_image_scale_from_the_first_observation_unless_given(tmp_path, env, wrappers, given, expected):
+    config, _ = resolve(TrainConfig(algo="ppo", env=env, out=str(tmp_path), wrapper=wrappers, image_scale=given))
+    assert config.image_scale == expected
+
+
+def test_bad_image_scale_is_named():
+    with pytest.raises(ValueError, match="image_scale must be a finite number > 0, got 0.0"):
+        TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out="x", image_scale=0.0)
 
 
 def test_only_rank_3_boxes_are_images():
@@ -108,6 +160,8 @@ def test_training_on_images_uses_the_cnn_by_default_and_flattening_on_request(tm
     cnn = load_checkpoint(_train(tmp_path / "cnn", total_steps=256))
     assert cnn.spec.image == ImageSpec("hwc", 7, 7, 3, 1 / 255) and cnn.spec.format_version == 2
     assert isinstance(cnn.build().actor_encoder, ImageEncoder)
+    given = load_checkpoint(_train(tmp_path / "given", total_steps=256, image_scale=0.5))
+    assert given.spec.image == ImageSpec("hwc", 7, 7, 3, 0.5)
     flat = load_checkpoint(_train(tmp_path / "flat", total_steps=256, image_encoder="flatten"))
     assert flat.spec.image is None and flat.spec.format_version == 1
     assert not isinstance(flat.build().actor_encoder, ImageEncoder)

@@ -28,7 +28,7 @@ import torch
 from rnnpolicy.envs import make_env
 from rnnpolicy.train import distributed
 from rnnpolicy.train.config import TrainConfig
-from rnnpolicy.train.envs import action_spec, observation_encoding
+from rnnpolicy.train.envs import action_spec, default_image_scale, observation_encoding
 from rnnpolicy.train.periodic_eval import TrainingEvaluator
 from rnnpolicy.train.runlog import RunLog
 
@@ -57,13 +57,15 @@ def resolve(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -
     Precedence: what the user gave, then ``ENV_DEFAULTS[env]``, then the dataclasses' own defaults.
     """
     module = algorithm(config.algo)
-    _check_env(config.env, config.algo, config.wrapper)
+    image_scale = _check_env(config.env, config.algo, config.wrapper, config.seed)
     defaults = env_defaults(config.algo, config.env)
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     filled = {key: defaults[key] for key in train_fields & defaults.keys() if getattr(config, key) is None}
     if config.eval_every == 0:  # evaluation switched off: an entry's target cannot be checked
         filled.pop("target_return", None)
     filled.update({key: value for key, value in FALLBACK_DEFAULTS.items() if getattr(config, key) is None and key not in filled})
+    if config.image_scale is None and config.image_encoder == "cnn":
+        filled["image_scale"] = image_scale
     config = dataclasses.replace(config, **filled)
     if config.eval_every is None:
         assert config.total_steps is not None
@@ -73,8 +75,11 @@ def resolve(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -
     return config, module.Config(**algo_values)
 
 
-def _check_env(env_id: str, algo: str, wrappers: tuple[str, ...] = ()) -> None:
-    """Fail before training starts on an environment that cannot be made, wrapped, encoded or acted in (by ``algo``)."""
+def _check_env(env_id: str, algo: str, wrappers: tuple[str, ...], seed: int) -> float | None:
+    """Fail before training starts on an environment that cannot be made, wrapped, encoded or acted in (by ``algo``).
+
+    Returns its default image scale (:func:`~rnnpolicy.train.envs.default_image_scale`; None: no image).
+    """
     env = make_env(env_id, wrappers)
     try:
         observation_encoding(env)
@@ -84,6 +89,7 @@ def _check_env(env_id: str, algo: str, wrappers: tuple[str, ...] = ()) -> None:
                 f"drqn needs a discrete action space, got {env.action_space} from {env_id}; "
                 f"train this environment with --algo ppo"
             )
+        return default_image_scale(env, seed)
     finally:
         env.close()
 

@@ -51,7 +51,9 @@ def run_train(args: argparse.Namespace) -> int:
         )
         print(
             f"training {resolved.algo} on {resolved.env}: {resolved.total_steps} steps, "
-            f"{resolved.cell_kind} {resolved.num_layers}x{resolved.hidden_size}, seed {resolved.seed}; {evaluation}",
+            f"{resolved.cell_kind} {resolved.num_layers}x{resolved.hidden_size}, seed {resolved.seed}"
+            + (f", images scaled by {resolved.image_scale:.6g}" if resolved.image_scale is not None else "")
+            + f"; {evaluation}",
             file=sys.stderr,
         )
         print(f"{resolved.algo} hyperparameters: {dataclasses.asdict(algo_config)}", file=sys.stderr)

@@ -33,6 +33,8 @@ class TrainConfig:
     """Replace the recurrence by a feed-forward layer (the memory ablation)."""
     image_encoder: Literal["cnn", "flatten"] = "cnn"
     """How a rank-3 Box (image) observation is read: convolutions (cnn) or flattened into the MLP encoder."""
+    image_scale: float | None = None
+    """Multiply an image observation by this before the convolutions (default: 1/255 for a uint8 image whose first observation reaches 32, 1 for a uint8 image whose values stay below, codes rather than intensities such as MiniGrid's object, colour and state indices, and 1 for other dtypes)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train: auto picks cuda when available, else cpu."""
     threads: int = 1
@@ -61,6 +63,8 @@ class TrainConfig:
             raise ValueError(f"hidden_size must be >= 1, got {self.hidden_size}")
         if self.num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+        if self.image_scale is not None and not (0.0 < self.image_scale < math.inf):
+            raise ValueError(f"image_scale must be a finite number > 0, got {self.image_scale}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.eval_every is not None and self.eval_every < 0:

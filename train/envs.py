@@ -72,17 +72,41 @@ def action_spec(env: gym.Env | gym.vector.VectorEnv) -> ActionSpec:
     raise ValueError(f"cannot act in action space {space}: expected Discrete, MultiDiscrete, MultiBinary or Box")
 
 
-def image_spec(env: gym.Env | gym.vector.VectorEnv) -> ImageSpec | None:
+CODED_IMAGE_LIMIT = 32
+"""A uint8 image whose first observation stays below this holds codes (MiniGrid's object, colour and
+state indices run 0-10), not intensities, and is read unscaled by default."""
+
+
+def image_spec(env: gym.Env | gym.vector.VectorEnv, scale: float | None = None) -> ImageSpec | None:
     """How the convolutional encoder reads the observation, or None when it is not one rank-3 ``Box``.
 
     The channel axis is the smallest of the three, first or last (as Stable-Baselines3 decides it;
-    a tie goes to channels-last, the more common layout); a uint8 image is scaled by 1/255.
+    a tie goes to channels-last, the more common layout). The image is multiplied by ``scale``
+    (default: 1/255 for uint8, else 1; training resolves it with :func:`default_image_scale`).
     """
     space = getattr(env, "single_observation_space", env.observation_space)
     if not isinstance(space, spaces.Box) or len(space.shape) != 3:
         return None
     shape = tuple(int(d) for d in space.shape)
-    scale = 1.0 / 255.0 if space.dtype == np.uint8 else 1.0
+    if scale is None:
+        scale = 1.0 / 255.0 if space.dtype == np.uint8 else 1.0
     if shape[2] <= shape[0]:
         return ImageSpec("hwc", height=shape[0], width=shape[1], channels=shape[2], scale=scale)
     return ImageSpec("chw", height=shape[1], width=shape[2], channels=shape[0], scale=scale)
+
+
+def default_image_scale(env: gym.Env, seed: int) -> float | None:
+    """The image scale a run uses unless told otherwise; None when the observation is no image.
+
+    A uint8 image whose first observation (after ``reset(seed=seed)``) reaches
+    :data:`CODED_IMAGE_LIMIT` holds intensities and is scaled by 1/255, as other RL libraries do;
+    one whose values all stay below holds codes and is read as it is, since 1/255 would shrink
+    MiniGrid's 0-10 to under 0.04 and stall the convolutions' learning. Other dtypes: 1.
+    """
+    space = env.observation_space
+    if not isinstance(space, spaces.Box) or len(space.shape) != 3:
+        return None
+    if space.dtype != np.uint8:
+        return 1.0
+    obs, _ = env.reset(seed=seed)
+    return 1.0 / 255.0 if int(np.max(obs)) >= CODED_IMAGE_LIMIT else 1.0
