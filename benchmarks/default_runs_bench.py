@@ -47,7 +47,8 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict:
         return {"seed": seed, "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}",
                 "wall_s": round(wall, 1)}
     rows = list(csv.DictReader((out / "metrics.csv").open()))
-    evaluated = [float(r["eval_return"]) for r in rows if not math.isnan(float(r["eval_return"]))]
+    curve = [[int(float(r["step"])), round(float(r["eval_return"]), 4)] for r in rows if not math.isnan(float(r["eval_return"]))]
+    evaluated = [value for _, value in curve]
     result = {
         "seed": seed,
         "wall_s": round(wall, 1),
@@ -58,6 +59,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> dict:
         "eval_time_s": round(float(rows[-1]["eval_time"]), 1),
         "steps_per_s": round(float(rows[-1]["steps_per_s"])),
         "best_eval_return_in_training": max(evaluated) if evaluated else None,
+        "eval_curve": curve,  # [step, evaluation return during training]
     }
     for name, key in (("checkpoint.pt", "best"), ("last.pt", "final")):
         evaluation = evaluate(out / name, episodes=args.episodes)

@@ -102,13 +102,32 @@ def test_learn_smoke_run_logs_metrics_and_returns_a_q_network(tmp_path, cell):
 
 
 def test_learn_is_deterministic_given_the_seed(tmp_path):
-    runs = [_learn(tmp_path / str(i), seed=3, double_q=i < 2, tau=0.5) for i in range(3)]
+    # A constant learning rate: annealed, online and target network pick the same bootstrap actions in these
+    # 800 steps, so double_q would change nothing to compare against.
+    runs = [_learn(tmp_path / str(i), seed=3, double_q=i < 2, tau=0.5, anneal_lr=False) for i in range(3)]
     timing = ("wall_time", "steps_per_s")
     metrics = [[{k: v for k, v in row.items() if k not in timing} for row in rows] for _, _, rows in runs]
     assert metrics[0] == metrics[1]
     for a, b in zip(runs[0][1].state_dict().values(), runs[1][1].state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert metrics[0] != metrics[2]  # double_q changes the updates
+
+
+@pytest.mark.parametrize("anneal_lr", [True, False])
+def test_the_learning_rate_decays_linearly_to_zero_over_the_run_unless_switched_off(tmp_path, monkeypatch, anneal_lr):
+    rates: list[float] = []
+
+    class RecordingAdam(drqn.FusedAdam):
+        def step(self) -> None:
+            rates.append(self.lr)
+            super().step()
+
+    monkeypatch.setattr(drqn, "FusedAdam", RecordingAdam)
+    _learn(tmp_path, anneal_lr=anneal_lr, learning_rate=1e-3)
+    # TINY: 4 environments, learning from step 200 of 800: one gradient step per 4 environment steps.
+    steps = range(200, 801, 4)
+    expected = [1e-3 * (1 - s / 800) if anneal_lr else 1e-3 for s in steps]
+    assert rates == pytest.approx(expected)
 
 
 def test_learn_rejects_a_continuous_action_space(tmp_path):

@@ -55,6 +55,8 @@ class Config:
     """Sequences per gradient step."""
     learning_rate: float = 1e-3
     """Adam learning rate."""
+    anneal_lr: bool = True
+    """Decay the learning rate linearly to 0 over total_steps, so that late updates stop flipping the greedy action where the Q-values of the actions lie close."""
     gamma: float = 0.99
     """Discount factor."""
     n_step: int = 3
@@ -271,6 +273,8 @@ def learn(config: TrainConfig, algo_config: Config, run: RunLog, evaluator: Trai
         iteration += 1
 
         if step >= cfg.learning_starts and len(replay) >= cfg.batch_size and iteration % cfg.train_every == 0:
+            if cfg.anneal_lr:
+                optimizer.lr = cfg.learning_rate * max(0.0, 1.0 - step / config.total_steps)
             for _ in range(cfg.gradient_steps):
                 loss, q_mean = td_loss(online, target, replay.sample(cfg.batch_size, rng, device), cfg)
                 optimizer.zero_grad()
