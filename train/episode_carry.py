@@ -30,6 +30,26 @@ class Prefixes:
     state: RecurrentState  # (layers, n, H): the state each prefix's first step began from
 
 
+@dataclass
+class _Carried:
+    """One environment's carried steps."""
+
+    obs: Tensor  # (p, F)
+    h: Tensor  # (p, layers, H): the state each step began from
+    c: Tensor | None  # (p, layers, H) for an LSTM
+    from_start: bool  # whether step 0 is the episode's first
+
+    def followed_by(self, later: _Carried) -> _Carried:
+        c = None if self.c is None or later.c is None else torch.cat([self.c, later.c])
+        return _Carried(torch.cat([self.obs, later.obs]), torch.cat([self.h, later.h]), c, self.from_start)
+
+    def last(self, max_steps: int) -> _Carried:
+        cut = len(self.obs) - max_steps
+        if cut <= 0:
+            return self
+        return _Carried(self.obs[cut:], self.h[cut:], None if self.c is None else self.c[cut:], from_start=False)
+
+
 class EpisodeCarry:
     """Per environment, the steps of its current episode collected in past rollouts (the last ``max_steps``)."""
 
@@ -37,24 +57,21 @@ class EpisodeCarry:
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
         self.max_steps = max_steps
-        self._obs: list[Tensor | None] = [None] * num_envs  # (p, F) each
-        self._h: list[Tensor | None] = [None] * num_envs  # (p, layers, H): the state each step began from
-        self._c: list[Tensor | None] = [None] * num_envs
-        self._from_start = [False] * num_envs  # whether step 0 is the episode's first
+        self._carried: list[_Carried | None] = [None] * num_envs
 
     def prefixes(self) -> Prefixes | None:
         """The carried steps of every environment that has some; None when none has."""
-        envs = np.array([b for b, rows in enumerate(self._obs) if rows is not None], dtype=np.int64)
+        envs = np.array([b for b, kept in enumerate(self._carried) if kept is not None], dtype=np.int64)
         if envs.size == 0:
             return None
-        obs = [self._obs[b] for b in envs]
-        lengths = np.array([len(rows) for rows in obs], dtype=np.int64)
-        episode_start = torch.zeros(int(lengths.sum()), device=obs[0].device)
+        kept = [self._carried[b] for b in envs]
+        lengths = np.array([len(k.obs) for k in kept], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        episode_start[torch.as_tensor(offsets[[self._from_start[b] for b in envs]], dtype=torch.long)] = 1.0
-        h = torch.stack([self._h[b][0] for b in envs], dim=1)  # (layers, n, H)
-        c = None if self._c[envs[0]] is None else torch.stack([self._c[b][0] for b in envs], dim=1)
-        return Prefixes(envs, lengths, offsets, torch.cat(obs), episode_start, RecurrentState(h, c))
+        episode_start = torch.zeros(int(lengths.sum()), device=kept[0].obs.device)
+        episode_start[torch.as_tensor(offsets[[k.from_start for k in kept]], dtype=torch.long)] = 1.0
+        h = torch.stack([k.h[0] for k in kept], dim=1)  # (layers, n, H)
+        c = None if kept[0].c is None else torch.stack([k.c[0] for k in kept], dim=1)
+        return Prefixes(envs, lengths, offsets, torch.cat([k.obs for k in kept]), episode_start, RecurrentState(h, c))
 
     def extend(self, obs: Tensor, episode_start: np.ndarray, states: list[RecurrentState], next_start: np.ndarray) -> None:
         """Take in a rollout: ``obs`` ``(T, B, F)``, ``episode_start`` ``(T, B)``, the state before each step
@@ -63,17 +80,12 @@ class EpisodeCarry:
         c = None if states[0].c is None else torch.stack([s.c for s in states])
         for b in range(obs.shape[1]):
             if next_start[b]:
-                self._obs[b] = self._h[b] = self._c[b] = None
+                self._carried[b] = None
                 continue
             begun = np.flatnonzero(episode_start[:, b])
-            first = int(begun[-1]) if begun.size else 0
-            rows = [(obs[first:, b], h[first:, :, b], None if c is None else c[first:, :, b])]
-            if not begun.size and self._obs[b] is not None:
-                rows.insert(0, (self._obs[b], self._h[b], self._c[b]))
-            from_start = bool(begun.size) or self._from_start[b]
-            kept_obs = torch.cat([r[0] for r in rows])
-            cut = max(0, len(kept_obs) - self.max_steps)
-            self._obs[b] = kept_obs[cut:]
-            self._h[b] = torch.cat([r[1] for r in rows])[cut:]
-            self._c[b] = None if c is None else torch.cat([r[2] for r in rows])[cut:]
-            self._from_start[b] = from_start and cut == 0
+            first = int(begun[-1]) if begun.size else 0  # this rollout's steps of the episode still running
+            new = _Carried(obs[first:, b], h[first:, :, b], None if c is None else c[first:, :, b], from_start=bool(begun.size))
+            earlier = self._carried[b]
+            if not begun.size and earlier is not None:
+                new = earlier.followed_by(new)
+            self._carried[b] = new.last(self.max_steps)
