@@ -100,6 +100,14 @@ class ImageCueEnv(gym.Env):
         return blank, reward, True, False, {"is_success": bool(reward)}
 
 
+class CodedImageEnv(ImageCueEnv):
+    """ImageCueEnv whose images hold small codes (10 where it shows 255), as MiniGrid's, in the same uint8 Box(0, 255)."""
+
+    def reset(self, *, seed=None, options=None):
+        image, info = super().reset(seed=seed, options=options)
+        return np.where(image > 0, 10, 0).astype(np.uint8), info
+
+
 class AppendConstant(gym.ObservationWrapper):
     """A wrapper for ``--wrapper fake_envs:AppendConstant:value=2.0``: appends ``value`` to a flat Box observation."""
 
@@ -130,6 +138,6 @@ NOT_CALLABLE = 3
 
 
 for _id, _cls in (("FakeText-v0", TextObsEnv), ("FakeDict-v0", DictObsEnv), ("FakeRecallPair-v0", RecallPairEnv),
-                  ("FakeCopyBits-v0", CopyBitsEnv), ("FakeImageCue-v0", ImageCueEnv)):
+                  ("FakeCopyBits-v0", CopyBitsEnv), ("FakeImageCue-v0", ImageCueEnv), ("FakeCodedImage-v0", CodedImageEnv)):
     if _id not in gym.registry:
         gym.register(id=_id, entry_point=_cls)

@@ -73,7 +73,7 @@ def test_default_image_scale_reads_codes_as_they_are_and_intensities_by_1_255(sp
 @pytest.mark.parametrize(
     "env, wrappers, given, expected",
     [
-        ("minigrid:MiniGrid-MemoryS11-v0", ("minigrid.wrappers:ImgObsWrapper",), None, 1.0),
+        ("fake_envs:FakeCodedImage-v0", (), None, 1.0),  # codes 0-10, as MiniGrid's ImgObsWrapper gives
         ("fake_envs:FakeImageCue-v0", (), None, 1 / 255),
         ("fake_envs:FakeImageCue-v0", (), 0.5, 0.5),
         ("rnnpolicy/TMaze-v0", (), None, None),
