@@ -159,8 +159,10 @@ def test_serve_bench_baseline_names_its_checkout_or_refuses_an_interpreter_witho
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert f"--baseline '{missing}' cannot be run: No such file or directory" in done.stderr
-    bare = subprocess.run(["python3", "-c", "import sys; print(sys.executable)"], capture_output=True, text=True)
-    if bare.returncode == 0 and bare.stdout.strip() != sys.executable:  # an interpreter without rnnpolicy
+    # python3 on PATH, unless it can import rnnpolicy (another checkout's activated environment, say)
+    probe = "import importlib.util, sys; print('' if importlib.util.find_spec('rnnpolicy') else sys.executable)"
+    bare = subprocess.run(["python3", "-c", probe], capture_output=True, text=True)
+    if bare.returncode == 0 and bare.stdout.strip():  # an interpreter without rnnpolicy
         done = subprocess.run([sys.executable, str(bench), "--only", "stream:1", "--baseline", bare.stdout.strip()],
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 2
