@@ -103,10 +103,9 @@ def default_image_scale(env: gym.Env, seed: int) -> float | None:
     one whose values all stay below holds codes and is read as it is, since 1/255 would shrink
     MiniGrid's 0-10 to under 0.04 and stall the convolutions' learning. Other dtypes: 1.
     """
-    space = env.observation_space
-    if not isinstance(space, spaces.Box) or len(space.shape) != 3:
+    if image_spec(env) is None:
         return None
-    if space.dtype != np.uint8:
+    if env.observation_space.dtype != np.uint8:
         return 1.0
     obs, _ = env.reset(seed=seed)
     return 1.0 / 255.0 if int(np.max(obs)) >= CODED_IMAGE_LIMIT else 1.0
