@@ -44,6 +44,8 @@ def test_train_help_shows_the_algorithm_hyperparameters(capsys):
          "episode_bptt_max must be >= 1, got 0"),
         (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--episode-bptt", "--seq-len", "16", "--out", "{tmp}/x"],
          "episode_bptt replays whole episodes, so it needs seq_len 0 (whole rollouts), got seq_len=16"),
+        (["train", "--algo", "ppo", "--env", "fake_envs:FakeImageCue-v0", "--image-scale", "0", "--out", "{tmp}/x"],
+         "image_scale must be a finite number > 0, got 0.0"),
         (["eval", "{tmp}/missing.pt"], "missing.pt' does not exist"),
     ],
 )
