@@ -84,6 +84,17 @@ def test_training_resolves_the_image_scale_from_the_first_observation_unless_giv
     assert config.image_scale == expected
 
 
+@pytest.mark.parametrize("given, encoder", [(0.5, "cnn"), (None, "flatten")])
+def test_training_resets_no_environment_for_a_scale_it_will_not_use(tmp_path, monkeypatch, given, encoder):
+    def probe(env, seed):
+        raise AssertionError("the image scale was probed although it is given or unused")
+
+    monkeypatch.setattr("rnnpolicy.train.api.default_image_scale", probe)
+    config, _ = resolve(TrainConfig(algo="ppo", env="fake_envs:FakeImageCue-v0", out=str(tmp_path), image_scale=given,
+                                    image_encoder=encoder))
+    assert config.image_scale == given
+
+
 def test_bad_image_scale_is_named():
     with pytest.raises(ValueError, match="image_scale must be a finite number > 0, got 0.0"):
         TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out="x", image_scale=0.0)

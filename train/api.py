@@ -57,14 +57,15 @@ def resolve(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -
     Precedence: what the user gave, then ``ENV_DEFAULTS[env]``, then the dataclasses' own defaults.
     """
     module = algorithm(config.algo)
-    image_scale = _check_env(config.env, config.algo, config.wrapper, config.seed)
+    probe_image_scale = config.image_scale is None and config.image_encoder == "cnn"
+    image_scale = _check_env(config.env, config.algo, config.wrapper, config.seed, probe_image_scale)
     defaults = env_defaults(config.algo, config.env)
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     filled = {key: defaults[key] for key in train_fields & defaults.keys() if getattr(config, key) is None}
     if config.eval_every == 0:  # evaluation switched off: an entry's target cannot be checked
         filled.pop("target_return", None)
     filled.update({key: value for key, value in FALLBACK_DEFAULTS.items() if getattr(config, key) is None and key not in filled})
-    if config.image_scale is None and config.image_encoder == "cnn":
+    if probe_image_scale:
         filled["image_scale"] = image_scale
     config = dataclasses.replace(config, **filled)
     if config.eval_every is None:
@@ -75,10 +76,11 @@ def resolve(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -
     return config, module.Config(**algo_values)
 
 
-def _check_env(env_id: str, algo: str, wrappers: tuple[str, ...], seed: int) -> float | None:
+def _check_env(env_id: str, algo: str, wrappers: tuple[str, ...], seed: int, probe_image_scale: bool) -> float | None:
     """Fail before training starts on an environment that cannot be made, wrapped, encoded or acted in (by ``algo``).
 
-    Returns its default image scale (:func:`~rnnpolicy.train.envs.default_image_scale`; None: no image).
+    With ``probe_image_scale``, returns its default image scale
+    (:func:`~rnnpolicy.train.envs.default_image_scale`, which resets it once; None: no image); else None.
     """
     env = make_env(env_id, wrappers)
     try:
@@ -89,7 +91,7 @@ def _check_env(env_id: str, algo: str, wrappers: tuple[str, ...], seed: int) -> 
                 f"drqn needs a discrete action space, got {env.action_space} from {env_id}; "
                 f"train this environment with --algo ppo"
             )
-        return default_image_scale(env, seed)
+        return default_image_scale(env, seed) if probe_image_scale else None
     finally:
         env.close()
 
