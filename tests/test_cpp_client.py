@@ -4,6 +4,7 @@ AOTInductor package carrying the state itself, and acts as Python onnxruntime do
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -63,8 +64,9 @@ def _onnxruntime_steps(model: Path, obs: np.ndarray, starts: np.ndarray) -> list
     return steps
 
 
-def _run(binary: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(binary), *args], input=stdin, capture_output=True, text=True, timeout=120)
+def _run(binary: Path, *args: str, stdin: str | None = None, tmpdir: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = None if tmpdir is None else {**os.environ, "TMPDIR": str(tmpdir)}
+    return subprocess.run([str(binary), *args], input=stdin, capture_output=True, text=True, timeout=120, env=env)
 
 
 @pytest.mark.parametrize("name", ["lstm-discrete", "gru-box"])
@@ -133,8 +135,11 @@ def test_cpp_bad_input_and_arguments(policy_loop: Path, aot_exports: dict[str, E
         ((str(aot_exports["gru-box"].onnx_path),), "", "cannot load AOTInductor package"),
         ((), "", "no model given; usage: policy_loop MODEL.aoti.pt2"),
     ]
+    extracted = tmp_path / "tmp"  # where the package loader unpacks the model while it runs
+    extracted.mkdir()
     for args, stdin, message in cases:
-        result = _run(policy_loop, *args, stdin=stdin)
+        result = _run(policy_loop, *args, stdin=stdin, tmpdir=extracted)
         assert result.returncode == 2, (args, result.stderr)
         assert "policy_loop: error: " + message in result.stderr, (args, result.stderr)
         assert "terminate called" not in result.stderr
+        assert not list(extracted.iterdir()), f"{args}: the extracted model was left behind"

@@ -58,10 +58,13 @@ struct Interface {
   int value_index = -1;  // -1: no value output (Q-network)
 };
 
-[[noreturn]] void fail(const std::string& message) {
-  std::cerr << "policy_loop: error: " << message << std::endl;
-  std::exit(2);
-}
+// A bad argument, input line or model. Thrown, not std::exit(), so that the stack unwinds and the
+// package loader's destructor removes the directory it extracted the model into.
+struct Failure : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+[[noreturn]] void fail(const std::string& message) { throw Failure(message); }
 
 std::vector<std::string> split(const std::string& text, char sep) {
   std::vector<std::string> parts;
@@ -181,9 +184,7 @@ double percentile(std::vector<double> sorted, double p) {  // nearest rank
   return sorted[std::max<size_t>(rank, 1) - 1];
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   Options options = parse_args(argc, argv);
   at::set_num_threads(options.threads);
 
@@ -254,4 +255,15 @@ int main(int argc, char** argv) {
                sorted.size(), rate, percentile(sorted, 0.50), percentile(sorted, 0.99),
                sorted.empty() ? 0.0 : sorted.back(), overruns);
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const Failure& failure) {
+    std::cerr << "policy_loop: error: " << failure.what() << std::endl;
+    return 2;
+  }
 }
