@@ -46,6 +46,10 @@ def test_train_help_shows_the_algorithm_hyperparameters(capsys):
          "episode_bptt replays whole episodes, so it needs seq_len 0 (whole rollouts), got seq_len=16"),
         (["train", "--algo", "ppo", "--env", "fake_envs:FakeImageCue-v0", "--image-scale", "0", "--out", "{tmp}/x"],
          "image_scale must be a finite number > 0, got 0.0"),
+        (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--image-scale", "0.5", "--out", "{tmp}/x"],
+         "image_scale 0.5 has nothing to scale: rnnpolicy/TMaze-v0 observes Box(0.0, 1.0, (4,), float32), not an image"),
+        (["train", "--algo", "ppo", "--env", "fake_envs:FakeImageCue-v0", "--image-scale", "0.5", "--image-encoder", "flatten",
+          "--out", "{tmp}/x"], "image_scale 0.5 has nothing to scale: --image-encoder flatten reads no image"),
         (["eval", "{tmp}/missing.pt"], "missing.pt' does not exist"),
     ],
 )
@@ -101,3 +105,15 @@ def test_unwritable_output_gets_one_line(capsys, tmp_path):
                            "--no-progress", "--out", str(blocker / "run"))
     assert code == 2 and "Traceback" not in err
     assert str(blocker) in err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("algo, total, runs", [("ppo", 3000, 2048), ("drqn", 1001, 1008)])
+def test_train_says_how_many_steps_it_runs_and_what_checkpoint_pt_holds(capsys, tmp_path, algo, total, runs):
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "--algo", algo, "--env", "fake_envs:FakeDict-v0", "--total-steps", str(total),
+                             "--eval-every", "0", "--no-progress", "--out", str(run))
+    assert code == 0, err
+    rounding = "whole updates of 8 x 128 steps" if algo == "ppo" else "8 environments step together"
+    assert f"{total} steps (runs {runs}: {rounding})" in err.splitlines()[0]
+    assert int(float((run / "metrics.csv").read_text().splitlines()[-1].split(",")[0])) == runs
+    assert "checkpoint.pt (final policy: no evaluation during training)" in out

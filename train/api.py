@@ -28,7 +28,7 @@ import torch
 from rnnpolicy.envs import make_env
 from rnnpolicy.train import distributed
 from rnnpolicy.train.config import TrainConfig
-from rnnpolicy.train.envs import action_spec, default_image_scale, observation_encoding
+from rnnpolicy.train.envs import action_spec, default_image_scale, image_spec, observation_encoding
 from rnnpolicy.train.periodic_eval import TrainingEvaluator
 from rnnpolicy.train.runlog import RunLog
 
@@ -57,16 +57,14 @@ def resolve(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -
     Precedence: what the user gave, then ``ENV_DEFAULTS[env]``, then the dataclasses' own defaults.
     """
     module = algorithm(config.algo)
-    probe_image_scale = config.image_scale is None and config.image_encoder == "cnn"
-    image_scale = _check_env(config.env, config.algo, config.wrapper, config.seed, probe_image_scale)
+    image_scale = _check_env(config)
     defaults = env_defaults(config.algo, config.env)
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     filled = {key: defaults[key] for key in train_fields & defaults.keys() if getattr(config, key) is None}
     if config.eval_every == 0:  # evaluation switched off: an entry's target cannot be checked
         filled.pop("target_return", None)
     filled.update({key: value for key, value in FALLBACK_DEFAULTS.items() if getattr(config, key) is None and key not in filled})
-    if probe_image_scale:
-        filled["image_scale"] = image_scale
+    filled["image_scale"] = image_scale
     config = dataclasses.replace(config, **filled)
     if config.eval_every is None:
         assert config.total_steps is not None
@@ -76,22 +74,30 @@ def resolve(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -
     return config, module.Config(**algo_values)
 
 
-def _check_env(env_id: str, algo: str, wrappers: tuple[str, ...], seed: int, probe_image_scale: bool) -> float | None:
+def _check_env(config: TrainConfig) -> float | None:
     """Fail before training starts on an environment that cannot be made, wrapped, encoded or acted in (by ``algo``).
 
-    With ``probe_image_scale``, returns its default image scale
-    (:func:`~rnnpolicy.train.envs.default_image_scale`, which resets it once; None: no image); else None.
+    Returns the image scale the run uses: ``config.image_scale``, else the environment's default
+    (:func:`~rnnpolicy.train.envs.default_image_scale`, which resets it once); None when the
+    convolutional encoder reads no image. A scale given for no image is refused.
     """
-    env = make_env(env_id, wrappers)
+    env = make_env(config.env, config.wrapper)
     try:
         observation_encoding(env)
         action = action_spec(env)
-        if algo == "drqn" and not action.is_discrete:
+        if config.algo == "drqn" and not action.is_discrete:
             raise ValueError(
-                f"drqn needs a discrete action space, got {env.action_space} from {env_id}; "
+                f"drqn needs a discrete action space, got {env.action_space} from {config.env}; "
                 f"train this environment with --algo ppo"
             )
-        return default_image_scale(env, seed) if probe_image_scale else None
+        reads_image = config.image_encoder == "cnn" and image_spec(env) is not None
+        if config.image_scale is not None and not reads_image:
+            reason = ("--image-encoder flatten reads no image" if config.image_encoder != "cnn"
+                      else f"{config.env} observes {env.observation_space}, not an image (a rank-3 Box)")
+            raise ValueError(f"image_scale {config.image_scale:g} has nothing to scale: {reason}; leave it unset")
+        if not reads_image or config.image_scale is not None:
+            return config.image_scale
+        return default_image_scale(env, config.seed)
     finally:
         env.close()
 
@@ -136,7 +142,7 @@ def train_resolved(config: TrainConfig, algo_config: Any) -> Path:
     assert config.total_steps is not None
     dp = distributed.setup(resolve_device(config.device))
     try:
-        run = RunLog(config.out, config.total_steps, progress=config.progress, tensorboard=config.tensorboard, write=dp.lead)
+        run = RunLog(config.out, algo_config.planned_steps(config.total_steps), progress=config.progress, tensorboard=config.tensorboard, write=dp.lead)
         evaluator = TrainingEvaluator(config, {"train": asdict(config), "algo": asdict(algo_config)}, write=dp.lead)
         run.postfix = evaluator.postfix
         try:

@@ -49,8 +49,12 @@ def run_train(args: argparse.Namespace) -> int:
             + (f", stopping at return {resolved.target_return:g}" if resolved.target_return is not None else "")
             if resolved.evaluates else "no evaluation during training"
         )
+        planned = algo_config.planned_steps(resolved.total_steps)
+        rounding = (f"whole updates of {algo_config.num_envs} x {algo_config.rollout_steps} steps" if resolved.algo == "ppo"
+                    else f"{algo_config.num_envs} environments step together")
+        steps = f"{resolved.total_steps} steps" + (f" (runs {planned}: {rounding})" if planned != resolved.total_steps else "")
         print(
-            f"training {resolved.algo} on {resolved.env}: {resolved.total_steps} steps, "
+            f"training {resolved.algo} on {resolved.env}: {steps}, "
             f"{resolved.cell_kind} {resolved.num_layers}x{resolved.hidden_size}, seed {resolved.seed}"
             + (f", images scaled by {resolved.image_scale:.6g}" if resolved.image_scale is not None else "")
             + f"; {evaluation}",
@@ -59,7 +63,8 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"{resolved.algo} hyperparameters: {dataclasses.asdict(algo_config)}", file=sys.stderr)
     path = train_resolved(resolved, algo_config)
     if lead:
-        print(f"wrote {path} (best evaluated policy) and {path.with_name(LAST_NAME)} (final policy)")
+        kept = "best evaluated policy" if resolved.evaluates else "final policy: no evaluation during training"
+        print(f"wrote {path} ({kept}) and {path.with_name(LAST_NAME)} (final policy)")
     return 0
 
 

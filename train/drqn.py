@@ -103,6 +103,10 @@ class Config:
         if not 0 <= self.epsilon_end <= self.epsilon_start <= 1:
             raise ValueError(f"need 0 <= epsilon_end <= epsilon_start <= 1, got epsilon_end={self.epsilon_end}, epsilon_start={self.epsilon_start}")
 
+    def planned_steps(self, total_steps: int) -> int:
+        """The environment steps a run of ``total_steps`` takes: ``num_envs`` at a time, rounded up."""
+        return -(-total_steps // self.num_envs) * self.num_envs
+
     @property
     def stride(self) -> int:
         """Steps between consecutive sequences' starts: half a sequence (as R2D2), at most the part after burn-in."""

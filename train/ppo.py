@@ -114,6 +114,11 @@ class Config:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
+    def planned_steps(self, total_steps: int) -> int:
+        """The environment steps a run of ``total_steps`` takes: whole updates of ``num_envs * rollout_steps``, rounded down (at least one)."""
+        per_update = self.num_envs * self.rollout_steps
+        return max(1, total_steps // per_update) * per_update
+
     @property
     def chunk_len(self) -> int:
         """Steps per BPTT chunk: ``seq_len``, or the whole rollout when it is 0."""
@@ -296,7 +301,7 @@ def learn(config: TrainConfig, algo: Config, run: RunLog, evaluator: TrainingEva
     carry = EpisodeCarry(num_envs, algo.episode_bptt_max) if algo.episode_bptt else None
 
     steps_per_update = algo.num_envs * algo.rollout_steps  # over all ranks
-    num_updates = max(1, config.total_steps // steps_per_update)
+    num_updates = algo.planned_steps(config.total_steps) // steps_per_update
     raw_obs, _ = envs.reset(seed=env_seed)
     next_obs = torch.as_tensor(encoding.encode_batch(raw_obs), device=device)  # (B, F)
     next_start = torch.ones(num_envs, device=device)  # (B,)
