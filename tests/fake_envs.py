@@ -108,6 +108,25 @@ class CodedImageEnv(ImageCueEnv):
         return np.where(image > 0, 10, 0).astype(np.uint8), info
 
 
+class StartColumnEnv(gym.Env):
+    """MiniGrid Memory's bookkeeping in one step: the agent starts in column 1-3 (``agent_pos[0]``, shown
+    one-hot) facing east (``agent_dir`` 0); action 0 succeeds, action 2 turns west (``agent_dir`` 2) and fails."""
+
+    observation_space = spaces.Box(0.0, 1.0, (3,), np.float32)
+    action_space = spaces.Discrete(3)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.agent_pos = np.array([int(self.np_random.integers(1, 4)), 3])
+        self.agent_dir = 0
+        return np.eye(3, dtype=np.float32)[self.agent_pos[0] - 1], {}
+
+    def step(self, action):
+        if int(action) == 2:
+            self.agent_dir = 2
+        return np.zeros(3, np.float32), float(int(action) == 0), True, False, {}
+
+
 class AppendConstant(gym.ObservationWrapper):
     """A wrapper for ``--wrapper fake_envs:AppendConstant:value=2.0``: appends ``value`` to a flat Box observation."""
 
@@ -138,6 +157,7 @@ NOT_CALLABLE = 3
 
 
 for _id, _cls in (("FakeText-v0", TextObsEnv), ("FakeDict-v0", DictObsEnv), ("FakeRecallPair-v0", RecallPairEnv),
-                  ("FakeCopyBits-v0", CopyBitsEnv), ("FakeImageCue-v0", ImageCueEnv), ("FakeCodedImage-v0", CodedImageEnv)):
+                  ("FakeCopyBits-v0", CopyBitsEnv), ("FakeImageCue-v0", ImageCueEnv), ("FakeCodedImage-v0", CodedImageEnv),
+                  ("FakeStartColumn-v0", StartColumnEnv)):
     if _id not in gym.registry:
         gym.register(id=_id, entry_point=_cls)
