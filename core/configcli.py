@@ -16,6 +16,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import re
 import textwrap
 import types
 import typing
@@ -108,14 +109,37 @@ def add_dataclass_arguments(
         parser.add_argument(option, **kwargs)
 
 
-def dataclass_from_args(cls: type[T], args: argparse.Namespace, base: dict[str, Any] | None = None) -> T:
-    """Build ``cls`` from parsed options, with options left unset (``None``) taking ``base`` values."""
+def dataclass_from_args(
+    cls: type[T], args: argparse.Namespace, base: dict[str, Any] | None = None, options: dict[str, str] | None = None
+) -> T:
+    """Build ``cls`` from parsed options, with options left unset (``None``) taking ``base`` values.
+
+    A ``ValueError`` from ``cls`` names the options, not the fields (see :func:`in_option_names`).
+    """
     values = dict(base or {})
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         value = getattr(args, field.name, None)
         if value is not None:
             values[field.name] = tuple(value) if isinstance(value, list) else value
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise in_option_names(exc, cls, options=options) from exc
+
+
+def in_option_names(error: ValueError, *classes: type, options: dict[str, str] | None = None) -> ValueError:
+    """``error`` with the fields of ``classes`` that hold an underscore written as their options.
+
+    ``image_scale must be > 0`` becomes ``--image-scale must be > 0``, the name a command-line user
+    typed. One-word fields (``gamma``, ``seed``) stay as they are: they read as the option already,
+    and would also match ordinary words of a message.
+    """
+    names = {f.name: (options or {}).get(f.name, _option(f.name)) for cls in classes for f in dataclasses.fields(cls)}
+    names = {name: option for name, option in names.items() if "_" in name}
+    if not names:
+        return error
+    pattern = re.compile(r"(?<![\w-])(" + "|".join(sorted(map(re.escape, names), key=len, reverse=True)) + r")(?!\w)")
+    return ValueError(pattern.sub(lambda match: names[match.group(1)], str(error)))
 
 
 def _default_of(field: dataclasses.Field) -> Any:

@@ -69,7 +69,7 @@ def run_serve(args: argparse.Namespace) -> int:
         logging.getLogger("rnnpolicy.serve.sessions").setLevel(logging.WARNING)
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port}: expected 0..65535")
-    config = dataclass_from_args(ServeConfig, args)
+    config = dataclass_from_args(ServeConfig, args, options=CONFIG_OPTIONS)
     models = parse_models(args.model)
     security = Security(tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                         auth_tokens=args.auth_tokens)

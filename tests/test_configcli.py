@@ -4,7 +4,7 @@ from typing import Literal
 
 import pytest
 
-from rnnpolicy.configcli import add_dataclass_arguments, dataclass_from_args, field_docs
+from rnnpolicy.configcli import add_dataclass_arguments, dataclass_from_args, field_docs, in_option_names
 
 
 @dataclass
@@ -81,3 +81,27 @@ def test_sequence_fields_repeat_and_default_to_the_dataclass_default():
     assert dataclass_from_args(WithList, parser.parse_args([])).wrapper == ()
     args = parser.parse_args(["--wrapper", "a:B", "--wrapper", "c:D:k=1"])
     assert dataclass_from_args(WithList, args).wrapper == ("a:B", "c:D:k=1")
+
+
+@dataclass
+class Limits:
+    max_rate: float = 1.0
+    """A cap."""
+    intra_op_threads: int = 1
+    """Threads."""
+    seed: int = 0
+    """One word."""
+
+    def __post_init__(self) -> None:
+        if self.max_rate <= 0:
+            raise ValueError(f"max_rate must be > 0, got {self.max_rate}")
+
+
+def test_errors_name_the_options_a_command_line_user_typed():
+    error = ValueError("max_rate 2 needs intra_op_threads >= 1 and a seed; max_rate_hint and --max-rate stay")
+    assert str(in_option_names(error, Limits, options={"intra_op_threads": "--threads"})) == (
+        "--max-rate 2 needs --threads >= 1 and a seed; max_rate_hint and --max-rate stay"
+    )
+    args = argparse.Namespace(max_rate=-1.0, intra_op_threads=None, seed=None)
+    with pytest.raises(ValueError, match="^--max-rate must be > 0, got -1.0$"):
+        dataclass_from_args(Limits, args)

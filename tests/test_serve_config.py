@@ -19,14 +19,14 @@ from rnnpolicy.v1 import policy_pb2_grpc
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--checkpoint-interval", "5"], "checkpoint_interval 5.0 needs a state_dir to write to"),
-        (["--reload-interval", "-1"], "reload_interval must be >= 0 (0: off), got -1.0"),
-        (["--max-sessions-per-principal", "-2"], "max_sessions_per_principal must be >= 0 (0: off), got -2"),
-        (["--max-message-bytes", "0"], "max_message_bytes must be >= 1, got 0"),
-        (["--metrics-port", "70000"], "metrics_port must be 0..65535, got 70000"),
-        (["--busy-poll-us", "20000"], "busy_poll_us must be 0..10000 (0: off), got 20000"),
-        (["--split-batch-rows", "-1"], "split_batch_rows must be >= 0 (0: off), got -1"),
-        (["--max-concurrent-rpcs", "0"], "max_concurrent_rpcs must be >= 1, got 0"),
+        (["--checkpoint-interval", "5"], "--checkpoint-interval 5.0 needs a --state-dir to write to"),
+        (["--reload-interval", "-1"], "--reload-interval must be >= 0 (0: off), got -1.0"),
+        (["--max-sessions-per-principal", "-2"], "--max-sessions-per-principal must be >= 0 (0: off), got -2"),
+        (["--max-message-bytes", "0"], "--max-message-bytes must be >= 1, got 0"),
+        (["--metrics-port", "70000"], "--metrics-port must be 0..65535, got 70000"),
+        (["--busy-poll-us", "20000"], "--busy-poll-us must be 0..10000 (0: off), got 20000"),
+        (["--split-batch-rows", "-1"], "--split-batch-rows must be >= 0 (0: off), got -1"),
+        (["--max-concurrent-rpcs", "0"], "--max-concurrent-rpcs must be >= 1, got 0"),
         (["--state-dir", "{file}/state"], "cannot be created or written"),
     ],
 )

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from rnnpolicy.configcli import add_dataclass_arguments, dataclass_from_args
+from rnnpolicy.configcli import add_dataclass_arguments, dataclass_from_args, in_option_names
 from rnnpolicy.train.config import TrainConfig
 
 
@@ -39,9 +39,13 @@ def run_train(args: argparse.Namespace) -> int:
     from rnnpolicy.train.checkpoint import LAST_NAME
 
     config = dataclass_from_args(TrainConfig, args)
-    algo_fields = {f.name for f in dataclasses.fields(algorithm(config.algo).Config)}
+    algo_class = algorithm(config.algo).Config
+    algo_fields = {f.name for f in dataclasses.fields(algo_class)}
     overrides = {k: v for k, v in vars(args).items() if k in algo_fields and v is not None}
-    resolved, algo_config = resolve(config, overrides)
+    try:
+        resolved, algo_config = resolve(config, overrides)
+    except ValueError as exc:
+        raise in_option_names(exc, TrainConfig, algo_class) from exc
     lead = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
     if lead:
         evaluation = (
