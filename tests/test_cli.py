@@ -49,7 +49,7 @@ def test_train_help_shows_the_algorithm_hyperparameters(capsys):
         (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--image-scale", "0.5", "--out", "{tmp}/x"],
          "--image-scale 0.5 has nothing to scale: rnnpolicy/TMaze-v0 observes Box(0.0, 1.0, (4,), float32), not an image"),
         (["train", "--algo", "ppo", "--env", "fake_envs:FakeImageCue-v0", "--image-scale", "0.5", "--image-encoder", "flatten",
-          "--out", "{tmp}/x"], "--image-scale 0.5 has nothing to scale: --image-encoder flatten reads no image"),
+          "--out", "{tmp}/x"], "--image-scale 0.5 has nothing to scale: --image-encoder 'flatten' reads no image"),
         (["eval", "{tmp}/missing.pt"], "missing.pt' does not exist"),
     ],
 )

@@ -92,7 +92,7 @@ def _check_env(config: TrainConfig) -> float | None:
             )
         reads_image = config.image_encoder == "cnn" and image_spec(env) is not None
         if config.image_scale is not None and not reads_image:
-            reason = ("--image-encoder flatten reads no image" if config.image_encoder != "cnn"
+            reason = (f"image_encoder {config.image_encoder!r} reads no image" if config.image_encoder != "cnn"
                       else f"{config.env} observes {env.observation_space}, not an image (a rank-3 Box)")
             raise ValueError(f"image_scale {config.image_scale:g} has nothing to scale: {reason}; leave it unset")
         if not reads_image or config.image_scale is not None:
@@ -142,7 +142,8 @@ def train_resolved(config: TrainConfig, algo_config: Any) -> Path:
     assert config.total_steps is not None
     dp = distributed.setup(resolve_device(config.device))
     try:
-        run = RunLog(config.out, algo_config.planned_steps(config.total_steps), progress=config.progress, tensorboard=config.tensorboard, write=dp.lead)
+        steps = algo_config.planned_steps(config.total_steps)
+        run = RunLog(config.out, steps, progress=config.progress, tensorboard=config.tensorboard, write=dp.lead)
         evaluator = TrainingEvaluator(config, {"train": asdict(config), "algo": asdict(algo_config)}, write=dp.lead)
         run.postfix = evaluator.postfix
         try:
