@@ -280,9 +280,10 @@ def test_page_acts_as_python_onnxruntime_and_its_controls_work(policy, browser, 
         page.wait_for_function("() => window.rnnpolicy.trace.length >= 150", timeout=60_000)
         page.click("#play")  # pause
         assert page.inner_text("#play") == "Play"
+        page.wait_for_function("() => !window.rnnpolicy.busy")  # a step under way when paused lands first
 
         # Step: one model step at a time while paused (after an episode's end, the first Step starts the next).
-        if page.evaluate("() => window.rnnpolicy.trace.at(-1).terminated || window.rnnpolicy.trace.at(-1).truncated"):
+        if page.evaluate("() => window.rnnpolicy.phase === 'reset'"):
             page.click("#step")
             page.wait_for_function("() => document.getElementById('stat-step').textContent.startsWith('0 /')")
         steps = page.evaluate("() => window.rnnpolicy.trace.length")

@@ -10,8 +10,10 @@
 // window.rnnpolicy (and data-status / data-steps on <body>) exposes the run for tests and tools:
 // status ("loading", "ready", "error"), error, envId, spec, trace (one entry per model step:
 // episode, t, obs, episode_start, action, outputs (every output but the next state), reward,
-// terminated, truncated), episodes (return, steps, success) and state (the state after the last
-// step, one flat array per state tensor). trace and episodes keep their last TRACE_LIMIT entries.
+// terminated, truncated), episodes (return, steps, success), state (the state after the last
+// step, one flat array per state tensor), busy (a step is under way; pausing lets it finish) and
+// phase ("step": the next tick steps the policy; "reset": it starts the next episode). trace and
+// episodes keep their last TRACE_LIMIT entries.
 import { drawHead, drawHeatmap, drawTask } from "./draw.mjs";
 import { encodeObservation } from "./encoding.mjs";
 import { makeEnv } from "./envs.mjs";
@@ -30,6 +32,12 @@ const run = {
   trace: [],
   episodes: [],
   state: null,
+  get busy() {
+    return busy;
+  },
+  get phase() {
+    return phase;
+  },
 };
 window.rnnpolicy = run;
 
@@ -84,10 +92,11 @@ function wireControls() {
   const togglePlay = () => (playing ? pause() : play());
   const stepOnce = async () => {
     pause();
+    await idle(); // a step under way when paused finishes first; this click then takes one more
     await tick();
   };
   const restartFromSeed = async () => {
-    while (busy) await new Promise((resolve) => setTimeout(resolve, 5));
+    await idle();
     seed = Math.max(0, Math.floor(Number($("seed").value) || 0));
     restart();
   };
@@ -191,6 +200,11 @@ function play() {
     setTimeout(loop, 1000 / speed);
   };
   loop();
+}
+
+/** Resolves once no step is under way. */
+async function idle() {
+  while (busy) await new Promise((resolve) => setTimeout(resolve, 5));
 }
 
 function pause() {
