@@ -54,9 +54,9 @@ def run_train(args: argparse.Namespace) -> int:
             if resolved.evaluates else "no evaluation during training"
         )
         planned = algo_config.planned_steps(resolved.total_steps)
-        rounding = (f"whole updates of {algo_config.num_envs} x {algo_config.rollout_steps} steps" if resolved.algo == "ppo"
-                    else f"{algo_config.num_envs} environments step together")
-        steps = f"{resolved.total_steps} steps" + (f" (runs {planned}: {rounding})" if planned != resolved.total_steps else "")
+        steps = f"{resolved.total_steps} steps"
+        if planned != resolved.total_steps:
+            steps += f" (runs {planned}: {algo_config.step_rounding})"
         print(
             f"training {resolved.algo} on {resolved.env}: {steps}, "
             f"{resolved.cell_kind} {resolved.num_layers}x{resolved.hidden_size}, seed {resolved.seed}"

@@ -108,6 +108,11 @@ class Config:
         return -(-total_steps // self.num_envs) * self.num_envs
 
     @property
+    def step_rounding(self) -> str:
+        """Why :meth:`planned_steps` may differ from the steps asked for, for the run's first line."""
+        return f"{self.num_envs} environments step together"
+
+    @property
     def stride(self) -> int:
         """Steps between consecutive sequences' starts: half a sequence (as R2D2), at most the part after burn-in."""
         return max(1, min(self.seq_len // 2, self.seq_len - self.burn_in))

@@ -120,6 +120,11 @@ class Config:
         return max(1, total_steps // per_update) * per_update
 
     @property
+    def step_rounding(self) -> str:
+        """Why :meth:`planned_steps` may differ from the steps asked for, for the run's first line."""
+        return f"whole updates of {self.num_envs} x {self.rollout_steps} steps"
+
+    @property
     def chunk_len(self) -> int:
         """Steps per BPTT chunk: ``seq_len``, or the whole rollout when it is 0."""
         return self.seq_len or self.rollout_steps
