@@ -67,7 +67,7 @@ def trained_with(checkpoint: Path) -> str:
     from rnnpolicy.train.checkpoint import load_checkpoint
 
     train = load_checkpoint(checkpoint).config.get("train", {})
-    keys = ("algo", "env", "seed", "total_steps", "wrapper", "hidden_size", "image_scale")
+    keys = ("algo", "env", "seed", "total_steps", "wrapper", "hidden_size", "image_scale", "image_codes")
     return ", ".join(f"{key} {train[key]}" for key in keys if key in train)
 
 

@@ -171,8 +171,11 @@ class ImageSpec:
 
     ``obs`` stays the flat vector ``[batch, obs_dim]`` (the image's values in its own row-major order);
     the model reshapes it to ``layout`` (``hwc``: height, width, channels, as most environments give
-    images; ``chw``: channels first), moves channels first and multiplies by ``scale`` (1/255 for
-    uint8 images, 1 otherwise) before the convolutions.
+    images; ``chw``: channels first) and moves channels first. An image of intensities is multiplied
+    by ``scale`` (1/255 for uint8 images, 1 otherwise) before the convolutions. An image of codes
+    (``codes > 0``: each value a category, such as MiniGrid's object, colour and state indices) has
+    each channel read one-hot over the values ``0 .. codes - 1`` instead, so the convolutions see
+    ``channels * codes`` planes of 0/1 (a value outside that range reads as all zeros).
     """
 
     layout: ImageLayout
@@ -180,6 +183,7 @@ class ImageSpec:
     width: int
     channels: int
     scale: float = 1.0
+    codes: int = 0
 
     def __post_init__(self) -> None:
         if self.layout not in IMAGE_LAYOUTS:
@@ -188,6 +192,11 @@ class ImageSpec:
             raise ValueError(
                 f"an image needs height, width, channels >= 1 and scale > 0, got "
                 f"{self.height}x{self.width}x{self.channels}, scale={self.scale}"
+            )
+        if self.codes < 0 or (self.codes and self.scale != 1.0):
+            raise ValueError(
+                f"an image's codes must be >= 0 (0: intensities), and an image of codes is not scaled, "
+                f"got codes={self.codes}, scale={self.scale}"
             )
 
     @property
@@ -337,6 +346,7 @@ class PolicySpec:
                     width=int(image["width"]),
                     channels=int(image["channels"]),
                     scale=float(image.get("scale", 1.0)),
+                    codes=int(image.get("codes", 0)),
                 ),
                 env_wrappers=tuple(str(w) for w in data.get("env_wrappers", ())),
             )

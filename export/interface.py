@@ -62,8 +62,10 @@ def graph_inputs(spec: PolicySpec) -> tuple[TensorInfo, ...]:
     """``obs``, ``episode_start`` and the state tensors, in graph order."""
     obs_doc = "encoded observation; normalised inside the graph"
     if spec.image is not None:
+        reading = (f"each channel read one-hot over codes 0-{spec.image.codes - 1}" if spec.image.codes
+                   else f"scaled by {spec.image.scale:.6g}")
         obs_doc = (f"the image {list(spec.image.shape)} ({spec.image.layout}) flattened row-major, raw values; "
-                   f"scaled by {spec.image.scale:.6g} and read by convolutions inside the graph")
+                   f"{reading} and read by convolutions inside the graph")
     return (
         TensorInfo(OBS, "float32", ("batch", spec.obs_dim), obs_doc),
         TensorInfo(EPISODE_START, "float32", ("batch",), "1 zeroes that row's state before this step, 0 keeps it"),

@@ -234,7 +234,9 @@ def _rollout(spec: PolicySpec, eager: torch.nn.Module, runtimes: dict[str, Runti
     """One rollout of ``steps`` steps at ``batch`` rows; accumulates into ``report``, returns mid-rollout starts."""
     rng = np.random.default_rng(seed)
     obs = 2.0 * rng.standard_normal((steps, batch, spec.obs_dim), dtype=np.float32)  # (T, B, F)
-    if spec.image is not None and spec.image.scale != 1.0:
+    if spec.image is not None and spec.image.codes:
+        obs = rng.integers(-1, spec.image.codes + 1, size=obs.shape).astype(np.float32)  # codes, and one out of range each side
+    elif spec.image is not None and spec.image.scale != 1.0:
         obs = rng.integers(0, 256, size=obs.shape).astype(np.float32)  # uint8 pixel values, as environments give them
     starts = rng.random((steps, batch)) < 0.05  # (T, B)
     starts[0] = True

@@ -50,6 +50,10 @@ def test_train_help_shows_the_algorithm_hyperparameters(capsys):
          "--image-scale 0.5 has nothing to scale: rnnpolicy/TMaze-v0 observes Box(0.0, 1.0, (4,), float32), not an image"),
         (["train", "--algo", "ppo", "--env", "fake_envs:FakeImageCue-v0", "--image-scale", "0.5", "--image-encoder", "flatten",
           "--out", "{tmp}/x"], "--image-scale 0.5 has nothing to scale: --image-encoder 'flatten' reads no image"),
+        (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--image-codes", "32", "--out", "{tmp}/x"],
+         "--image-codes 32 has no image to read: rnnpolicy/TMaze-v0 observes Box(0.0, 1.0, (4,), float32), not an image"),
+        (["train", "--algo", "ppo", "--env", "fake_envs:FakeImageCue-v0", "--image-codes", "8", "--image-scale", "0.5",
+          "--out", "{tmp}/x"], "--image-scale 0.5 has nothing to scale: --image-codes 8 reads the image one-hot"),
         (["eval", "{tmp}/missing.pt"], "missing.pt' does not exist"),
     ],
 )

@@ -96,6 +96,7 @@ def test_action_spec_validation():
         dict(obs_encoding=ObsEncoding.flat(147), obs_norm=None, image=ImageSpec("hwc", 7, 7, 3, 1 / 255)),
         dict(obs_encoding=ObsEncoding.flat(48), obs_norm=None, image=ImageSpec("chw", 4, 4, 3),
              action=ActionSpec.multi_binary((5,))),
+        dict(obs_encoding=ObsEncoding.flat(147), obs_norm=None, image=ImageSpec("hwc", 7, 7, 3, codes=32)),
     ],
 )
 def test_version_2_specs_round_trip_and_say_so(overrides):
@@ -103,6 +104,12 @@ def test_version_2_specs_round_trip_and_say_so(overrides):
     data = json.loads(spec.to_json())
     assert data["format_version"] == 2 == FORMAT_VERSION
     assert PolicySpec.from_json(spec.to_json()) == spec
+
+
+def test_an_image_spec_written_before_codes_reads_as_intensities():
+    data = json.loads(make_spec(obs_encoding=ObsEncoding.flat(147), obs_norm=None, image=ImageSpec("hwc", 7, 7, 3, 1 / 255)).to_json())
+    del data["image"]["codes"]
+    assert PolicySpec.from_dict(data).image == ImageSpec("hwc", 7, 7, 3, 1 / 255, codes=0)
 
 
 def test_a_version_1_spec_written_before_version_2_still_loads():

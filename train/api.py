@@ -28,7 +28,7 @@ import torch
 from rnnpolicy.envs import make_env
 from rnnpolicy.train import distributed
 from rnnpolicy.train.config import TrainConfig
-from rnnpolicy.train.envs import action_spec, default_image_scale, image_spec, observation_encoding
+from rnnpolicy.train.envs import CODED_IMAGE_LIMIT, action_spec, image_spec, is_coded_image, observation_encoding
 from rnnpolicy.train.periodic_eval import TrainingEvaluator
 from rnnpolicy.train.runlog import RunLog
 
@@ -57,14 +57,14 @@ def resolve(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -
     Precedence: what the user gave, then ``ENV_DEFAULTS[env]``, then the dataclasses' own defaults.
     """
     module = algorithm(config.algo)
-    image_scale = _check_env(config)
+    image_scale, image_codes = _check_env(config)
     defaults = env_defaults(config.algo, config.env)
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     filled = {key: defaults[key] for key in train_fields & defaults.keys() if getattr(config, key) is None}
     if config.eval_every == 0:  # evaluation switched off: an entry's target cannot be checked
         filled.pop("target_return", None)
     filled.update({key: value for key, value in FALLBACK_DEFAULTS.items() if getattr(config, key) is None and key not in filled})
-    filled["image_scale"] = image_scale
+    filled.update(image_scale=image_scale, image_codes=image_codes)
     config = dataclasses.replace(config, **filled)
     if config.eval_every is None:
         assert config.total_steps is not None
@@ -74,12 +74,13 @@ def resolve(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -
     return config, module.Config(**algo_values)
 
 
-def _check_env(config: TrainConfig) -> float | None:
+def _check_env(config: TrainConfig) -> tuple[float | None, int | None]:
     """Fail before training starts on an environment that cannot be made, wrapped, encoded or acted in (by ``algo``).
 
-    Returns the image scale the run uses: ``config.image_scale``, else the environment's default
-    (:func:`~rnnpolicy.train.envs.default_image_scale`, which resets it once); None when the
-    convolutional encoder reads no image. A scale given for no image is refused.
+    Returns how the convolutional encoder reads the image, ``(image_scale, image_codes)``: as the
+    user gave it, else by the environment's first observation (:func:`~rnnpolicy.train.envs.is_coded_image`,
+    which resets it once): codes one-hot over ``CODED_IMAGE_LIMIT`` values (no scale), intensities
+    scaled (codes 0). ``(None, None)`` when no image is read; a scale or codes given then are refused.
     """
     env = make_env(config.env, config.wrapper)
     try:
@@ -90,14 +91,23 @@ def _check_env(config: TrainConfig) -> float | None:
                 f"drqn needs a discrete action space, got {env.action_space} from {config.env}; "
                 f"train this environment with --algo ppo"
             )
-        reads_image = config.image_encoder == "cnn" and image_spec(env) is not None
-        if config.image_scale is not None and not reads_image:
+        spec = image_spec(env) if config.image_encoder == "cnn" else None
+        if spec is None:
             reason = (f"image_encoder {config.image_encoder!r} reads no image" if config.image_encoder != "cnn"
                       else f"{config.env} observes {env.observation_space}, not an image (a rank-3 Box)")
-            raise ValueError(f"image_scale {config.image_scale:g} has nothing to scale: {reason}; leave it unset")
-        if not reads_image or config.image_scale is not None:
-            return config.image_scale
-        return default_image_scale(env, config.seed)
+            if config.image_scale is not None:
+                raise ValueError(f"image_scale {config.image_scale:g} has nothing to scale: {reason}; leave it unset")
+            if config.image_codes is not None:
+                raise ValueError(f"image_codes {config.image_codes} has no image to read: {reason}; leave it unset")
+            return None, None
+        if config.image_codes:
+            return None, config.image_codes
+        if config.image_scale is not None:
+            return config.image_scale, 0
+        coded = is_coded_image(env, config.seed)
+        if config.image_codes is None and coded:
+            return None, CODED_IMAGE_LIMIT
+        return (1.0 if coded else spec.scale), 0  # codes read as numbers: unscaled, as 1/255 would stall learning
     finally:
         env.close()
 

@@ -60,7 +60,8 @@ def run_train(args: argparse.Namespace) -> int:
         print(
             f"training {resolved.algo} on {resolved.env}: {steps}, "
             f"{resolved.cell_kind} {resolved.num_layers}x{resolved.hidden_size}, seed {resolved.seed}"
-            + (f", images scaled by {resolved.image_scale:.6g}" if resolved.image_scale is not None else "")
+            + (f", images read as codes 0-{resolved.image_codes - 1}, one-hot per channel" if resolved.image_codes
+               else f", images scaled by {resolved.image_scale:.6g}" if resolved.image_scale is not None else "")
             + f"; {evaluation}",
             file=sys.stderr,
         )

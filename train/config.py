@@ -34,7 +34,9 @@ class TrainConfig:
     image_encoder: Literal["cnn", "flatten"] = "cnn"
     """How a rank-3 Box (image) observation is read: convolutions (cnn) or flattened into the MLP encoder."""
     image_scale: float | None = None
-    """Multiply an image observation by this before the convolutions (default: 1/255 for a uint8 image whose first observation reaches 32, 1 for a uint8 image whose values stay below, codes rather than intensities such as MiniGrid's object, colour and state indices, and 1 for other dtypes)."""
+    """Multiply an image observation of intensities by this before the convolutions (default: 1/255 for a uint8 image whose first observation reaches 32, else 1)."""
+    image_codes: int | None = None
+    """Read each channel of an image observation one-hot over the values 0 .. image_codes - 1 (a value outside reads as all zeros): for grids of category indices, such as MiniGrid's object, colour and state codes (default: 32 for a uint8 image whose first observation stays below 32, else 0: intensities, scaled by image_scale)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train: auto picks cuda when available, else cpu."""
     threads: int = 1
@@ -65,6 +67,13 @@ class TrainConfig:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
         if self.image_scale is not None and not (0.0 < self.image_scale < math.inf):
             raise ValueError(f"image_scale must be a finite number > 0, got {self.image_scale}")
+        if self.image_codes is not None and self.image_codes < 0:
+            raise ValueError(f"image_codes must be >= 0 (0: read the image as intensities), got {self.image_codes}")
+        if self.image_codes and self.image_scale is not None:
+            raise ValueError(
+                f"image_scale {self.image_scale:g} has nothing to scale: image_codes {self.image_codes} reads "
+                f"the image one-hot; leave one of them unset"
+            )
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.eval_every is not None and self.eval_every < 0:

@@ -235,7 +235,7 @@ def learn(config: TrainConfig, algo_config: Config, run: RunLog, evaluator: Trai
         env_id=config.env,
         env_wrappers=config.wrapper,
         algo="drqn",
-        image=image_spec(envs, config.image_scale) if config.image_encoder == "cnn" else None,
+        image=image_spec(envs, config.image_scale, config.image_codes or 0) if config.image_encoder == "cnn" else None,
     )
     torch.manual_seed(config.seed)
     online = QNetwork(spec)

@@ -74,38 +74,38 @@ def action_spec(env: gym.Env | gym.vector.VectorEnv) -> ActionSpec:
 
 CODED_IMAGE_LIMIT = 32
 """A uint8 image whose first observation stays below this holds codes (MiniGrid's object, colour and
-state indices run 0-10), not intensities, and is read unscaled by default."""
+state indices run 0-10), not intensities; by default each channel is read one-hot over this many values."""
 
 
-def image_spec(env: gym.Env | gym.vector.VectorEnv, scale: float | None = None) -> ImageSpec | None:
+def image_spec(env: gym.Env | gym.vector.VectorEnv, scale: float | None = None, codes: int = 0) -> ImageSpec | None:
     """How the convolutional encoder reads the observation, or None when it is not one rank-3 ``Box``.
 
     The channel axis is the smallest of the three, first or last (as Stable-Baselines3 decides it;
-    a tie goes to channels-last, the more common layout). The image is multiplied by ``scale``
-    (default: 1/255 for uint8, else 1; training resolves it with :func:`default_image_scale`).
+    a tie goes to channels-last, the more common layout). With ``codes`` each channel is read one-hot
+    over that many values; otherwise the image is multiplied by ``scale`` (default: 1/255 for uint8,
+    else 1). Training decides both with :func:`is_coded_image` unless told.
     """
     space = getattr(env, "single_observation_space", env.observation_space)
     if not isinstance(space, spaces.Box) or len(space.shape) != 3:
         return None
     shape = tuple(int(d) for d in space.shape)
-    if scale is None:
+    if codes:
+        scale = 1.0
+    elif scale is None:
         scale = 1.0 / 255.0 if space.dtype == np.uint8 else 1.0
     if shape[2] <= shape[0]:
-        return ImageSpec("hwc", height=shape[0], width=shape[1], channels=shape[2], scale=scale)
-    return ImageSpec("chw", height=shape[1], width=shape[2], channels=shape[0], scale=scale)
+        return ImageSpec("hwc", height=shape[0], width=shape[1], channels=shape[2], scale=scale, codes=codes)
+    return ImageSpec("chw", height=shape[1], width=shape[2], channels=shape[0], scale=scale, codes=codes)
 
 
-def default_image_scale(env: gym.Env, seed: int) -> float | None:
-    """The image scale a run uses unless told otherwise; None when the observation is no image.
+def is_coded_image(env: gym.Env, seed: int) -> bool:
+    """Whether ``env``'s image observation holds codes rather than intensities.
 
-    A uint8 image whose first observation (after ``reset(seed=seed)``) reaches
-    :data:`CODED_IMAGE_LIMIT` holds intensities and is scaled by 1/255, as other RL libraries do;
-    one whose values all stay below holds codes and is read as it is, since 1/255 would shrink
-    MiniGrid's 0-10 to under 0.04 and stall the convolutions' learning. Other dtypes: 1.
+    A uint8 image whose first observation (after ``reset(seed=seed)``) stays below
+    :data:`CODED_IMAGE_LIMIT` holds codes (MiniGrid's 0-10); one that reaches it holds intensities,
+    as do images of other dtypes (not reset).
     """
-    if image_spec(env) is None:
-        return None
     if env.observation_space.dtype != np.uint8:
-        return 1.0
+        return False
     obs, _ = env.reset(seed=seed)
-    return 1.0 / 255.0 if int(np.max(obs)) >= CODED_IMAGE_LIMIT else 1.0
+    return int(np.max(obs)) < CODED_IMAGE_LIMIT

@@ -170,13 +170,20 @@ class ImageEncoder(nn.Module):
 
     Images of at least 36 pixels a side get NatureCNN's three layers (Mnih et al., 2015, as in
     Stable-Baselines3 and CleanRL); smaller ones (MiniGrid's 7x7) get two 3x3 convolutions of 16
-    and 32 channels, unpadded from 5 pixels a side up and padded below.
+    and 32 channels, unpadded from 5 pixels a side up and padded below. An image of codes
+    (``image.codes > 0``) enters them one-hot, ``channels * codes`` planes, as BabyAI embeds
+    MiniGrid's indices: read as numbers, a key (5) and a ball (6) differ by a fraction of what any
+    object adds (benchmarks/code_image_bench.py: telling which object matches a cue was learned on
+    3 of 3 seeds one-hot, on 1 of 3 read as numbers).
     """
 
     def __init__(self, image: ImageSpec, hidden: int) -> None:
         super().__init__()
         self.image = image
         c, h, w = image.channels, image.height, image.width
+        if image.codes:
+            self.register_buffer("code_values", torch.arange(image.codes, dtype=torch.float32), persistent=False)
+            c *= image.codes
         if min(h, w) >= 36:
             layers: list[nn.Module] = [nn.Conv2d(c, 32, 8, stride=4), nn.ReLU(), nn.Conv2d(32, 64, 4, stride=2),
                                        nn.ReLU(), nn.Conv2d(64, 64, 3, stride=1), nn.ReLU()]
@@ -188,12 +195,21 @@ class ImageEncoder(nn.Module):
             flat = self.convs(torch.zeros(1, c, h, w)).shape[1]
         self.linear = nn.Sequential(nn.Linear(flat, hidden), nn.ReLU())
 
-    def forward(self, obs: Tensor) -> Tensor:
-        """``obs`` ``(..., obs_dim)``, each row the image in its own layout -> ``(..., hidden)``."""
+    def planes(self, obs: Tensor) -> Tensor:
+        """What the convolutions read: ``obs`` ``(N, obs_dim)`` -> ``(N, C, H, W)``, scaled or one-hot (``C * codes`` planes)."""
         x = obs.reshape(-1, *self.image.shape)  # (N, H, W, C) or (N, C, H, W)
+        if self.image.codes:
+            x = (x.unsqueeze(-1) == self.code_values).to(obs.dtype)  # (N, H, W, C, K) or (N, C, H, W, K)
+            if self.image.layout == "hwc":
+                return x.flatten(3).permute(0, 3, 1, 2)  # (N, C * K, H, W)
+            return x.permute(0, 1, 4, 2, 3).flatten(1, 2)  # (N, C * K, H, W)
         if self.image.layout == "hwc":
             x = x.permute(0, 3, 1, 2)  # (N, C, H, W)
-        features = self.linear(self.convs(x * self.image.scale))  # (N, hidden)
+        return x * self.image.scale
+
+    def forward(self, obs: Tensor) -> Tensor:
+        """``obs`` ``(..., obs_dim)``, each row the image in its own layout -> ``(..., hidden)``."""
+        features = self.linear(self.convs(self.planes(obs)))  # (N, hidden)
         return features.reshape(*obs.shape[:-1], features.shape[-1])
 
 

@@ -272,7 +272,7 @@ def _build(config: TrainConfig, algo: Config, envs: gym.vector.VectorEnv, obs_no
         env_id=config.env,
         env_wrappers=config.wrapper,
         algo="ppo",
-        image=image_spec(envs, config.image_scale) if config.image_encoder == "cnn" else None,
+        image=image_spec(envs, config.image_scale, config.image_codes or 0) if config.image_encoder == "cnn" else None,
     )
     model = ActorCritic(spec)
     init_forget_bias(model, algo.forget_bias)
