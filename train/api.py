@@ -91,8 +91,8 @@ def _check_env(config: TrainConfig) -> tuple[float | None, int | None]:
                 f"drqn needs a discrete action space, got {env.action_space} from {config.env}; "
                 f"train this environment with --algo ppo"
             )
-        spec = image_spec(env) if config.image_encoder == "cnn" else None
-        if spec is None:
+        image = image_spec(env) if config.image_encoder == "cnn" else None
+        if image is None:
             reason = (f"image_encoder {config.image_encoder!r} reads no image" if config.image_encoder != "cnn"
                       else f"{config.env} observes {env.observation_space}, not an image (a rank-3 Box)")
             if config.image_scale is not None:
@@ -107,7 +107,7 @@ def _check_env(config: TrainConfig) -> tuple[float | None, int | None]:
         coded = is_coded_image(env, config.seed)
         if config.image_codes is None and coded:
             return None, CODED_IMAGE_LIMIT
-        return (1.0 if coded else spec.scale), 0  # codes read as numbers: unscaled, as 1/255 would stall learning
+        return (1.0 if coded else image.scale), 0  # codes read as numbers: unscaled, as 1/255 would stall learning
     finally:
         env.close()
 
