@@ -25,7 +25,7 @@ from torch import Tensor
 from rnnpolicy.spec import PolicySpec
 from rnnpolicy.train.api import resolve_device
 from rnnpolicy.train.config import TrainConfig
-from rnnpolicy.train.envs import action_spec, image_spec, make_vector_env, observation_encoding
+from rnnpolicy.train.envs import action_spec, make_vector_env, observation_encoding, run_image_spec
 from rnnpolicy.train.models import QNetwork, RecurrentState, init_forget_bias, initial_state
 from rnnpolicy.train.optim import FusedAdam
 from rnnpolicy.train.replay import SequenceBatch, SequenceCollector, SequenceReplay
@@ -235,7 +235,7 @@ def learn(config: TrainConfig, algo_config: Config, run: RunLog, evaluator: Trai
         env_id=config.env,
         env_wrappers=config.wrapper,
         algo="drqn",
-        image=image_spec(envs, config.image_scale, config.image_codes or 0) if config.image_encoder == "cnn" else None,
+        image=run_image_spec(envs, config),
     )
     torch.manual_seed(config.seed)
     online = QNetwork(spec)

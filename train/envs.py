@@ -12,6 +12,7 @@ from gymnasium import spaces
 from rnnpolicy.encoding import ObsEncoding
 from rnnpolicy.envs import make_env
 from rnnpolicy.spec import ActionSpec, ImageSpec
+from rnnpolicy.train.config import TrainConfig
 
 VECTOR_MODES = ("sync", "async")
 
@@ -96,6 +97,14 @@ def image_spec(env: gym.Env | gym.vector.VectorEnv, scale: float | None = None, 
     if shape[2] <= shape[0]:
         return ImageSpec("hwc", height=shape[0], width=shape[1], channels=shape[2], scale=scale, codes=codes)
     return ImageSpec("chw", height=shape[1], width=shape[2], channels=shape[0], scale=scale, codes=codes)
+
+
+def run_image_spec(envs: gym.Env | gym.vector.VectorEnv, config: TrainConfig) -> ImageSpec | None:
+    """The image a run's convolutional encoder reads, as ``config`` resolved it (:func:`rnnpolicy.train.api.resolve`);
+    None with ``image_encoder`` flatten or no image."""
+    if config.image_encoder != "cnn":
+        return None
+    return image_spec(envs, config.image_scale, config.image_codes or 0)
 
 
 def is_coded_image(env: gym.Env, seed: int) -> bool:

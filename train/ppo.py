@@ -25,7 +25,7 @@ from rnnpolicy.train.api import resolve_device
 from rnnpolicy.train.config import TrainConfig
 from rnnpolicy.train import distributed
 from rnnpolicy.train.distributed import DataParallel
-from rnnpolicy.train.envs import action_spec, image_spec, make_vector_env, observation_encoding
+from rnnpolicy.train.envs import action_spec, make_vector_env, observation_encoding, run_image_spec
 from rnnpolicy.train.episode_carry import EpisodeCarry, Prefixes
 from rnnpolicy.train.models import (
     ActorCritic,
@@ -272,7 +272,7 @@ def _build(config: TrainConfig, algo: Config, envs: gym.vector.VectorEnv, obs_no
         env_id=config.env,
         env_wrappers=config.wrapper,
         algo="ppo",
-        image=image_spec(envs, config.image_scale, config.image_codes or 0) if config.image_encoder == "cnn" else None,
+        image=run_image_spec(envs, config),
     )
     model = ActorCritic(spec)
     init_forget_bias(model, algo.forget_bias)
