@@ -7,10 +7,11 @@ episodes. A uniformly random policy's mean return on the same episode seeds is t
 task. The figure per task and configuration is the mean over seeds; the summary row is the mean
 normalised score ``(return - random) / (best known - random)`` over tasks, where "best known" is
 the highest mean return any configuration reached on that task in this run. Writes
-``results/generic_defaults.json`` and ``.md``.
+``results/NAME.json`` and ``.md`` (``--name``, default ``generic_defaults``).
 
     python benchmarks/generic_defaults_bench.py
     python benchmarks/generic_defaults_bench.py --tasks popgym:popgym-CountRecallEasy-v0 --seeds 1 --total-steps 50000
+    python benchmarks/generic_defaults_bench.py --configs defaults "memory settings (64-step rollouts, 2 minibatches, 8 epochs, lr 3e-3)" --name generic_defaults_memory
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ CONFIGS: dict[str, list[str]] = {
     "defaults": [],
     "previous defaults (8 x 64, 16-step BPTT, no entropy bonus)": ["--rollout-steps", "64", "--seq-len", "16", "--ent-coef", "0"],
     "defaults without the entropy bonus": ["--ent-coef", "0"],
+    "memory settings (64-step rollouts, 2 minibatches, 8 epochs, lr 3e-3)": [
+        "--rollout-steps", "64", "--num-minibatches", "2", "--update-epochs", "8", "--learning-rate", "3e-3"],
 }
 
 
@@ -70,11 +73,13 @@ def score(results: dict[str, dict]) -> dict[str, float | None]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=TASKS)
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), metavar="CONFIG")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS)[:3], choices=list(CONFIGS), metavar="CONFIG",
+                        help="configurations by name (default: the first three)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--total-steps", type=int, default=100_000)
     parser.add_argument("--episodes", type=int, default=50, help="evaluation episodes per file (default 50)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per training run")
+    parser.add_argument("--name", default="generic_defaults", help="results file stem (default generic_defaults)")
     args = parser.parse_args()
     import torch
 
@@ -105,7 +110,7 @@ def main() -> None:
         "tasks": results,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "generic_defaults.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     lines = [
         "# Recurrent PPO's generic defaults over unfamiliar tasks",
@@ -133,7 +138,7 @@ def main() -> None:
         "on that task in this run (1). Mean final score over tasks: "
         + ", ".join(f"{name} **{fmt(score)}**" for name, score in summary["mean_final_score"].items()) + ".",
     ]
-    (RESULTS / "generic_defaults.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

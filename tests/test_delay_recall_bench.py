@@ -1,0 +1,52 @@
+"""benchmarks/delay_recall_bench.py: the task's deals, the recall labels, the label check and the supervised training."""
+
+import argparse
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from delay_recall_bench import build_policy, check_labels, recall_labels, shuffled_suits, train_delay  # noqa: E402
+
+
+class _Cards(gym.Env):
+    """Only the spaces of popgym's RepeatPrevious (a suit in, a suit out): what build_policy reads."""
+
+    observation_space = spaces.Discrete(4)
+    action_space = spaces.Discrete(4)
+
+
+def test_each_episode_deals_a_shuffled_deck_but_its_last_card():
+    suits = shuffled_suits(np.random.default_rng(0), episodes=3, num_cards=104)
+    assert suits.shape == (103, 3)
+    for column in suits.T:
+        counts = np.bincount(column, minlength=4)
+        assert sorted(counts.tolist()) == [25, 26, 26, 26]  # one card of 26 per suit stays in the deck
+
+
+def test_the_label_at_each_scored_step_is_the_suit_seen_delay_steps_earlier():
+    suits = np.arange(10).reshape(10, 1) % 4  # (T, B)
+    labels = recall_labels(suits, 3)
+    assert labels.shape == (7, 1)
+    assert labels[:, 0].tolist() == suits[:7, 0].tolist()  # step 3 answers step 0, ..., step 9 answers step 6
+    assert recall_labels(suits, 0) is suits
+
+
+def test_labels_earn_the_real_environments_maximum_return():
+    pytest.importorskip("popgym", reason="popgym is in the bench extra")
+    assert check_labels("popgym:popgym-RepeatPreviousEasy-v0", episodes=3, seed=0) == 4
+
+
+def test_training_learns_a_short_recall_and_records_when():
+    torch.manual_seed(0)
+    args = argparse.Namespace(seed=0, learning_rate=1e-2, batch=16, total_steps=30_000, eval_every=5_000, solved=0.9)
+    run = train_delay(args, build_policy(_Cards(), "gru", 16), delay=2, num_cards=20)
+    assert run["cell"] == "gru" and run["delay"] == 2
+    assert run["curve"][0][1] < 0.9 <= run["final_accuracy"], run["curve"]
+    assert run["learned_at"] == next(step for step, accuracy in run["curve"] if accuracy >= 0.9)
+    assert run["steps"] >= 30_000
