@@ -87,6 +87,22 @@ def build_policy(env: gym.Env, cell: str, hidden_size: int) -> torch.nn.Module:
     return model
 
 
+def chrono_init(model: torch.nn.Module, longest: float) -> None:
+    """Chrono initialisation of every LSTM's gates (Tallec & Ollivier, 2018): forget-gate bias ``log(u)``,
+    ``u ~ U(1, longest - 1)``, input-gate bias its negative, so the units start with memory spans spread up to ``longest`` steps."""
+    with torch.no_grad():
+        for lstm in (m for m in model.modules() if isinstance(m, torch.nn.LSTM)):
+            hidden = lstm.hidden_size
+            for name, bias in lstm.named_parameters():
+                if name.startswith("bias_hh"):
+                    bias.zero_()
+                elif name.startswith("bias_ih"):
+                    bias.zero_()
+                    forget = torch.log(torch.empty(hidden).uniform_(1.0, longest - 1.0))
+                    bias[hidden : 2 * hidden] = forget  # gates are ordered input, forget, cell, output
+                    bias[:hidden] = -forget
+
+
 def recall_logits(model: torch.nn.Module, suits: np.ndarray) -> torch.Tensor:
     """The policy's logits ``(T, B, 4)`` over whole episodes of ``suits`` ``(T, B)``, from the zero state."""
     from rnnpolicy.train.models import initial_state
@@ -140,6 +156,8 @@ def main() -> None:
     parser.add_argument("--total-steps", type=int, default=5_000_000, help="observations trained on per delay (default 5M, the target's budget)")
     parser.add_argument("--batch", type=int, default=64, help="episodes per gradient step (default 64)")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--chrono", type=float, default=0.0, metavar="STEPS",
+                        help="chrono-initialise the LSTM's gates for spans up to STEPS instead of PPO's forget-gate bias 1 (default 0: off)")
     parser.add_argument("--eval-every", type=int, default=500_000)
     parser.add_argument("--solved", type=float, default=0.9, help="held-out accuracy that counts as learned (default 0.9)")
     parser.add_argument("--check-episodes", type=int, default=20)
@@ -149,6 +167,8 @@ def main() -> None:
     for name in ("hidden_size", "total_steps", "batch", "eval_every", "check_episodes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.chrono and (args.chrono <= 2 or args.cells != ["lstm"]):
+        parser.error(f"--chrono needs STEPS > 2 and --cells lstm (it initialises LSTM gates), got {args.chrono} with {args.cells}")
     torch.set_num_threads(1)
     k = check_labels(args.env, args.check_episodes, args.seed)
     env = gym.make(args.env)
@@ -162,10 +182,13 @@ def main() -> None:
     for cell in args.cells:
         for delay in args.delays:
             torch.manual_seed(args.seed)
-            runs.append(train_delay(args, build_policy(env, cell, args.hidden_size), delay, num_cards))
+            model = build_policy(env, cell, args.hidden_size)
+            if args.chrono:
+                chrono_init(model, args.chrono)
+            runs.append(train_delay(args, model, delay, num_cards))
     command = "python benchmarks/delay_recall_bench.py " + " ".join(sys.argv[1:])
     summary = {"command": command.strip(), "env": args.env, "task_delay": k - 1, "hidden_size": args.hidden_size,
-               "batch": args.batch, "learning_rate": args.learning_rate, "solved": args.solved, "seed": args.seed,
+               "batch": args.batch, "learning_rate": args.learning_rate, "chrono": args.chrono, "solved": args.solved, "seed": args.seed,
                "total_steps": args.total_steps, **conditions.finish(), "torch": torch.__version__, "runs": runs}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -175,7 +198,9 @@ def main() -> None:
         f"Command: `{summary['command']}`  ",
         f"The network `rnnpolicy train --algo ppo --env {args.env} --hidden-size {args.hidden_size}` builds, trained by "
         f"cross-entropy on the suit seen DELAY steps earlier at every scored step of whole {num_cards - 1}-step episodes "
-        f"(batches of {args.batch}, Adam lr {args.learning_rate}, seed {args.seed}); accuracy of greedy answers on "
+        f"(batches of {args.batch}, Adam lr {args.learning_rate}, seed {args.seed}"
+        + (f", LSTM gates chrono-initialised for spans up to {args.chrono:g} steps" if args.chrono else ", forget-gate bias 1 as PPO's")
+        + f"); accuracy of greedy answers on "
         f"{EVAL_EPISODES} held-out episodes (a guess: 0.25). The task's own delay is {k - 1} (labels checked on the real "
         f"environment: {args.check_episodes} episodes answered with them returned 1.0 each).  ",
         describe(summary),

@@ -42,6 +42,8 @@ CONFIGS: dict[str, list[str]] = {
     "defaults without the entropy bonus": ["--ent-coef", "0"],
     "memory settings (64-step rollouts, 2 minibatches, 8 epochs, lr 3e-3)": [
         "--rollout-steps", "64", "--num-minibatches", "2", "--update-epochs", "8", "--learning-rate", "3e-3"],
+    "defaults with 8 epochs of 2 minibatches": ["--num-minibatches", "2", "--update-epochs", "8"],
+    "defaults with lr 3e-3": ["--learning-rate", "3e-3"],
 }
 
 

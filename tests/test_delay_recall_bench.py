@@ -11,7 +11,7 @@ import torch
 from gymnasium import spaces
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from delay_recall_bench import build_policy, check_labels, recall_labels, shuffled_suits, train_delay  # noqa: E402
+from delay_recall_bench import build_policy, check_labels, chrono_init, recall_labels, shuffled_suits, train_delay  # noqa: E402
 
 
 class _Cards(gym.Env):
@@ -50,3 +50,16 @@ def test_training_learns_a_short_recall_and_records_when():
     assert run["curve"][0][1] < 0.9 <= run["final_accuracy"], run["curve"]
     assert run["learned_at"] == next(step for step, accuracy in run["curve"] if accuracy >= 0.9)
     assert run["steps"] >= 30_000
+
+
+def test_chrono_spreads_the_forget_gate_biases_and_closes_the_input_gates_as_much():
+    torch.manual_seed(0)
+    model = build_policy(_Cards(), "lstm", 32)
+    chrono_init(model, 64.0)
+    lstm = model.actor_core.rnn
+    bias = lstm.bias_ih_l0 + lstm.bias_hh_l0  # (4 * H,): input, forget, cell, output
+    forget, input_gate = bias[32:64], bias[:32]
+    assert torch.all(forget >= 0) and torch.all(forget <= torch.log(torch.tensor(63.0)))
+    assert forget.std() > 0.3  # spread, not one value
+    assert torch.equal(input_gate, -forget)
+    assert torch.all(bias[64:] == 0)
