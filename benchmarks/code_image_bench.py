@@ -84,6 +84,12 @@ def first_solved_step(metrics: Path) -> int | None:
     return None
 
 
+def steps_run(metrics: Path) -> int:
+    """The environment steps a run took (whole updates, so up to one update fewer than asked), from its metrics.csv."""
+    with metrics.open() as f:
+        return max(int(row["step"]) for row in csv.DictReader(f))
+
+
 def run(env_id: str, image_codes: int | None, seed: int, total_steps: int, episodes: int, out: Path) -> dict:
     from rnnpolicy.train.api import train
     from rnnpolicy.train.checkpoint import LAST_NAME
@@ -95,7 +101,7 @@ def run(env_id: str, image_codes: int | None, seed: int, total_steps: int, episo
                              image_codes=image_codes, progress=False))
     wall = time.perf_counter() - start
     best, final = evaluate(path, episodes=episodes), evaluate(path.with_name(LAST_NAME), episodes=episodes)
-    return {"seed": seed, "wall_s": round(wall, 1), "steps_per_s": round(total_steps / wall),
+    return {"seed": seed, "wall_s": round(wall, 1), "steps_per_s": round(steps_run(out / "metrics.csv") / wall),
             "best_return": round(best.mean_return, 3), "final_return": round(final.mean_return, 3),
             "first_solved_step": first_solved_step(out / "metrics.csv")}
 

@@ -1,10 +1,10 @@
-"""benchmarks/code_image_bench.py's bookkeeping: the first evaluation during training that solved the task."""
+"""benchmarks/code_image_bench.py's bookkeeping: the first evaluation during training that solved the task, the steps run."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from code_image_bench import SOLVED, first_solved_step  # noqa: E402
+from code_image_bench import SOLVED, first_solved_step, steps_run  # noqa: E402
 
 
 def _metrics(tmp_path, evals):
@@ -21,3 +21,7 @@ def test_the_first_evaluation_at_the_threshold_counts_and_rows_without_one_are_s
 
 def test_a_run_that_never_reaches_the_threshold_has_no_solved_step(tmp_path):
     assert first_solved_step(_metrics(tmp_path, [(1024, 0.5), (2048, 0.94)])) is None
+
+
+def test_speed_counts_the_steps_the_run_took_not_those_asked_for(tmp_path):
+    assert steps_run(_metrics(tmp_path, [(1024, 0.5), (99328, 0.6)])) == 99328
