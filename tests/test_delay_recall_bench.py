@@ -6,7 +6,6 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-import pytest
 import torch
 from gymnasium import spaces
 
@@ -38,7 +37,6 @@ def test_the_label_at_each_scored_step_is_the_suit_seen_delay_steps_earlier():
 
 
 def test_labels_earn_the_real_environments_maximum_return():
-    pytest.importorskip("popgym", reason="popgym is in the bench extra")
     assert check_labels("popgym:popgym-RepeatPreviousEasy-v0", episodes=3, seed=0) == 4
 
 
