@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes per file (default 100)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per training run")
     parser.add_argument("--random-baseline", type=float, default=None, help="a random policy's mean return, for the report")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="write each seed's run directory to KEEP/seedS and keep it (default: a temporary directory)")
     parser.add_argument("extra", nargs="*", help="after --: more `rnnpolicy train` options")
     args = parser.parse_args()
     import torch
@@ -98,8 +100,9 @@ def main() -> None:
     conditions = RunConditions()
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
+        root = args.keep or Path(tmp)
         for seed in args.seeds:
-            runs.append(run_seed(args, seed, Path(tmp) / f"seed{seed}"))
+            runs.append(run_seed(args, seed, root / f"seed{seed}"))
             print(json.dumps(runs[-1]), flush=True)
     ok = [r for r in runs if "error" not in r]
 

@@ -19,7 +19,8 @@ __all__ = ["PlayResult", "add_play_arguments", "play_episodes", "run_play"]
 def add_play_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
     parser.add_argument("--target", default="127.0.0.1:50051", help="server HOST:PORT (default %(default)s)")
     parser.add_argument("--model", default="", help="served model name (default: the server's only model)")
-    parser.add_argument("--env", required=True, help="gymnasium environment id, e.g. rnnpolicy/TMaze-v0")
+    parser.add_argument("--env", default=None,
+                        help="gymnasium environment id, e.g. rnnpolicy/TMaze-v0 (default: the one the served policy was trained on)")
     parser.add_argument("--wrapper", action="append", default=None, metavar="MODULE:CALLABLE[:KEY=VALUE,...]",
                         help="wrap the environment (repeatable, in order; default: the wrappers the served model "
                              "was trained with, from its spec)")
@@ -54,20 +55,26 @@ class PlayResult:
         return {p: float(np.percentile(self.step_latencies_s, p)) * 1e3 for p in percentiles}
 
 
-def play_episodes(client: PolicyClient, model: str, env_id: str, episodes: int, seed: int = 0,
+def play_episodes(client: PolicyClient, model: str, env_id: str | None, episodes: int, seed: int = 0,
                   deterministic: bool = True, transport: str = "stream",
                   wrappers: list[str] | None = None) -> PlayResult:
     """Play ``episodes`` of ``env_id`` through one server session, timing every step's round trip.
 
-    ``wrappers`` (``module:Callable[:key=value,...]``) default to the ones in the served model's spec.
+    ``env_id`` and ``wrappers`` (``module:Callable[:key=value,...]``) default to the ones in the served
+    model's spec; ``ValueError`` where the environment does not fit the policy.
     """
-    from rnnpolicy.envs import make_env
+    from rnnpolicy.envs import check_fits, make_env
 
     result = PlayResult()
     env = None
     try:
         with client.session(model, seed=seed, deterministic=deterministic, transport=transport) as session:
-            env = make_env(env_id, session.spec.env_wrappers if wrappers is None else wrappers)
+            env_id = env_id or session.spec.env_id
+            if not env_id:
+                raise ValueError("the served policy names no environment; pass one with --env")
+            wrappers = list(session.spec.env_wrappers) if wrappers is None else wrappers
+            env = make_env(env_id, wrappers)
+            check_fits(session.spec, env, env_id, wrappers)
             action_space = session.spec.action
             for episode in range(episodes):
                 obs, _ = env.reset(seed=seed + episode)

@@ -137,18 +137,15 @@ class WebPageConfig:
 
 
 def _check_fits(spec: PolicySpec, env_id: str) -> None:
-    from rnnpolicy.encoding import ObsEncoding
-    from rnnpolicy.envs import make_env
+    from rnnpolicy.envs import check_fits, make_env
 
+    if not spec.action.is_discrete:
+        raise ValueError(f"the page runs policies with discrete actions, this one chooses {spec.action.describe()}")
     env = make_env(env_id)
-    obs_dim = ObsEncoding.from_space(env.observation_space).flat_dim
-    n_actions = int(env.action_space.n)
-    if spec.obs_dim != obs_dim or not spec.action.is_discrete or spec.action.n != n_actions:
-        action = f"{spec.action.n} discrete actions" if spec.action.is_discrete else f"a {spec.action.kind} action"
-        raise ValueError(
-            f"the policy takes {spec.obs_dim} observation values and has {action}; {env_id} gives "
-            f"{obs_dim} values and {n_actions} discrete actions"
-        )
+    try:
+        check_fits(spec, env, env_id)
+    finally:
+        env.close()
 
 
 def ort_web_version(web_dir: Path = WEB_DIR) -> str:

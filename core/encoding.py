@@ -144,8 +144,9 @@ def _parts(space: Any, path: tuple[str, ...]) -> list[ObsPart]:
         return [p for i, sub in enumerate(space.spaces) for p in _parts(sub, path + (str(i),))]
     if isinstance(space, spaces.Dict):
         return [p for key, sub in space.spaces.items() for p in _parts(sub, path + (str(key),))]
+    where = f" (the observation's entry {'/'.join(path)!r})" if path else ""
     raise ValueError(
-        f"cannot encode observation space {space!r}: expected Box, Discrete, MultiBinary, "
+        f"cannot encode observation space {space!r}{where}: expected Box, Discrete, MultiBinary, "
         f"MultiDiscrete, or a Tuple/Dict of these"
     )
 

@@ -91,6 +91,40 @@ class ActionSpec:
             raise ValueError(f"action kind must be one of {ACTION_KINDS}, got {self.kind!r}")
 
     @classmethod
+    def from_space(cls, space: Any) -> ActionSpec:
+        """The spec of a gymnasium action space; ``ValueError`` for spaces a policy here cannot produce."""
+        from gymnasium import spaces
+
+        if isinstance(space, spaces.Discrete):
+            if space.start != 0:
+                raise ValueError(f"discrete action spaces must start at 0, got start={space.start}")
+            return cls("discrete", n=int(space.n))
+        if isinstance(space, spaces.MultiDiscrete):
+            if np.any(space.start != 0):
+                raise ValueError(f"multi-discrete action spaces must start at 0, got start={space.start.tolist()}")
+            return cls.multi_discrete(space.nvec.ravel().tolist(), shape=tuple(int(d) for d in space.shape))
+        if isinstance(space, spaces.MultiBinary):
+            return cls.multi_binary(tuple(int(d) for d in space.shape))
+        if isinstance(space, spaces.Box):
+            if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
+                raise ValueError(f"a continuous action space needs finite bounds, got {space}")
+            return cls(
+                "box",
+                shape=tuple(int(d) for d in space.shape),
+                low=tuple(float(v) for v in space.low.ravel()),
+                high=tuple(float(v) for v in space.high.ravel()),
+            )
+        raise ValueError(f"cannot act in action space {space}: expected Discrete, MultiDiscrete, MultiBinary or Box")
+
+    def describe(self) -> str:
+        """The space in a few words, for errors: ``3 discrete actions``, ``a box action of shape (1,)``, ..."""
+        if self.kind == "discrete":
+            return f"{self.n} discrete actions"
+        if self.kind == "box":
+            return f"a box action of shape {self.shape} in [{min(self.low):g}, {max(self.high):g}]"
+        return f"a {self.kind} action with choices {list(self.nvec)}"
+
+    @classmethod
     def multi_discrete(cls, nvec: tuple[int, ...] | list[int], shape: tuple[int, ...] | None = None) -> ActionSpec:
         """A ``multi_discrete`` space with ``nvec`` choices per entry (``shape`` defaults to ``(len(nvec),)``)."""
         nvec = tuple(int(n) for n in nvec)

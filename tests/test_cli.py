@@ -36,6 +36,8 @@ def test_train_help_shows_the_algorithm_hyperparameters(capsys):
     [
         (["train", "--algo", "ppo", "--env", "NoSuchEnv-v0", "--out", "{tmp}/x"], "unknown environment 'NoSuchEnv-v0'"),
         (["train", "--algo", "drqn", "--env", "fake_envs:FakeText-v0", "--out", "{tmp}/x"], "cannot encode observation space Text"),
+        (["train", "--algo", "ppo", "--env", "fake_envs:FakeText-v0", "--out", "{tmp}/x"],
+         "a wrapper can drop or convert it (--wrapper module:Callable, e.g. minigrid.wrappers:ImgObsWrapper"),
         (["train", "--algo", "drqn", "--env", "rnnpolicy/PendulumNoVel-v0", "--out", "{tmp}/x"], "drqn needs a discrete action space"),
         (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--total-steps", "0", "--out", "{tmp}/x"], "--total-steps must be >= 1, got 0"),
         (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--eval-max-share", "1.5", "--out", "{tmp}/x"],
@@ -44,6 +46,12 @@ def test_train_help_shows_the_algorithm_hyperparameters(capsys):
          "--episode-bptt-max must be >= 1, got 0"),
         (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--episode-bptt", "--seq-len", "16", "--out", "{tmp}/x"],
          "--episode-bptt replays whole episodes, so it needs --seq-len 0 (whole rollouts), got --seq-len=16"),
+        # a value the user did not give is said to come from the environment's defaults
+        (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--rollout-steps", "100", "--out", "{tmp}/x"],
+         "--seq-len must divide --rollout-steps (100) or be 0 (whole rollout), got 128 (the defaults for rnnpolicy/TMaze-v0 "
+         "set --seq-len 128; a value you give overrides them)"),
+        (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--num-minibatches", "0", "--out", "{tmp}/x"],
+         "--num-minibatches must be >= 1, got 0"),
         (["train", "--algo", "ppo", "--env", "fake_envs:FakeImageCue-v0", "--image-scale", "0", "--out", "{tmp}/x"],
          "--image-scale must be a finite number > 0, got 0.0"),
         (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--image-scale", "0.5", "--out", "{tmp}/x"],
@@ -121,3 +129,11 @@ def test_train_says_how_many_steps_it_runs_and_what_checkpoint_pt_holds(capsys, 
     assert f"{total} steps (runs {runs}: {rounding})" in err.splitlines()[0]
     assert int(float((run / "metrics.csv").read_text().splitlines()[-1].split(",")[0])) == runs
     assert "checkpoint.pt (final policy: no evaluation during training)" in out
+
+
+def test_the_first_line_names_a_target_return_only_where_one_can_stop_the_run(capsys, tmp_path):
+    base = ["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--total-steps", "512", "--no-progress"]
+    code, _, err = run_cli(capsys, *base, "--out", str(tmp_path / "entry"))
+    assert code == 0 and "every 8192 steps, stopping at return 1" in err.splitlines()[0]
+    code, _, err = run_cli(capsys, *base, "--target-return", "inf", "--out", str(tmp_path / "off"))
+    assert code == 0 and "stopping at return" not in err and "evaluating 32 episodes every 8192 steps" in err.splitlines()[0]

@@ -156,7 +156,8 @@ def test_play_episodes_and_cli(target, capsys):
     with PolicyClient(target) as client:
         unary = play_episodes(client, "tmaze", "rnnpolicy/TMaze-v0", 3, seed=5, transport="unary")
         stream = play_episodes(client, "tmaze", "rnnpolicy/TMaze-v0", 3, seed=5)
-    assert unary.returns == stream.returns and len(unary.returns) == 3
+        recorded = play_episodes(client, "tmaze", None, 3, seed=5)  # the environment named in the served spec
+    assert unary.returns == stream.returns == recorded.returns and len(unary.returns) == 3
     assert len(unary.successes) == 3
     assert len(unary.step_latencies_s) == len(stream.step_latencies_s) > 3
     import argparse

@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -80,8 +81,9 @@ def test_config_rejects_bad_values_by_name(values, message):
         drqn.Config(**values)
 
 
-def _learn(tmp_path, cell="lstm", seed=0, env="rnnpolicy/RepeatFirst-v0", total_steps=800, **overrides):
-    config = TrainConfig(algo="drqn", env=env, out=str(tmp_path), total_steps=total_steps, hidden_size=8, seed=seed, cell="gru" if cell == "gru" else "lstm", feedforward=cell == "ff", progress=False)
+def _learn(tmp_path, cell="lstm", seed=0, env="rnnpolicy/RepeatFirst-v0", total_steps=800, evaluation=None, **overrides):
+    config = TrainConfig(algo="drqn", env=env, out=str(tmp_path), total_steps=total_steps, hidden_size=8, seed=seed, cell="gru" if cell == "gru" else "lstm", feedforward=cell == "ff", progress=False,
+                         **(evaluation or {}))
     run = RunLog(tmp_path, total_steps, progress=False)
     try:
         spec, model = drqn.learn(config, drqn.Config(**{**TINY, **overrides}), run, TrainingEvaluator(config, {}))
@@ -99,6 +101,14 @@ def test_learn_smoke_run_logs_metrics_and_returns_a_q_network(tmp_path, cell):
     assert {"loss", "q_mean", "epsilon", "steps_per_s", "success_rate"} <= rows[-1].keys()
     assert rows[-1]["episodes"] > 0 and rows[-1]["success_rate"] == rows[-1]["success_rate"]  # not NaN
     assert rows[-1]["loss"] == rows[-1]["loss"]
+
+
+def test_evaluations_follow_eval_every_not_the_log_interval(tmp_path):
+    # rows every 200 steps (TINY's log_interval), evaluations every 100: each gets a row of its own
+    evaluation = dict(eval_every=100, eval_episodes=2, eval_max_share=math.inf)
+    _, _, rows = _learn(tmp_path, evaluation=evaluation)
+    assert [row["step"] for row in rows] == [100, 200, 300, 400, 500, 600, 700, 800]
+    assert all(row["eval_return"] == row["eval_return"] for row in rows)  # none NaN: every row holds one
 
 
 def test_learn_is_deterministic_given_the_seed(tmp_path):

@@ -45,6 +45,9 @@ def test_batch_encoding_matches_single_encoding():
 def test_unsupported_space_is_named():
     with pytest.raises(ValueError, match="cannot encode observation space Text"):
         ObsEncoding.from_space(spaces.Text(5))
+    nested = spaces.Dict({"image": spaces.Box(0, 1, (2,)), "goal": spaces.Dict({"mission": spaces.Text(5)})})
+    with pytest.raises(ValueError, match=r"cannot encode observation space Text\(.*\) \(the observation's entry 'goal/mission'\)"):
+        ObsEncoding.from_space(nested)
 
 
 def test_out_of_range_discrete_value_is_refused():

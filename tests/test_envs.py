@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rnnpolicy.envs import BUILTIN_ENV_IDS, make_env
+from rnnpolicy.envs import BUILTIN_ENV_IDS, check_fits, make_env
 
 
 @pytest.mark.parametrize("env_id", BUILTIN_ENV_IDS)
@@ -81,6 +81,33 @@ def test_unknown_ids_get_a_clear_error():
         make_env("NoSuchEnv-v0")
     with pytest.raises(ValueError, match="cannot import its module"):
         make_env("no_such_module_xyz:Thing-v0")
+    # a third-party id given without the module that registers it: the error says how to name it
+    with pytest.raises(ValueError, match=r"unknown environment 'MiniGrid-MemoryS11-v0': .* named module:EnvId"):
+        make_env("MiniGrid-MemoryS11-v0")
+
+
+def test_check_fits_names_the_observations_or_actions_that_differ():
+    from rnnpolicy.encoding import ObsEncoding
+    from rnnpolicy.spec import ActionSpec, PolicySpec
+
+    tmaze = make_env("rnnpolicy/TMaze-v0")
+    spec = PolicySpec(kind="policy", cell="lstm", num_layers=1, hidden_size=8,
+                      obs_encoding=ObsEncoding.from_space(tmaze.observation_space),
+                      action=ActionSpec.from_space(tmaze.action_space))
+    check_fits(spec, tmaze, "rnnpolicy/TMaze-v0")
+    # CartPole's observation has T-maze's 4 values, but 2 actions where the policy chooses among 3
+    with pytest.raises(ValueError, match=r"environment 'CartPole-v1' acts in Discrete\(2\), but the policy chooses "
+                                         r"3 discrete actions: use the environment and wrappers it was trained with"):
+        check_fits(spec, make_env("CartPole-v1"), "CartPole-v1")
+    with pytest.raises(ValueError, match=r"environment 'rnnpolicy/MemoryGrid-v0' with wrappers \['m:W'\] encodes to 15 "
+                                         r"observation values, but the policy takes 4"):
+        check_fits(spec, make_env("rnnpolicy/MemoryGrid-v0"), "rnnpolicy/MemoryGrid-v0", ["m:W"])
+    pendulum = make_env("Pendulum-v1")  # 3 observation values: a policy of its own size, box actions
+    box = PolicySpec(kind="policy", cell="gru", num_layers=1, hidden_size=8,
+                     obs_encoding=ObsEncoding.flat(3), action=ActionSpec("box", shape=(1,), low=(-1.0,), high=(1.0,)))
+    with pytest.raises(ValueError, match=r"acts in Box\(-2.0, 2.0, \(1,\), float32\), but the policy chooses a box "
+                                         r"action of shape \(1,\) in \[-1, 1\]"):
+        check_fits(box, pendulum, "Pendulum-v1")
 
 
 def test_module_colon_id_imports_the_registering_module():

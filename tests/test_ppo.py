@@ -271,6 +271,15 @@ def test_config_rejects_bad_values(field, value, match):
         ppo.Config(**{field: value})
 
 
+def test_the_default_minibatch_count_shrinks_to_the_sequences_a_rollout_holds():
+    assert ppo.Config().num_minibatches == ppo.DEFAULT_MINIBATCHES == 4
+    assert ppo.Config(num_envs=2).num_minibatches == 2  # whole-rollout sequences: one per environment
+    assert ppo.Config(num_envs=1, seq_len=32).num_minibatches == 4  # 128 / 32 chunks
+    assert ppo.Config(num_envs=1, seq_len=64).num_minibatches == 2
+    with pytest.raises(ValueError, match="num_minibatches must be at most the number of sequences per rollout \\(2\\), got 4"):
+        ppo.Config(num_envs=2, num_minibatches=4)  # a value given is kept, and refused where it cannot fit
+
+
 def test_env_defaults_build_valid_configs():
     from rnnpolicy.envs import BUILTIN_ENV_IDS
 

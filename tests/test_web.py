@@ -130,8 +130,8 @@ def test_config_picks_the_task_from_the_spec_or_env_and_refuses_what_does_not_fi
     with pytest.raises(ValueError, match=r"the page runs rnnpolicy/TMaze-v0 or rnnpolicy/MemoryGrid-v0, and this "
                                          r"policy was trained on 'an unnamed env'; pass --env"):
         WebPageConfig.from_export(serve_export_dirs["q_lstm"])
-    with pytest.raises(ValueError, match=r"the policy takes 5 observation values and has 3 discrete actions; "
-                                         r"rnnpolicy/MemoryGrid-v0 gives 15 values and 4 discrete actions"):
+    with pytest.raises(ValueError, match=r"environment 'rnnpolicy/MemoryGrid-v0' encodes to 15 observation values, "
+                                         r"but the policy takes 5: use the environment"):
         WebPageConfig.from_export(serve_export_dirs["q_lstm"], env_id="rnnpolicy/MemoryGrid-v0")
     with pytest.raises(ValueError, match=r"--seed must be >= 0, got -1"):
         WebPageConfig.from_export(serve_export_dirs["tmaze"], seed=-1)

@@ -83,7 +83,7 @@ def test_train_records_the_wrappers_and_eval_rebuilds_the_same_env(capsys, tmp_p
     assert evaluate(out / "checkpoint.pt", episodes=2).episodes == 2
     # ... and an explicit --wrapper list replaces the recorded one.
     assert main(["eval", str(out / "checkpoint.pt"), "--episodes", "2", "--wrapper", "fake_envs:TextToBox"]) == 2
-    assert "encodes to 1 features, but the policy takes 2" in capsys.readouterr().err
+    assert "encodes to 1 observation values, but the policy takes 2" in capsys.readouterr().err
 
 
 def test_play_rebuilds_the_wrapped_env_from_the_served_spec(tmp_path):
@@ -103,6 +103,9 @@ def test_play_rebuilds_the_wrapped_env_from_the_served_spec(tmp_path):
     try:
         with PolicyClient(f"127.0.0.1:{port}") as client:
             result = play_episodes(client, "m", "fake_envs:FakeText-v0", episodes=2)
+            # another environment (wrapped to 1 observation value too, but 3 actions) is refused before its first step
+            with pytest.raises(ValueError, match=r"environment 'Acrobot-v1' with wrappers \['fake_envs:TextToBox'\] acts in Discrete\(3\)"):
+                play_episodes(client, "m", "Acrobot-v1", episodes=1)
     finally:
         server.stop(0)
     assert len(result.returns) == 2 and np.isfinite(result.returns).all()

@@ -17,6 +17,7 @@ import dataclasses
 import importlib
 import importlib.util
 import random
+import re
 from dataclasses import asdict
 from pathlib import Path
 from types import ModuleType
@@ -69,9 +70,15 @@ def resolve(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -
     if config.eval_every is None:
         assert config.total_steps is not None
         config = dataclasses.replace(config, eval_every=max(1, config.total_steps // EVALUATIONS_PER_RUN))
-    algo_values = {k: v for k, v in defaults.items() if k not in train_fields}
-    algo_values.update({k: v for k, v in (algo_overrides or {}).items() if v is not None})
-    return config, module.Config(**algo_values)
+    given = {k: v for k, v in (algo_overrides or {}).items() if v is not None}
+    from_entry = {k: v for k, v in defaults.items() if k not in train_fields and k not in given}
+    try:
+        return config, module.Config(**{**from_entry, **given})
+    except ValueError as exc:
+        named = [f"{key} {value!r}" for key, value in from_entry.items() if re.search(rf"\b{key}\b", str(exc))]
+        if not named:
+            raise
+        raise ValueError(f"{exc} (the defaults for {config.env} set {' and '.join(named)}; a value you give overrides them)") from None
 
 
 def _check_env(config: TrainConfig) -> tuple[float | None, int | None]:
@@ -84,7 +91,11 @@ def _check_env(config: TrainConfig) -> tuple[float | None, int | None]:
     """
     env = make_env(config.env, config.wrapper)
     try:
-        observation_encoding(env)
+        try:
+            observation_encoding(env)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; a wrapper can drop or convert it (--wrapper module:Callable, e.g. "
+                             f"minigrid.wrappers:ImgObsWrapper keeps MiniGrid's image alone)") from None
         action = action_spec(env)
         if config.algo == "drqn" and not action.is_discrete:
             raise ValueError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 
@@ -50,7 +51,7 @@ def run_train(args: argparse.Namespace) -> int:
     if lead:
         evaluation = (
             f"evaluating {resolved.eval_episodes} episodes every {resolved.eval_every} steps"
-            + (f", stopping at return {resolved.target_return:g}" if resolved.target_return is not None else "")
+            + (f", stopping at return {resolved.target_return:g}" if resolved.target_return not in (None, math.inf) else "")
             if resolved.evaluates else "no evaluation during training"
         )
         planned = algo_config.planned_steps(resolved.total_steps)

@@ -20,13 +20,13 @@ class TrainConfig:
     wrapper: tuple[str, ...] = ()
     """Wrap the environment: module:Callable or module:Callable:key=value,key2=value (repeatable, applied in order; recorded in the checkpoint)."""
     total_steps: int | None = None
-    """Environment steps to train for (default: the algorithm's default for the environment)."""
+    """Environment steps to train for (default: the environment's entry, else 100000)."""
     seed: int = 1
     """Random seed; a run is deterministic given the seed (on the CPU)."""
     cell: Literal["lstm", "gru"] = "lstm"
     """Recurrent cell."""
     hidden_size: int | None = None
-    """Units in the encoder and the recurrent layer (default: the algorithm's default for the environment)."""
+    """Units in the encoder and the recurrent layer (default: the environment's entry, else 64)."""
     num_layers: int = 1
     """Stacked recurrent layers."""
     feedforward: bool = False

@@ -298,9 +298,11 @@ def learn(config: TrainConfig, algo_config: Config, run: RunLog, evaluator: Trai
                 losses.append(loss.item())
                 q_means.append(q_mean.item())
 
-        if step >= next_log or step >= config.total_steps:
-            next_log += cfg.log_interval
-            evaluator.maybe_evaluate(step, snapshot, final=step >= config.total_steps)
+        # An evaluation is due by --eval-every alone; it gets a metrics row of its own between log rows.
+        evaluated = evaluator.maybe_evaluate(step, snapshot, final=step >= config.total_steps) is not None
+        if step >= next_log or step >= config.total_steps or evaluated:
+            if step >= next_log:
+                next_log += cfg.log_interval
             run.log(
                 step,
                 tracker,

@@ -49,28 +49,8 @@ def observation_encoding(env: gym.Env | gym.vector.VectorEnv) -> ObsEncoding:
 
 
 def action_spec(env: gym.Env | gym.vector.VectorEnv) -> ActionSpec:
-    """The action space as a spec; ``ValueError`` for spaces a policy here cannot produce."""
-    space = getattr(env, "single_action_space", env.action_space)
-    if isinstance(space, spaces.Discrete):
-        if space.start != 0:
-            raise ValueError(f"discrete action spaces must start at 0, got start={space.start}")
-        return ActionSpec("discrete", n=int(space.n))
-    if isinstance(space, spaces.MultiDiscrete):
-        if np.any(space.start != 0):
-            raise ValueError(f"multi-discrete action spaces must start at 0, got start={space.start.tolist()}")
-        return ActionSpec.multi_discrete(space.nvec.ravel().tolist(), shape=tuple(int(d) for d in space.shape))
-    if isinstance(space, spaces.MultiBinary):
-        return ActionSpec.multi_binary(tuple(int(d) for d in space.shape))
-    if isinstance(space, spaces.Box):
-        if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
-            raise ValueError(f"a continuous action space needs finite bounds, got {space}")
-        return ActionSpec(
-            "box",
-            shape=tuple(int(d) for d in space.shape),
-            low=tuple(float(v) for v in space.low.ravel()),
-            high=tuple(float(v) for v in space.high.ravel()),
-        )
-    raise ValueError(f"cannot act in action space {space}: expected Discrete, MultiDiscrete, MultiBinary or Box")
+    """The action space (of one environment of a vector env) as a spec; see :meth:`ActionSpec.from_space`."""
+    return ActionSpec.from_space(getattr(env, "single_action_space", env.action_space))
 
 
 CODED_IMAGE_LIMIT = 32

@@ -10,8 +10,7 @@ import numpy as np
 import torch
 from gymnasium.vector.utils import concatenate, create_empty_array
 
-from rnnpolicy.encoding import ObsEncoding
-from rnnpolicy.envs import make_env
+from rnnpolicy.envs import check_fits, make_env
 from rnnpolicy.train.checkpoint import load_checkpoint
 from rnnpolicy.spec import PolicySpec
 from rnnpolicy.train.models import ActorCritic, QNetwork, initial_state
@@ -72,14 +71,12 @@ def evaluate_model(
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     width = min(batch, episodes)
     envs = [make_env(env_id, wrappers) for _ in range(width)]
-    features = ObsEncoding.from_space(envs[0].observation_space).flat_dim
-    if features != spec.obs_dim:
+    try:
+        check_fits(spec, envs[0], env_id, wrappers)
+    except ValueError:
         for env in envs:
             env.close()
-        raise ValueError(
-            f"environment {env_id!r} with wrappers {list(wrappers)} encodes to {features} features, but the policy takes "
-            f"{spec.obs_dim}: evaluate it on the environment and wrappers it was trained with"
-        )
+        raise
     obs = [env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]
     space = envs[0].observation_space
     batch_obs = create_empty_array(space, width)  # reused: the observations as a vector env batches them

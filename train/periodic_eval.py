@@ -4,8 +4,8 @@ Every ``eval_every`` environment steps the trainer's policy plays ``eval_episode
 episodes on environments of its own (seeds from ``eval_seed``, apart from the training seeds and
 from ``rnnpolicy eval``'s). An evaluation that would take the evaluations past ``eval_max_share``
 of the run's wall time waits until training has run long enough, so which steps are evaluated
-can depend on the machine's speed; with ``eval_max_share`` inf (or unset) they depend on the seed
-alone and a run repeats exactly. The final one always runs.
+can depend on the machine's speed; with ``eval_max_share`` inf they depend on the seed alone and a
+run repeats exactly (unset, :func:`rnnpolicy.train.api.resolve` gives it the environment's entry, else 0.1). The final one always runs.
 ``checkpoint.pt`` is rewritten whenever an evaluation matches or beats the best so far (a later
 policy wins a tie), ``last.pt`` holds the final policy; a run without evaluation writes the final
 policy to both.

@@ -46,6 +46,10 @@ DATA_PARALLEL = True
 """Runs data-parallel under torchrun (see :mod:`rnnpolicy.train.distributed`)."""
 
 
+DEFAULT_MINIBATCHES = 4
+"""Minibatches per epoch where neither the user nor the environment's entry sets them (fewer where a rollout holds fewer sequences)."""
+
+
 @dataclass
 class Config:
     """Recurrent PPO hyperparameters."""
@@ -60,8 +64,8 @@ class Config:
     """Backpropagate through whole episodes: an episode that began in an earlier rollout has its earlier steps (up to episode_bptt_max) replayed, loss-free, in front of its steps in this one, so the gradient crosses rollout boundaries (needs seq_len 0)."""
     episode_bptt_max: int = 1024
     """With episode_bptt: the most earlier steps replayed per episode (a longer episode's replay starts from a stored state)."""
-    num_minibatches: int = 4
-    """Minibatches per epoch; each holds whole sequences."""
+    num_minibatches: int | None = None
+    """Minibatches per epoch; each holds whole sequences (default: 4, or one per sequence where a rollout holds fewer: with seq_len 0, one per environment)."""
     update_epochs: int = 4
     """Passes over each rollout."""
     learning_rate: float = 1e-3
@@ -94,11 +98,15 @@ class Config:
     """Standardise advantages within each minibatch."""
 
     def __post_init__(self) -> None:
-        for name in ("num_envs", "rollout_steps", "num_minibatches", "update_epochs"):
+        for name in ("num_envs", "rollout_steps", "update_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.seq_len < 0 or (self.seq_len and self.rollout_steps % self.seq_len != 0):
             raise ValueError(f"seq_len must divide rollout_steps ({self.rollout_steps}) or be 0 (whole rollout), got {self.seq_len}")
+        if self.num_minibatches is None:
+            self.num_minibatches = min(DEFAULT_MINIBATCHES, self.num_envs * (self.rollout_steps // self.chunk_len))
+        if self.num_minibatches < 1:
+            raise ValueError(f"num_minibatches must be >= 1, got {self.num_minibatches}")
         if self.episode_bptt and self.seq_len:
             raise ValueError(f"episode_bptt replays whole episodes, so it needs seq_len 0 (whole rollouts), got seq_len={self.seq_len}")
         if self.episode_bptt_max < 1:
@@ -164,8 +172,8 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
         eval_every=5_000, eval_episodes=10, eval_max_share=math.inf, target_return=500.0,
     ),
     # 16 environments (2048 steps per update, same 4 minibatches) for 500k steps: about as many gradient
-    # steps as 8 environments for 300k, on twice the data each, at ~1.5x the steps/s. Seeds 1-5 evaluate
-    # at -149..-230 (20 deterministic episodes).
+    # steps as 8 environments for 300k, on twice the data each, at ~1.5x the steps/s. Returns of seeds 1-5:
+    # benchmarks/results/train_bench_pendulum.md (measured before checkpoint.pt became the best evaluated policy).
     "rnnpolicy/PendulumNoVel-v0": dict(
         _BUILTIN, total_steps=500_000, hidden_size=64, num_envs=16, rollout_steps=128, seq_len=32, num_minibatches=4,
         update_epochs=10, learning_rate=1e-3, gamma=0.9, gae_lambda=0.95, normalize_obs=True, reward_scale=0.1,

@@ -12,13 +12,15 @@ from collections.abc import Sequence
 
 import gymnasium as gym
 
+from rnnpolicy.encoding import ObsEncoding
 from rnnpolicy.envs.masked import MaskObservation
 from rnnpolicy.envs.memory_grid import MemoryGridEnv
 from rnnpolicy.envs.repeat_first import RepeatFirstEnv
 from rnnpolicy.envs.tmaze import TMazeEnv
 from rnnpolicy.envs.wrappers import apply_wrappers, parse_wrapper
+from rnnpolicy.spec import ActionSpec, PolicySpec
 
-__all__ = ["make_env", "MaskObservation", "MemoryGridEnv", "RepeatFirstEnv", "TMazeEnv", "BUILTIN_ENV_IDS", "parse_wrapper"]
+__all__ = ["make_env", "check_fits", "MaskObservation", "MemoryGridEnv", "RepeatFirstEnv", "TMazeEnv", "BUILTIN_ENV_IDS", "parse_wrapper"]
 
 _REGISTRATIONS = {
     "rnnpolicy/MemoryGrid-v0": dict(entry_point="rnnpolicy.envs.memory_grid:MemoryGridEnv"),
@@ -52,7 +54,10 @@ def make_env(env_id: str, wrappers: Sequence[str] = (), **kwargs) -> gym.Env:
     try:
         env = gym.make(env_id, **kwargs)
     except gym.error.Error as exc:
-        raise ValueError(f"unknown environment {env_id!r}: {exc}") from None
+        hint = ""
+        if ":" not in env_id and isinstance(exc, (gym.error.NameNotFound, gym.error.NamespaceNotFound)):
+            hint = " (an id a package registers on import is named module:EnvId, e.g. minigrid:MiniGrid-MemoryS11-v0)"
+        raise ValueError(f"unknown environment {env_id!r}: {exc}{hint}") from None
     except ModuleNotFoundError as exc:
         raise ValueError(f"environment {env_id!r}: cannot import its module: {exc}") from None
     try:
@@ -60,3 +65,24 @@ def make_env(env_id: str, wrappers: Sequence[str] = (), **kwargs) -> gym.Env:
     except ValueError:
         env.close()
         raise
+
+
+def check_fits(spec: PolicySpec, env: gym.Env, env_id: str, wrappers: Sequence[str] = ()) -> None:
+    """``ValueError`` unless ``env`` (``env_id`` with ``wrappers``) gives the observations ``spec``'s policy takes
+    and acts in the action space it chooses from."""
+    where = f"environment {env_id!r}" + (f" with wrappers {list(wrappers)}" if wrappers else "")
+    features = ObsEncoding.from_space(env.observation_space).flat_dim
+    if features != spec.obs_dim:
+        raise ValueError(
+            f"{where} encodes to {features} observation values, but the policy takes {spec.obs_dim}: "
+            "use the environment and wrappers it was trained with"
+        )
+    try:
+        action: ActionSpec | None = ActionSpec.from_space(env.action_space)
+    except ValueError:
+        action = None
+    if action != spec.action:
+        raise ValueError(
+            f"{where} acts in {env.action_space}, but the policy chooses {spec.action.describe()}: "
+            "use the environment and wrappers it was trained with"
+        )
