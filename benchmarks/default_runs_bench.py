@@ -15,6 +15,7 @@ the seeds of the evaluations during training). Results go to ``results/NAME.json
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -99,10 +100,13 @@ def main() -> None:
     torch.set_num_threads(1)
     conditions = RunConditions()
     runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        root = args.keep or Path(tmp)
+    if args.keep is not None:
+        taken = [args.keep / f"seed{seed}" for seed in args.seeds if (args.keep / f"seed{seed}").exists()]
+        if taken:
+            parser.error(f"--keep {args.keep}: {', '.join(map(str, taken))} already exist(s); choose a new folder")
+    with contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory() as root:
         for seed in args.seeds:
-            runs.append(run_seed(args, seed, root / f"seed{seed}"))
+            runs.append(run_seed(args, seed, Path(root) / f"seed{seed}"))
             print(json.dumps(runs[-1]), flush=True)
     ok = [r for r in runs if "error" not in r]
 

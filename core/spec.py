@@ -121,8 +121,10 @@ class ActionSpec:
         if self.kind == "discrete":
             return f"{self.n} discrete actions"
         if self.kind == "box":
-            return f"a box action of shape {self.shape} in [{min(self.low):g}, {max(self.high):g}]"
-        return f"a {self.kind} action with choices {list(self.nvec)}"
+            uniform = len(set(self.low)) == 1 and len(set(self.high)) == 1
+            bounds = f"[{self.low[0]:g}, {self.high[0]:g}]" if uniform else f"low {list(self.low)}, high {list(self.high)}"
+            return f"a box action of shape {self.shape} in {bounds}"
+        return f"a {self.kind} action of shape {self.shape} with choices {list(self.nvec)}"
 
     @classmethod
     def multi_discrete(cls, nvec: tuple[int, ...] | list[int], shape: tuple[int, ...] | None = None) -> ActionSpec:

@@ -50,6 +50,9 @@ def test_train_help_shows_the_algorithm_hyperparameters(capsys):
         (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--rollout-steps", "100", "--out", "{tmp}/x"],
          "--seq-len must divide --rollout-steps (100) or be 0 (whole rollout), got 128 (the defaults for rnnpolicy/TMaze-v0 "
          "set --seq-len 128; a value you give overrides them)"),
+        (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--num-minibatches", "1000", "--out", "{tmp}/x"],
+         "(8: --num-envs 8 x --rollout-steps 128 / --seq-len 128), got 1000 (the defaults for rnnpolicy/TMaze-v0 set "
+         "--num-envs 8, --rollout-steps 128, --seq-len 128; a value you give overrides them)"),
         (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--num-minibatches", "0", "--out", "{tmp}/x"],
          "--num-minibatches must be >= 1, got 0"),
         (["train", "--algo", "ppo", "--env", "fake_envs:FakeImageCue-v0", "--image-scale", "0", "--out", "{tmp}/x"],

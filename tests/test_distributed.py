@@ -65,3 +65,13 @@ def test_num_envs_must_split_evenly_across_ranks():
 
     with pytest.raises(ValueError, match="num_envs must be a multiple of the 3 data-parallel ranks, got 8"):
         ppo.Config(num_envs=8).check_split(3)
+
+
+@pytest.mark.parametrize("ranks, num_envs, expected", [(1, 8, 4), (2, 8, 4), (4, 8, 2), (2, 4, 2), (2, 2, 1)])
+def test_the_default_minibatch_count_fits_each_ranks_rollout(monkeypatch, ranks, num_envs, expected):
+    from rnnpolicy.train import ppo
+
+    monkeypatch.setenv("WORLD_SIZE", str(ranks))
+    algo = ppo.Config(num_envs=num_envs)  # seq_len 0: one sequence per environment, num_envs / ranks per rank
+    assert algo.num_minibatches == expected
+    algo.check_split(ranks)  # a rollout split across the ranks fills every minibatch

@@ -84,6 +84,9 @@ def test_unknown_ids_get_a_clear_error():
     # a third-party id given without the module that registers it: the error says how to name it
     with pytest.raises(ValueError, match=r"unknown environment 'MiniGrid-MemoryS11-v0': .* named module:EnvId"):
         make_env("MiniGrid-MemoryS11-v0")
+    with pytest.raises(ValueError, match=r"unknown environment 'rnnpolicy/Tmaze-v0'") as typo:
+        make_env("rnnpolicy/Tmaze-v0")  # a typo inside a known namespace: gymnasium's suggestion, no module hint
+    assert "module:EnvId" not in str(typo.value)
 
 
 def test_check_fits_names_the_observations_or_actions_that_differ():
@@ -108,6 +111,21 @@ def test_check_fits_names_the_observations_or_actions_that_differ():
     with pytest.raises(ValueError, match=r"acts in Box\(-2.0, 2.0, \(1,\), float32\), but the policy chooses a box "
                                          r"action of shape \(1,\) in \[-1, 1\]"):
         check_fits(box, pendulum, "Pendulum-v1")
+
+
+def test_action_specs_describe_what_tells_them_apart():
+    from gymnasium import spaces
+
+    from rnnpolicy.spec import ActionSpec
+
+    assert ActionSpec.from_space(spaces.MultiDiscrete([[2, 3], [4, 5]])).describe() == (
+        "a multi_discrete action of shape (2, 2) with choices [2, 3, 4, 5]")
+    assert ActionSpec.from_space(spaces.MultiDiscrete([2, 3, 4, 5])).describe() == (
+        "a multi_discrete action of shape (4,) with choices [2, 3, 4, 5]")
+    box = spaces.Box(np.array([-1.0, 0.0], np.float32), np.array([1.0, 2.0], np.float32))
+    assert ActionSpec.from_space(box).describe() == "a box action of shape (2,) in low [-1.0, 0.0], high [1.0, 2.0]"
+    with pytest.raises(ValueError, match=r"discrete action spaces must start at 0, got start=1"):
+        ActionSpec.from_space(spaces.Discrete(3, start=1))
 
 
 def test_module_colon_id_imports_the_registering_module():

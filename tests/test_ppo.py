@@ -276,7 +276,8 @@ def test_the_default_minibatch_count_shrinks_to_the_sequences_a_rollout_holds():
     assert ppo.Config(num_envs=2).num_minibatches == 2  # whole-rollout sequences: one per environment
     assert ppo.Config(num_envs=1, seq_len=32).num_minibatches == 4  # 128 / 32 chunks
     assert ppo.Config(num_envs=1, seq_len=64).num_minibatches == 2
-    with pytest.raises(ValueError, match="num_minibatches must be at most the number of sequences per rollout \\(2\\), got 4"):
+    with pytest.raises(ValueError, match="num_minibatches must be at most the number of sequences per rollout "
+                                         "\\(2: num_envs 2, one whole rollout each with seq_len 0\\), got 4"):
         ppo.Config(num_envs=2, num_minibatches=4)  # a value given is kept, and refused where it cannot fit
 
 

@@ -78,7 +78,7 @@ def resolve(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -
         named = [f"{key} {value!r}" for key, value in from_entry.items() if re.search(rf"\b{key}\b", str(exc))]
         if not named:
             raise
-        raise ValueError(f"{exc} (the defaults for {config.env} set {' and '.join(named)}; a value you give overrides them)") from None
+        raise ValueError(f"{exc} (the defaults for {config.env} set {', '.join(named)}; a value you give overrides them)") from None
 
 
 def _check_env(config: TrainConfig) -> tuple[float | None, int | None]:

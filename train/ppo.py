@@ -65,7 +65,7 @@ class Config:
     episode_bptt_max: int = 1024
     """With episode_bptt: the most earlier steps replayed per episode (a longer episode's replay starts from a stored state)."""
     num_minibatches: int | None = None
-    """Minibatches per epoch; each holds whole sequences (default: 4, or one per sequence where a rollout holds fewer: with seq_len 0, one per environment)."""
+    """Minibatches per epoch; each holds whole sequences (default: 4, or one per sequence where a rollout holds fewer: with seq_len 0, one per environment; under torchrun, per rank)."""
     update_epochs: int = 4
     """Passes over each rollout."""
     learning_rate: float = 1e-3
@@ -103,8 +103,9 @@ class Config:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.seq_len < 0 or (self.seq_len and self.rollout_steps % self.seq_len != 0):
             raise ValueError(f"seq_len must divide rollout_steps ({self.rollout_steps}) or be 0 (whole rollout), got {self.seq_len}")
-        if self.num_minibatches is None:
-            self.num_minibatches = min(DEFAULT_MINIBATCHES, self.num_envs * (self.rollout_steps // self.chunk_len))
+        if self.num_minibatches is None:  # counted per rank: under torchrun each rank splits its own rollout
+            ranks = distributed.launched_world_size()
+            self.num_minibatches = max(1, min(DEFAULT_MINIBATCHES, self.num_envs // ranks * (self.rollout_steps // self.chunk_len)))
         if self.num_minibatches < 1:
             raise ValueError(f"num_minibatches must be >= 1, got {self.num_minibatches}")
         if self.episode_bptt and self.seq_len:
@@ -144,7 +145,11 @@ class Config:
         sequences = self.num_envs // world_size * (self.rollout_steps // self.chunk_len)
         if self.num_minibatches > sequences:
             where = "per rollout" if world_size == 1 else f"per rank's rollout ({world_size} ranks)"
-            raise ValueError(f"num_minibatches must be at most the number of sequences {where} ({sequences}), got {self.num_minibatches}")
+            envs = f"num_envs {self.num_envs}" + (f" / {world_size}" if world_size > 1 else "")
+            count = (f"{envs} x rollout_steps {self.rollout_steps} / seq_len {self.seq_len}" if self.seq_len
+                     else f"{envs}, one whole rollout each with seq_len 0")
+            raise ValueError(f"num_minibatches must be at most the number of sequences {where} ({sequences}: {count}), "
+                             f"got {self.num_minibatches}")
 
 # The built-in tasks were tuned on these values (Config's defaults are for ids without an entry).
 _BUILTIN: dict[str, Any] = dict(num_envs=8, rollout_steps=64, seq_len=16, learning_rate=1e-3, ent_coef=0.0)

@@ -55,7 +55,8 @@ def make_env(env_id: str, wrappers: Sequence[str] = (), **kwargs) -> gym.Env:
         env = gym.make(env_id, **kwargs)
     except gym.error.Error as exc:
         hint = ""
-        if ":" not in env_id and isinstance(exc, (gym.error.NameNotFound, gym.error.NamespaceNotFound)):
+        unregistered = isinstance(exc, gym.error.NamespaceNotFound) or (isinstance(exc, gym.error.NameNotFound) and "/" not in env_id)
+        if ":" not in env_id and unregistered:
             hint = " (an id a package registers on import is named module:EnvId, e.g. minigrid:MiniGrid-MemoryS11-v0)"
         raise ValueError(f"unknown environment {env_id!r}: {exc}{hint}") from None
     except ModuleNotFoundError as exc:
@@ -78,9 +79,9 @@ def check_fits(spec: PolicySpec, env: gym.Env, env_id: str, wrappers: Sequence[s
             "use the environment and wrappers it was trained with"
         )
     try:
-        action: ActionSpec | None = ActionSpec.from_space(env.action_space)
-    except ValueError:
-        action = None
+        action = ActionSpec.from_space(env.action_space)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}, but the policy chooses {spec.action.describe()}") from None
     if action != spec.action:
         raise ValueError(
             f"{where} acts in {env.action_space}, but the policy chooses {spec.action.describe()}: "
