@@ -16,8 +16,15 @@ environment: answering with them in ``--check-episodes`` episodes must earn the 
 steps) is measured every ``--eval-every`` training steps; a delay counts as learned once it reaches
 ``--solved``. A uniform guess is right a quarter of the time. Writes ``results/NAME.json`` and ``.md``.
 
+``--cells lmu`` trains a candidate cell rnnpolicy does not have yet, a Legendre memory unit (Voelker,
+Kajic and Eliasmith, 2019): a fixed linear memory of the last ``--lmu-theta`` steps of the
+observation, ``--lmu-order`` Legendre coefficients per observation value, read with the current
+observation and its own previous output by one tanh layer of ``--hidden-size`` units, then the
+same 4-way answer. It tells whether a memory built for delays learns what the LSTM and GRU do not.
+
     python benchmarks/delay_recall_bench.py
     python benchmarks/delay_recall_bench.py --delays 4 31 --cells lstm --total-steps 1000000 --name delay_recall_quick
+    python benchmarks/delay_recall_bench.py --cells lmu --delays 31 --name delay_recall_lmu
 """
 
 from __future__ import annotations
@@ -87,6 +94,54 @@ def build_policy(env: gym.Env, cell: str, hidden_size: int) -> torch.nn.Module:
     return model
 
 
+def legendre_delay_system(order: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A, B)`` of the Legendre memory's one-step update ``m_t = A m_{t-1} + B u_t`` (``(order, order)``,
+    ``(order,)``): the continuous delay system of window ``theta`` steps held constant over each step (zero-order hold)."""
+    q = np.arange(order)
+    rate = (2 * q + 1)[:, None] / theta  # (order, 1)
+    i, j = np.meshgrid(q, q, indexing="ij")
+    a = torch.tensor(rate * np.where(i < j, -1.0, (-1.0) ** (i - j + 1)))  # float64 for the exponential
+    b = torch.tensor(rate[:, 0] * (-1.0) ** q)
+    a_step = torch.linalg.matrix_exp(a)
+    b_step = torch.linalg.solve(a, (a_step - torch.eye(order, dtype=a.dtype)) @ b)
+    return a_step.float(), b_step.float()
+
+
+def legendre_readout(order: int, delay: int, theta: float) -> torch.Tensor:
+    """``(order,)`` weights that read ``u_{t - delay}`` back from the memory (``delay <= theta - 1``): shifted Legendre
+    polynomials at the middle of that step's hold, ``(delay + 0.5) / theta`` of the window back."""
+    x = 2.0 * (delay + 0.5) / theta - 1.0
+    return torch.tensor([np.polynomial.legendre.Legendre.basis(n)(x) for n in range(order)], dtype=torch.float32)
+
+
+class LegendreMemoryPolicy(torch.nn.Module):
+    """The candidate cell on a one-hot observation: memory ``(B, F, order)`` of the last ``theta`` steps of each of
+    ``F`` observation values, then ``h_t = tanh(W [x_t, h_{t-1}, m_t])`` ``(B, hidden)`` and 4 logits."""
+
+    cell = "lmu"
+
+    def __init__(self, features: int, hidden_size: int, order: int, theta: float) -> None:
+        super().__init__()
+        a_step, b_step = legendre_delay_system(order, theta)
+        self.register_buffer("a_step", a_step)
+        self.register_buffer("b_step", b_step)
+        self.hidden_size = hidden_size
+        self.mix = torch.nn.Linear(features + hidden_size + features * order, hidden_size)
+        self.head = torch.nn.Linear(hidden_size, 4)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """``obs`` ``(T, B, F)`` of whole episodes, from an empty memory -> logits ``(T, B, 4)``."""
+        steps, batch, features = obs.shape
+        memory = obs.new_zeros(batch, features, len(self.b_step))  # (B, F, order)
+        h = obs.new_zeros(batch, self.hidden_size)  # (B, H)
+        logits = []
+        for t in range(steps):
+            memory = memory @ self.a_step.T + obs[t, :, :, None] * self.b_step  # (B, F, order)
+            h = torch.tanh(self.mix(torch.cat([obs[t], h, memory.reshape(batch, -1)], dim=-1)))
+            logits.append(self.head(h))
+        return torch.stack(logits)
+
+
 def chrono_init(model: torch.nn.Module, longest: float) -> None:
     """Chrono initialisation of every LSTM's gates (Tallec & Ollivier, 2018): forget-gate bias ``log(u)``,
     ``u ~ U(1, longest - 1)``, input-gate bias its negative, so the units start with memory spans spread up to ``longest`` steps."""
@@ -108,6 +163,8 @@ def recall_logits(model: torch.nn.Module, suits: np.ndarray) -> torch.Tensor:
     from rnnpolicy.train.models import initial_state
 
     obs = F.one_hot(torch.as_tensor(suits), 4).float()  # (T, B, 4): the spec's one-hot encoding of Discrete(4)
+    if isinstance(model, LegendreMemoryPolicy):
+        return model(obs)
     episode_start = torch.zeros(suits.shape)
     episode_start[0] = 1.0
     logits, _, _, _ = model(obs, initial_state(model.spec, suits.shape[1]), episode_start)
@@ -118,7 +175,7 @@ def train_delay(args: argparse.Namespace, model: torch.nn.Module, delay: int, nu
     """Train ``model`` (fresh, from :func:`build_policy`) on one recall delay; returns its curve and when (if) it was learned."""
     rng = np.random.default_rng(args.seed)
     held_out = shuffled_suits(np.random.default_rng(args.seed + 10_000), EVAL_EPISODES, num_cards)
-    cell = model.spec.cell
+    cell = model.cell if isinstance(model, LegendreMemoryPolicy) else model.spec.cell
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate, eps=1e-5)
     steps_per_batch = args.batch * (num_cards - 1)
     curve: list[tuple[int, float]] = []
@@ -151,7 +208,10 @@ def main() -> None:
     parser.add_argument("--env", default=ENV, help=f"a popgym RepeatPrevious id (default {ENV})")
     parser.add_argument("--delays", type=int, nargs="+", default=[4, 8, 16, 31],
                         help="recall distances in steps (default 4 8 16 31; the task's own is its k - 1, 31 for Medium)")
-    parser.add_argument("--cells", nargs="+", default=["lstm", "gru"], choices=["lstm", "gru"])
+    parser.add_argument("--cells", nargs="+", default=["lstm", "gru"], choices=["lstm", "gru", "lmu"],
+                        help="lstm and gru: PPO's own network; lmu: the Legendre memory candidate (default lstm gru)")
+    parser.add_argument("--lmu-order", type=int, default=32, help="lmu: Legendre coefficients per observation value (default 32)")
+    parser.add_argument("--lmu-theta", type=float, default=32.0, help="lmu: steps the memory spans (default 32)")
     parser.add_argument("--hidden-size", type=int, default=64, help="recurrent units (default 64, PPO's generic default)")
     parser.add_argument("--total-steps", type=int, default=5_000_000, help="observations trained on per delay (default 5M, the target's budget)")
     parser.add_argument("--batch", type=int, default=64, help="episodes per gradient step (default 64)")
@@ -164,7 +224,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--name", default="delay_recall")
     args = parser.parse_args()
-    for name in ("hidden_size", "total_steps", "batch", "eval_every", "check_episodes"):
+    if not args.lmu_theta > 0:
+        parser.error(f"--lmu-theta must be > 0 steps, got {args.lmu_theta}")
+    for name in ("hidden_size", "total_steps", "batch", "eval_every", "check_episodes", "lmu_order"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.chrono and (args.chrono <= 2 or args.cells != ["lstm"]):
@@ -182,13 +244,17 @@ def main() -> None:
     for cell in args.cells:
         for delay in args.delays:
             torch.manual_seed(args.seed)
-            model = build_policy(env, cell, args.hidden_size)
+            if cell == "lmu":
+                model = LegendreMemoryPolicy(4, args.hidden_size, args.lmu_order, args.lmu_theta)
+            else:
+                model = build_policy(env, cell, args.hidden_size)
             if args.chrono:
                 chrono_init(model, args.chrono)
             runs.append(train_delay(args, model, delay, num_cards))
     command = "python benchmarks/delay_recall_bench.py " + " ".join(sys.argv[1:])
     summary = {"command": command.strip(), "env": args.env, "task_delay": k - 1, "hidden_size": args.hidden_size,
                "batch": args.batch, "learning_rate": args.learning_rate, "chrono": args.chrono, "solved": args.solved, "seed": args.seed,
+               "lmu_order": args.lmu_order, "lmu_theta": args.lmu_theta,
                "total_steps": args.total_steps, **conditions.finish(), "torch": torch.__version__, "runs": runs}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -203,6 +269,8 @@ def main() -> None:
         + f"); accuracy of greedy answers on "
         f"{EVAL_EPISODES} held-out episodes (a guess: 0.25). The task's own delay is {k - 1} (labels checked on the real "
         f"environment: {args.check_episodes} episodes answered with them returned 1.0 each).  ",
+        *([f"lmu: not PPO's network but the Legendre memory candidate, {args.lmu_order} coefficients per observation value "
+           f"over the last {args.lmu_theta:g} steps, read by {args.hidden_size} tanh units.  "] if "lmu" in args.cells else []),
         describe(summary),
         "",
         f"| cell | delay | observations | wall s | best accuracy | final accuracy | learned (>= {args.solved}) at |",
