@@ -177,8 +177,8 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
         eval_every=5_000, eval_episodes=10, eval_max_share=math.inf, target_return=500.0,
     ),
     # 16 environments (2048 steps per update, same 4 minibatches) for 500k steps: about as many gradient
-    # steps as 8 environments for 300k, on twice the data each, at ~1.5x the steps/s. Returns of seeds 1-5:
-    # benchmarks/results/train_bench_pendulum.md (measured before checkpoint.pt became the best evaluated policy).
+    # steps as 8 environments for 300k, on twice the data each, at ~1.5x the steps/s. Returns of seeds 1-5,
+    # best and final policy: benchmarks/results/train_bench_pendulum.md.
     "rnnpolicy/PendulumNoVel-v0": dict(
         _BUILTIN, total_steps=500_000, hidden_size=64, num_envs=16, rollout_steps=128, seq_len=32, num_minibatches=4,
         update_epochs=10, learning_rate=1e-3, gamma=0.9, gae_lambda=0.95, normalize_obs=True, reward_scale=0.1,
