@@ -107,13 +107,6 @@ def legendre_delay_system(order: int, theta: float) -> tuple[torch.Tensor, torch
     return a_step.float(), b_step.float()
 
 
-def legendre_readout(order: int, delay: int, theta: float) -> torch.Tensor:
-    """``(order,)`` weights that read ``u_{t - delay}`` back from the memory (``delay <= theta - 1``): shifted Legendre
-    polynomials at the middle of that step's hold, ``(delay + 0.5) / theta`` of the window back."""
-    x = 2.0 * (delay + 0.5) / theta - 1.0
-    return torch.tensor([np.polynomial.legendre.Legendre.basis(n)(x) for n in range(order)], dtype=torch.float32)
-
-
 class LegendreMemoryPolicy(torch.nn.Module):
     """The candidate cell on a one-hot observation: memory ``(B, F, order)`` of the last ``theta`` steps of each of
     ``F`` observation values, then ``h_t = tanh(W [x_t, h_{t-1}, m_t])`` ``(B, hidden)`` and 4 logits."""

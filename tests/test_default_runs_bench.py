@@ -23,3 +23,15 @@ def test_run_conditions_record_the_load_and_describe_it_in_one_sentence():
     sentence = describe(conditions)
     assert sentence.startswith("Load average before/after ") and sentence.endswith(" cores shared with other work.")
     assert f"steal {conditions['steal_pct']}%" in sentence
+
+
+def test_keep_refuses_a_folder_that_already_holds_a_seeds_run(tmp_path):
+    import subprocess
+
+    (tmp_path / "seed2").mkdir()
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "default_runs_bench.py"
+    done = subprocess.run([sys.executable, str(bench), "--name", "unused", "--env", "CartPole-v1", "--threshold", "1",
+                           "--seeds", "1", "2", "--keep", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert f"--keep {tmp_path}: {tmp_path / 'seed2'} already exist(s); choose a new folder" in done.stderr
+    assert not (tmp_path / "seed1").exists()  # refused before any run

@@ -11,7 +11,7 @@ from gymnasium import spaces
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from delay_recall_bench import (  # noqa: E402
-    LegendreMemoryPolicy, build_policy, check_labels, chrono_init, legendre_delay_system, legendre_readout, recall_labels,
+    LegendreMemoryPolicy, build_policy, check_labels, chrono_init, legendre_delay_system, recall_labels,
     shuffled_suits, train_delay,
 )
 
@@ -66,6 +66,13 @@ def test_chrono_spreads_the_forget_gate_biases_and_closes_the_input_gates_as_muc
     assert torch.all(bias[64:] == 0)
 
 
+def legendre_readout(order: int, delay: int, theta: float) -> torch.Tensor:
+    """``(order,)`` weights that read ``u_{t - delay}`` back from the memory (``delay <= theta - 1``): shifted Legendre
+    polynomials at the middle of that step's hold, ``(delay + 0.5) / theta`` of the window back."""
+    x = 2.0 * (delay + 0.5) / theta - 1.0
+    return torch.tensor([np.polynomial.legendre.Legendre.basis(n)(x) for n in range(order)], dtype=torch.float32)
+
+
 def test_the_legendre_memory_holds_the_last_theta_steps_of_a_smooth_signal():
     a_step, b_step = legendre_delay_system(order=24, theta=32.0)
     t = np.arange(200)
@@ -83,3 +90,13 @@ def test_the_legendre_candidate_learns_a_short_recall():
     args = argparse.Namespace(seed=0, learning_rate=1e-2, batch=16, total_steps=20_000, eval_every=5_000, solved=0.9)
     run = train_delay(args, LegendreMemoryPolicy(4, 16, order=8, theta=8.0), delay=4, num_cards=20)
     assert run["cell"] == "lmu" and run["final_accuracy"] >= 0.9, run["curve"]
+
+
+def test_bad_lmu_settings_are_refused_by_name():
+    import subprocess
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "delay_recall_bench.py"
+    for flags, message in ((["--lmu-theta", "0"], "--lmu-theta must be > 0 steps, got 0.0"),
+                           (["--lmu-order", "0"], "--lmu-order must be >= 1, got 0")):
+        done = subprocess.run([sys.executable, str(bench), "--cells", "lmu", *flags], capture_output=True, text=True)
+        assert done.returncode == 2 and message in done.stderr, done.stderr

@@ -105,7 +105,7 @@ class Config:
             raise ValueError(f"seq_len must divide rollout_steps ({self.rollout_steps}) or be 0 (whole rollout), got {self.seq_len}")
         if self.num_minibatches is None:  # counted per rank: under torchrun each rank splits its own rollout
             ranks = distributed.launched_world_size()
-            self.num_minibatches = max(1, min(DEFAULT_MINIBATCHES, self.num_envs // ranks * (self.rollout_steps // self.chunk_len)))
+            self.num_minibatches = max(1, min(DEFAULT_MINIBATCHES, self.sequences_per_rank(ranks)))
         if self.num_minibatches < 1:
             raise ValueError(f"num_minibatches must be >= 1, got {self.num_minibatches}")
         if self.episode_bptt and self.seq_len:
@@ -138,11 +138,15 @@ class Config:
         """Steps per BPTT chunk: ``seq_len``, or the whole rollout when it is 0."""
         return self.seq_len or self.rollout_steps
 
+    def sequences_per_rank(self, world_size: int) -> int:
+        """BPTT sequences in one rank's share of a rollout: its environments times the chunks per environment."""
+        return self.num_envs // world_size * (self.rollout_steps // self.chunk_len)
+
     def check_split(self, world_size: int) -> None:
         """``ValueError`` unless ``world_size`` ranks can share the environments, each filling every minibatch."""
         if self.num_envs % world_size:
             raise ValueError(f"num_envs must be a multiple of the {world_size} data-parallel ranks, got {self.num_envs}")
-        sequences = self.num_envs // world_size * (self.rollout_steps // self.chunk_len)
+        sequences = self.sequences_per_rank(world_size)
         if self.num_minibatches > sequences:
             where = "per rollout" if world_size == 1 else f"per rank's rollout ({world_size} ranks)"
             envs = f"num_envs {self.num_envs}" + (f" / {world_size}" if world_size > 1 else "")
