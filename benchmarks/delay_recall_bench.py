@@ -43,6 +43,8 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import RunConditions, describe  # noqa: E402
 
+from rnnpolicy.train.models import legendre_delay_system  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 ENV = "popgym:popgym-RepeatPreviousMedium-v0"
 EVAL_EPISODES = 256
@@ -92,19 +94,6 @@ def build_policy(env: gym.Env, cell: str, hidden_size: int) -> torch.nn.Module:
     model = ActorCritic(spec)
     init_forget_bias(model, Config().forget_bias)
     return model
-
-
-def legendre_delay_system(order: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(A, B)`` of the Legendre memory's one-step update ``m_t = A m_{t-1} + B u_t`` (``(order, order)``,
-    ``(order,)``): the continuous delay system of window ``theta`` steps held constant over each step (zero-order hold)."""
-    q = np.arange(order)
-    rate = (2 * q + 1)[:, None] / theta  # (order, 1)
-    i, j = np.meshgrid(q, q, indexing="ij")
-    a = torch.tensor(rate * np.where(i < j, -1.0, (-1.0) ** (i - j + 1)))  # float64 for the exponential
-    b = torch.tensor(rate[:, 0] * (-1.0) ** q)
-    a_step = torch.linalg.matrix_exp(a)
-    b_step = torch.linalg.solve(a, (a_step - torch.eye(order, dtype=a.dtype)) @ b)
-    return a_step.float(), b_step.float()
 
 
 class LegendreMemoryPolicy(torch.nn.Module):

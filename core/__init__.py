@@ -4,7 +4,7 @@ The top package is torch-free: the policy spec and observation encoding that eve
 """
 
 from rnnpolicy.encoding import ObsEncoding, ObsPart
-from rnnpolicy.spec import FORMAT_VERSION, ActionSpec, ImageSpec, ObsNormSpec, PolicySpec, StateTensorSpec
+from rnnpolicy.spec import FORMAT_VERSION, ActionSpec, ImageSpec, LmuSpec, ObsNormSpec, PolicySpec, StateTensorSpec
 
 __version__ = "0.1.0"
 
@@ -12,6 +12,7 @@ __all__ = [
     "FORMAT_VERSION",
     "ActionSpec",
     "ImageSpec",
+    "LmuSpec",
     "ObsEncoding",
     "ObsNormSpec",
     "ObsPart",

@@ -16,19 +16,20 @@ import numpy as np
 
 from rnnpolicy.encoding import ObsEncoding
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """The newest spec format this rnnpolicy reads and writes. A spec is written with the lowest version that
-describes it (1 unless it has factored actions or an image encoder), so older readers still load those."""
-READABLE_FORMAT_VERSIONS: tuple[int, ...] = (1, 2)
+describes it (1 unless it has factored actions or an image encoder, 2 for those, 3 for a Legendre memory
+cell), so older readers still load those."""
+READABLE_FORMAT_VERSIONS: tuple[int, ...] = (1, 2, 3)
 SPEC_METADATA_KEY = "rnnpolicy.spec"
 
 PolicyKind = Literal["q", "policy"]
-CellKind = Literal["lstm", "gru", "ff"]
+CellKind = Literal["lstm", "gru", "lmu", "ff"]
 ActionKind = Literal["discrete", "box", "multi_discrete", "multi_binary"]
 ImageLayout = Literal["hwc", "chw"]
 
 POLICY_KINDS: tuple[str, ...] = ("q", "policy")
-CELL_KINDS: tuple[str, ...] = ("lstm", "gru", "ff")
+CELL_KINDS: tuple[str, ...] = ("lstm", "gru", "lmu", "ff")
 ACTION_KINDS: tuple[str, ...] = ("discrete", "box", "multi_discrete", "multi_binary")
 FACTORED_KINDS: tuple[str, ...] = ("multi_discrete", "multi_binary")
 IMAGE_LAYOUTS: tuple[str, ...] = ("hwc", "chw")
@@ -39,8 +40,10 @@ OBS = "obs"
 EPISODE_START = "episode_start"
 STATE_H = "state_h"
 STATE_C = "state_c"
+STATE_M = "state_m"
 NEXT_STATE_H = "next_state_h"
 NEXT_STATE_C = "next_state_c"
+NEXT_STATE_M = "next_state_m"
 Q_VALUES = "q_values"
 LOGITS = "logits"
 MEAN = "mean"
@@ -192,6 +195,33 @@ class StateTensorSpec:
 
 
 @dataclass(frozen=True)
+class LmuSpec:
+    """A Legendre memory unit's fixed memory (Voelker, Kajic and Eliasmith, 2019).
+
+    Each layer projects its input to ``memory_inputs`` values and keeps, for each, ``order`` Legendre
+    coefficients of its last ``theta`` steps (``state_m`` ``[layers, batch, memory_inputs * order]``); its
+    ``hidden_size`` tanh units (``state_h``) read the input, their previous values and that memory.
+    """
+
+    order: int = 32
+    theta: float = 32.0
+    """The window in steps: the memory holds about the last ``theta`` steps of its inputs."""
+    memory_inputs: int = 2
+
+    def __post_init__(self) -> None:
+        if self.order < 1 or self.memory_inputs < 1 or not self.theta > 0:
+            raise ValueError(
+                f"a Legendre memory needs order >= 1, memory_inputs >= 1 and theta > 0, got order={self.order}, "
+                f"memory_inputs={self.memory_inputs}, theta={self.theta}"
+            )
+
+    @property
+    def width(self) -> int:
+        """Values per layer in ``state_m``: ``memory_inputs * order``."""
+        return self.memory_inputs * self.order
+
+
+@dataclass(frozen=True)
 class ObsNormSpec:
     """Observation normalisation applied inside the model: ``clip((obs - mean) / sqrt(var + eps))``."""
 
@@ -266,6 +296,8 @@ class PolicySpec:
     """Set when the observation is an image read by the convolutional encoder; None: an MLP over ``obs``."""
     env_wrappers: tuple[str, ...] = ()
     """The ``--wrapper`` values (``module:Callable[:key=value,...]``) applied, in order, to ``env_id`` in training."""
+    lmu: LmuSpec | None = None
+    """The Legendre memory of an ``lmu`` cell (set exactly when ``cell == "lmu"``)."""
     initial_state: str = "zeros"
     """How an episode's state starts: always ``zeros`` (``episode_start=1`` does the same inside the graph)."""
 
@@ -279,6 +311,8 @@ class PolicySpec:
                 f"need num_layers >= 1, hidden_size >= 1 and num_cores in (1, 2), got "
                 f"{self.num_layers}, {self.hidden_size}, {self.num_cores}"
             )
+        if (self.cell == "lmu") != (self.lmu is not None):
+            raise ValueError(f"a Legendre memory (lmu) is set exactly for cell 'lmu', got cell {self.cell!r} with lmu={self.lmu}")
         if self.kind == "q" and not self.action.is_discrete:
             raise ValueError(f"a Q-network needs a discrete action space, got {self.action.kind}")
         if self.image is not None and self.image.size != self.obs_dim:
@@ -288,7 +322,10 @@ class PolicySpec:
 
     @property
     def format_version(self) -> int:
-        """The lowest spec format that describes this policy: 2 for factored actions or an image encoder, else 1."""
+        """The lowest spec format that describes this policy: 3 for a Legendre memory cell, 2 for factored
+        actions or an image encoder, else 1."""
+        if self.lmu is not None:
+            return 3
         return 2 if self.action.is_factored or self.image is not None else 1
 
     @property
@@ -298,10 +335,15 @@ class PolicySpec:
 
     @property
     def state_tensors(self) -> tuple[StateTensorSpec, ...]:
-        """The state inputs in graph order (``state_h`` then, for LSTM, ``state_c``)."""
+        """The state inputs in graph order: ``state_h`` then, for LSTM, ``state_c`` (same width) or, for LMU,
+        ``state_m`` (the memory, ``lmu.width`` wide)."""
         layers = self.num_layers * self.num_cores
-        names = (STATE_H, STATE_C) if self.cell == "lstm" else (STATE_H,)
-        return tuple(StateTensorSpec(name, layers, self.hidden_size) for name in names)
+        h = StateTensorSpec(STATE_H, layers, self.hidden_size)
+        if self.cell == "lstm":
+            return (h, StateTensorSpec(STATE_C, layers, self.hidden_size))
+        if self.lmu is not None:
+            return (h, StateTensorSpec(STATE_M, layers, self.lmu.width))
+        return (h,)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -322,6 +364,8 @@ class PolicySpec:
         out["format_version"] = self.format_version
         if self.image is None:
             del out["image"]  # a version-1 spec has no such key
+        if self.lmu is None:
+            del out["lmu"]
         if not self.action.is_factored:
             del out["action"]["nvec"]
         out["obs_encoding"] = self.obs_encoding.to_dict()
@@ -349,6 +393,7 @@ class PolicySpec:
             action = data["action"]
             norm = data.get("obs_norm")
             image = data.get("image")
+            lmu = data.get("lmu")
             return cls(
                 kind=data["kind"],
                 cell=data["cell"],
@@ -385,6 +430,9 @@ class PolicySpec:
                     codes=int(image.get("codes", 0)),
                 ),
                 env_wrappers=tuple(str(w) for w in data.get("env_wrappers", ())),
+                lmu=None
+                if lmu is None
+                else LmuSpec(order=int(lmu["order"]), theta=float(lmu["theta"]), memory_inputs=int(lmu["memory_inputs"])),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"policy spec is missing or has a malformed field: {exc}") from None

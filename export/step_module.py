@@ -1,7 +1,7 @@
 """The exported computation: one policy step with plain tensors in and out.
 
 :func:`step_module` wraps a trained network's ``step`` so that the graph inputs are
-``(obs, episode_start, state_h[, state_c])`` and the outputs are ``spec.output_names`` in order.
+``(obs, episode_start, state_h[, state_c | state_m])`` and the outputs are ``spec.output_names`` in order.
 The reset at an episode start is the network's own ``state * (1 - episode_start)``, so it
 traces into the exported graph exactly as it runs in training.
 """
@@ -52,9 +52,17 @@ class _LstmStep(PolicyStep):
         return self._step(obs, episode_start, RecurrentState(state_h, state_c))
 
 
+class _LmuStep(PolicyStep):
+    """Legendre memory cores: ``state_h`` and the memory ``state_m``."""
+
+    def forward(self, obs: Tensor, episode_start: Tensor, state_h: Tensor, state_m: Tensor) -> tuple[Tensor, ...]:
+        return self._step(obs, episode_start, RecurrentState(state_h, state_m))
+
+
 def step_module(model: QNetwork | ActorCritic) -> PolicyStep:
     """The thin exportable step module of ``model``, in eval mode and without gradients."""
-    return _LstmStep(model) if model.spec.cell == "lstm" else _SingleStateStep(model)
+    steps = {"lstm": _LstmStep, "lmu": _LmuStep}
+    return steps.get(model.spec.cell, _SingleStateStep)(model)
 
 
 def example_inputs(spec: PolicySpec, batch: int = EXAMPLE_BATCH, seed: int = 0) -> tuple[Tensor, ...]:

@@ -11,7 +11,7 @@ from gymnasium import spaces
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from delay_recall_bench import (  # noqa: E402
-    LegendreMemoryPolicy, build_policy, check_labels, chrono_init, legendre_delay_system, recall_labels,
+    LegendreMemoryPolicy, build_policy, check_labels, chrono_init, recall_labels,
     shuffled_suits, train_delay,
 )
 
@@ -64,25 +64,6 @@ def test_chrono_spreads_the_forget_gate_biases_and_closes_the_input_gates_as_muc
     assert forget.std() > 0.3  # spread, not one value
     assert torch.equal(input_gate, -forget)
     assert torch.all(bias[64:] == 0)
-
-
-def legendre_readout(order: int, delay: int, theta: float) -> torch.Tensor:
-    """``(order,)`` weights that read ``u_{t - delay}`` back from the memory (``delay <= theta - 1``): shifted Legendre
-    polynomials at the middle of that step's hold, ``(delay + 0.5) / theta`` of the window back."""
-    x = 2.0 * (delay + 0.5) / theta - 1.0
-    return torch.tensor([np.polynomial.legendre.Legendre.basis(n)(x) for n in range(order)], dtype=torch.float32)
-
-
-def test_the_legendre_memory_holds_the_last_theta_steps_of_a_smooth_signal():
-    a_step, b_step = legendre_delay_system(order=24, theta=32.0)
-    t = np.arange(200)
-    signal = np.sin(2 * np.pi * t / 50) + 0.5 * np.cos(2 * np.pi * t / 23)  # slow against the 32-step window
-    memory = torch.zeros(24)
-    for value in signal:
-        memory = a_step @ memory + b_step * float(value)
-    for delay in (0, 8, 16, 31):
-        decoded = float(legendre_readout(24, delay, 32.0) @ memory)
-        assert abs(decoded - signal[-1 - delay]) < 0.01, (delay, decoded, signal[-1 - delay])
 
 
 def test_the_legendre_candidate_learns_a_short_recall():

@@ -1,8 +1,12 @@
+import numpy as np
 import pytest
 import torch
 
-from rnnpolicy import ActionSpec, ObsEncoding, ObsNormSpec, PolicySpec
-from rnnpolicy.train.models import ActorCritic, QNetwork, RecurrentState, build_model, initial_state
+from rnnpolicy import ActionSpec, LmuSpec, ObsEncoding, ObsNormSpec, PolicySpec
+from rnnpolicy.train.models import (
+    ActorCritic, LegendreMemoryLayer, QNetwork, RecurrentCore, RecurrentState, build_model, initial_state,
+    legendre_delay_system,
+)
 
 OBS_DIM = 4
 DISCRETE = ActionSpec("discrete", n=3)
@@ -26,6 +30,7 @@ def make_spec(kind, action, cores, cell, layers=2, norm=False):
         action=action,
         num_cores=cores,
         obs_norm=ObsNormSpec(mean=(0.1,) * OBS_DIM, var=(2.0,) * OBS_DIM) if norm else None,
+        lmu=LmuSpec(order=6, theta=5.0, memory_inputs=2) if cell == "lmu" else None,
     )
 
 
@@ -36,7 +41,7 @@ def sequence_outputs(model, obs, state, episode_start):
 
 
 @pytest.mark.parametrize("kind, action, cores", CASES)
-@pytest.mark.parametrize("cell", ["lstm", "gru", "ff"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "lmu", "ff"])
 @pytest.mark.parametrize("cell_math", [False, True], ids=["module-call", "cell-math"])
 def test_step_by_step_equals_whole_sequence_with_episode_starts_inside(kind, action, cores, cell, cell_math):
     torch.manual_seed(0)
@@ -56,11 +61,11 @@ def test_step_by_step_equals_whole_sequence_with_episode_starts_inside(kind, act
         heads.append(outputs[0])
     torch.testing.assert_close(torch.stack(heads), seq_head, rtol=0, atol=1e-5)
     torch.testing.assert_close(state.h, seq_state.h, rtol=0, atol=1e-5)
-    if cell == "lstm":
+    if cell in ("lstm", "lmu"):
         torch.testing.assert_close(state.c, seq_state.c, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "lmu"])
 def test_episode_start_equals_a_fresh_start(cell):
     torch.manual_seed(1)
     spec = make_spec("q", DISCRETE, 1, cell)
@@ -114,3 +119,46 @@ def test_models_refuse_the_wrong_spec_kind():
         QNetwork(make_spec("policy", DISCRETE, 1, "lstm"))
     with pytest.raises(ValueError, match="ActorCritic needs a spec of kind 'policy', got 'q'"):
         ActorCritic(make_spec("q", DISCRETE, 1, "lstm"))
+
+
+def legendre_readout(order: int, delay: int, theta: float) -> torch.Tensor:
+    """``(order,)`` weights that read ``u_{t - delay}`` back from the memory (``delay <= theta - 1``): shifted Legendre
+    polynomials at the middle of that step's hold, ``(delay + 0.5) / theta`` of the window back."""
+    x = 2.0 * (delay + 0.5) / theta - 1.0
+    return torch.tensor([np.polynomial.legendre.Legendre.basis(n)(x) for n in range(order)], dtype=torch.float32)
+
+
+def test_the_legendre_memory_holds_the_last_theta_steps_of_a_smooth_signal():
+    a_step, b_step = legendre_delay_system(order=24, theta=32.0)
+    t = np.arange(200)
+    signal = np.sin(2 * np.pi * t / 50) + 0.5 * np.cos(2 * np.pi * t / 23)  # slow against the 32-step window
+    memory = torch.zeros(24)
+    for value in signal:
+        memory = a_step @ memory + b_step * float(value)
+    for delay in (0, 8, 16, 31):
+        decoded = float(legendre_readout(24, delay, 32.0) @ memory)
+        assert abs(decoded - signal[-1 - delay]) < 0.01, (delay, decoded, signal[-1 - delay])
+
+
+def test_the_lmu_layer_keeps_that_memory_of_its_projected_input():
+    torch.manual_seed(5)
+    lmu = LmuSpec(order=24, theta=32.0, memory_inputs=1)
+    layer = LegendreMemoryLayer(input_size=1, hidden_size=3, lmu=lmu)
+    with torch.no_grad():
+        layer.encode.weight.fill_(1.0)
+        layer.encode.bias.zero_()
+    t = torch.arange(120, dtype=torch.float32)
+    signal = torch.sin(2 * torch.pi * t / 50)  # (T,)
+    with torch.no_grad():
+        _, _, m = layer(signal.view(-1, 1, 1), torch.zeros(1, 3), torch.zeros(1, lmu.width), None)
+    assert m.shape == (1, 24)
+    decoded = float(legendre_readout(24, 20, 32.0) @ m[0])
+    assert abs(decoded - float(signal[-21])) < 0.01
+
+
+def test_lmu_state_is_h_and_a_memory_of_its_own_width():
+    spec = make_spec("policy", DISCRETE, 2, "lmu")
+    state = initial_state(spec, 5)
+    assert state.h.shape == (4, 5, 8) and state.c.shape == (4, 5, 12)  # 2 layers x 2 cores; 2 inputs x order 6
+    with pytest.raises(ValueError, match="cell 'lmu' needs its Legendre memory's settings"):
+        RecurrentCore("lmu", 4, 8, 1)

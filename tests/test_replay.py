@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from rnnpolicy import ActionSpec, ObsEncoding, PolicySpec
+from rnnpolicy import ActionSpec, LmuSpec, ObsEncoding, PolicySpec
 from rnnpolicy.train.models import QNetwork, initial_state
 from rnnpolicy.train.replay import SequenceCollector, SequenceReplay
 
@@ -23,7 +23,7 @@ def synthetic_stream(spec, model):
     carries ``t = length`` (the final observation). Returns the replay and, for each
     ``(row, episode, t)``, the state the actor acted from and the Q-values it computed.
     """
-    replay = SequenceReplay(1000, SEQ_LEN, spec.obs_dim, (spec.num_layers, spec.hidden_size), spec.cell == "lstm")
+    replay = SequenceReplay(1000, SEQ_LEN, spec.obs_dim, tuple((s.layers, s.hidden) for s in spec.state_tensors))
     collector = SequenceCollector(replay, NUM_ENVS, STRIDE)
     rng = np.random.default_rng(0)
     episode = np.zeros(NUM_ENVS, dtype=np.int64)
@@ -58,10 +58,11 @@ def synthetic_stream(spec, model):
     return replay, seen
 
 
-@pytest.fixture(params=["lstm", "gru"])
+@pytest.fixture(params=["lstm", "gru", "lmu"])
 def spec(request):
     return PolicySpec(
-        kind="q", cell=request.param, num_layers=2, hidden_size=6, obs_encoding=ObsEncoding.flat(4), action=ActionSpec("discrete", n=2)
+        kind="q", cell=request.param, num_layers=2, hidden_size=6, obs_encoding=ObsEncoding.flat(4), action=ActionSpec("discrete", n=2),
+        lmu=LmuSpec(order=4, theta=6.0, memory_inputs=2) if request.param == "lmu" else None,
     )
 
 
@@ -106,7 +107,7 @@ def test_stored_state_is_the_state_the_actor_had_and_replays_its_q_values(spec):
 
 
 def test_replay_is_a_ring_and_rejects_malformed_sequences():
-    replay = SequenceReplay(2, 3, obs_dim=1, state_shape=(1, 2), has_cell_state=False)
+    replay = SequenceReplay(2, 3, obs_dim=1, state_shapes=((1, 2),))
     for k in range(3):
         replay.add(np.full((2, 1), k), np.array([k]), np.array([1.0]), False, np.zeros((1, 2)), None, True)
     assert len(replay) == 2

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from rnnpolicy import ActionSpec, ImageSpec, ObsEncoding, ObsNormSpec, PolicySpec
+from rnnpolicy import ActionSpec, ImageSpec, LmuSpec, ObsEncoding, ObsNormSpec, PolicySpec
 from rnnpolicy.spec import FORMAT_VERSION
 
 
@@ -102,8 +102,33 @@ def test_action_spec_validation():
 def test_version_2_specs_round_trip_and_say_so(overrides):
     spec = make_spec(**overrides)
     data = json.loads(spec.to_json())
-    assert data["format_version"] == 2 == FORMAT_VERSION
+    assert data["format_version"] == 2
     assert PolicySpec.from_json(spec.to_json()) == spec
+
+
+def test_a_legendre_memory_cell_has_a_memory_state_of_its_own_width_and_format_3():
+    spec = make_spec(cell="lmu", lmu=LmuSpec(order=8, theta=20.0, memory_inputs=3))
+    assert [(s.name, s.shape) for s in spec.state_tensors] == [("state_h", (4, "batch", 16)), ("state_m", (4, "batch", 24))]
+    assert spec.input_names[-2:] == ("state_h", "state_m") and spec.output_names[-2:] == ("next_state_h", "next_state_m")
+    data = json.loads(spec.to_json())
+    assert data["format_version"] == 3 == FORMAT_VERSION
+    assert data["lmu"] == {"order": 8, "theta": 20.0, "memory_inputs": 3}
+    assert PolicySpec.from_json(spec.to_json()) == spec
+    assert "lmu" not in json.loads(make_spec().to_json())
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(cell="lmu"), "a Legendre memory \\(lmu\\) is set exactly for cell 'lmu', got cell 'lmu' with lmu=None"),
+        (dict(lmu=LmuSpec()), "got cell 'lstm' with lmu=LmuSpec"),
+    ],
+)
+def test_a_legendre_memory_needs_its_cell_and_sane_settings(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_spec(**overrides)
+    with pytest.raises(ValueError, match="theta > 0, got order=32, memory_inputs=2, theta=0.0"):
+        LmuSpec(theta=0.0)
 
 
 def test_an_image_spec_written_before_codes_reads_as_intensities():

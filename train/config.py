@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from rnnpolicy.spec import LmuSpec
+
 
 @dataclass
 class TrainConfig:
@@ -23,8 +25,14 @@ class TrainConfig:
     """Environment steps to train for (default: the environment's entry, else 100000)."""
     seed: int = 1
     """Random seed; a run is deterministic given the seed (on the CPU)."""
-    cell: Literal["lstm", "gru"] = "lstm"
-    """Recurrent cell."""
+    cell: Literal["lstm", "gru", "lmu"] = "lstm"
+    """Recurrent cell: lstm, gru or lmu (a Legendre memory unit: a fixed memory of the last lmu_theta steps, for recall over a known distance)."""
+    lmu_theta: float | None = None
+    """lmu: the memory's window in steps; it must cover the longest distance to recall (default: 32)."""
+    lmu_order: int | None = None
+    """lmu: Legendre coefficients kept per memory input; more resolve the window more finely (default: 32)."""
+    lmu_memory_inputs: int | None = None
+    """lmu: learned projections of the cell's input that the memory keeps a window of (default: 2)."""
     hidden_size: int | None = None
     """Units in the encoder and the recurrent layer (default: the environment's entry, else 64)."""
     num_layers: int = 1
@@ -74,6 +82,15 @@ class TrainConfig:
                 f"image_scale {self.image_scale:g} has nothing to scale: image_codes {self.image_codes} reads "
                 f"the image one-hot; leave one of them unset"
             )
+        lmu_given = {name: value for name, value in (("lmu_theta", self.lmu_theta), ("lmu_order", self.lmu_order),
+                     ("lmu_memory_inputs", self.lmu_memory_inputs)) if value is not None}
+        if lmu_given and self.cell != "lmu":
+            raise ValueError(f"{', '.join(lmu_given)} set the Legendre memory of cell 'lmu', got cell {self.cell!r}")
+        if self.lmu_theta is not None and not (0.0 < self.lmu_theta < math.inf):
+            raise ValueError(f"lmu_theta must be a finite number of steps > 0, got {self.lmu_theta}")
+        for name in ("lmu_order", "lmu_memory_inputs"):
+            if lmu_given.get(name, 1) < 1:
+                raise ValueError(f"{name} must be >= 1, got {lmu_given[name]}")
         if self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.eval_every is not None and self.eval_every < 0:
@@ -95,3 +112,11 @@ class TrainConfig:
     def cell_kind(self) -> str:
         """The cell the model is built with: ``ff`` for the feed-forward ablation."""
         return "ff" if self.feedforward else self.cell
+
+    @property
+    def lmu_spec(self) -> LmuSpec | None:
+        """The Legendre memory of an ``lmu`` cell, unset settings at their defaults; ``None`` for other cells."""
+        if self.cell_kind != "lmu":
+            return None
+        given = {"theta": self.lmu_theta, "order": self.lmu_order, "memory_inputs": self.lmu_memory_inputs}
+        return LmuSpec(**{name: value for name, value in given.items() if value is not None})

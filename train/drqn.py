@@ -228,6 +228,7 @@ def learn(config: TrainConfig, algo_config: Config, run: RunLog, evaluator: Trai
     spec = PolicySpec(
         kind="q",
         cell=config.cell_kind,
+        lmu=config.lmu_spec,
         num_layers=config.num_layers,
         hidden_size=config.hidden_size,
         obs_encoding=observation_encoding(envs),
@@ -246,7 +247,7 @@ def learn(config: TrainConfig, algo_config: Config, run: RunLog, evaluator: Trai
     rng = np.random.default_rng(config.seed)
 
     replay = SequenceReplay(
-        cfg.buffer_size, cfg.seq_len, spec.obs_dim, (spec.num_layers, spec.hidden_size), spec.cell == "lstm"
+        cfg.buffer_size, cfg.seq_len, spec.obs_dim, tuple((s.layers, s.hidden) for s in spec.state_tensors)
     )
     collector = SequenceCollector(replay, cfg.num_envs, cfg.stride)
     tracker = EpisodeTracker(cfg.num_envs)

@@ -13,11 +13,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from rnnpolicy.spec import ImageSpec, PolicySpec
+from rnnpolicy.spec import ImageSpec, LmuSpec, PolicySpec
 
 
 class RecurrentState(NamedTuple):
-    """Hidden state: ``h`` and, for LSTM, ``c``, each ``(layers * cores, batch, hidden)``."""
+    """Hidden state: ``h`` ``(layers * cores, batch, hidden)`` and the cell's second tensor ``c``, ``None`` for GRU:
+    LSTM's cell state (``state_c``, as wide as ``h``) or a Legendre memory unit's memory (``state_m``, ``lmu.width``)."""
 
     h: Tensor
     c: Tensor | None = None
@@ -45,28 +46,102 @@ class RecurrentState(NamedTuple):
 
 def initial_state(spec: PolicySpec, batch: int, device: torch.device | str = "cpu") -> RecurrentState:
     """The zero state an episode starts from, for ``batch`` rows."""
-    shape = (spec.num_layers * spec.num_cores, batch, spec.hidden_size)
-    h = torch.zeros(shape, device=device)
-    return RecurrentState(h, torch.zeros(shape, device=device) if spec.cell == "lstm" else None)
+    h, *second = (torch.zeros(s.layers, batch, s.hidden, device=device) for s in spec.state_tensors)
+    return RecurrentState(h, second[0] if second else None)
+
+
+def legendre_delay_system(order: int, theta: float) -> tuple[Tensor, Tensor]:
+    """``(A, B)`` of the Legendre memory's one-step update ``m_t = A m_{t-1} + B u_t`` (``(order, order)``,
+    ``(order,)``): the continuous delay system of window ``theta`` steps held constant over each step (zero-order hold)."""
+    q = torch.arange(order, dtype=torch.float64)
+    rate = ((2 * q + 1) / theta)[:, None]  # (order, 1)
+    i, j = q[:, None], q[None, :]
+    sign = torch.where((i - j) % 2 == 0, -1.0, 1.0).to(torch.float64)  # (-1) ** (i - j + 1)
+    a = rate * torch.where(i < j, torch.tensor(-1.0, dtype=torch.float64), sign)  # float64 for the exponential
+    b = rate[:, 0] * torch.where(q % 2 == 0, 1.0, -1.0).to(torch.float64)
+    a_step = torch.linalg.matrix_exp(a)
+    b_step = torch.linalg.solve(a, (a_step - torch.eye(order, dtype=a.dtype)) @ b)
+    return a_step.float(), b_step.float()
+
+
+class LegendreMemoryLayer(nn.Module):
+    """One layer of a Legendre memory unit (Voelker, Kajic and Eliasmith, 2019).
+
+    ``u_t = W_u x_t`` projects the input to ``memory_inputs`` values; the memory ``m_t = m_{t-1} A^T + u_t B``
+    ``(B, memory_inputs, order)`` holds Legendre coefficients of each one's last ``theta`` steps, fixed, not
+    learned; ``h_t = tanh(W [x_t, h_{t-1}, m_t] + b)`` ``(B, H)`` reads it. ``u`` does not depend on ``h``, so the
+    memory of a whole sequence takes one cheap loop and its share of ``W`` one matrix product; only ``h`` steps.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, lmu: LmuSpec) -> None:
+        super().__init__()
+        self.input_size, self.hidden_size, self.lmu = input_size, hidden_size, lmu
+        self.encode = nn.Linear(input_size, lmu.memory_inputs)
+        self.mix = nn.Linear(input_size + hidden_size + lmu.width, hidden_size)
+        a_step, b_step = legendre_delay_system(lmu.order, lmu.theta)
+        self.register_buffer("a_step_t", a_step.T.contiguous(), persistent=False)  # (order, order)
+        self.register_buffer("b_step", b_step, persistent=False)  # (order,)
+
+    def forward(self, x: Tensor, h: Tensor, m: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """``x`` ``(T, B, F)``, ``h`` ``(B, H)``, ``m`` ``(B, memory_inputs * order)``; ``keep`` ``(T, B)`` zeroes a
+        row's state before step ``t`` where it is 0 (``None``: keep all) -> ``(T, B, H)``, last ``h``, last ``m``."""
+        f, hidden = self.input_size, self.hidden_size
+        w_x, w_h, w_m = self.mix.weight.split([f, hidden, self.lmu.width], dim=1)
+        u = self.encode(x).unsqueeze(-1)  # (T, B, memory_inputs, 1)
+        memory = m.unflatten(-1, (self.lmu.memory_inputs, self.lmu.order))  # (B, memory_inputs, order)
+        memories = []
+        for t in range(x.shape[0]):
+            if keep is not None:
+                memory = memory * keep[t, :, None, None]
+            memory = memory @ self.a_step_t + u[t] * self.b_step  # (B, memory_inputs, order)
+            memories.append(memory)
+        m_seq = torch.stack(memories).flatten(-2)  # (T, B, memory_inputs * order)
+        drive = F.linear(x, w_x, self.mix.bias) + F.linear(m_seq, w_m)  # (T, B, H)
+        outputs = []
+        for t in range(x.shape[0]):
+            if keep is not None:
+                h = h * keep[t, :, None]
+            h = torch.tanh(drive[t] + F.linear(h, w_h))  # (B, H)
+            outputs.append(h)
+        return torch.stack(outputs), h, m_seq[-1]
 
 
 class RecurrentCore(nn.Module):
-    """An LSTM or GRU over ``(T, B, F)`` that resets rows at ``episode_start``; ``ff`` is the memoryless ablation."""
+    """An LSTM, GRU or Legendre memory unit over ``(T, B, F)`` that resets rows at ``episode_start``;
+    ``ff`` is the memoryless ablation."""
 
-    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int) -> None:
+    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int, lmu: LmuSpec | None = None) -> None:
         super().__init__()
         self.cell = cell
         if cell == "lstm":
             self.rnn: nn.Module = nn.LSTM(input_size, hidden_size, num_layers)
         elif cell == "gru":
             self.rnn = nn.GRU(input_size, hidden_size, num_layers)
+        elif cell == "lmu":
+            if lmu is None:
+                raise ValueError("cell 'lmu' needs its Legendre memory's settings (lmu), got None")
+            self.rnn = nn.ModuleList(
+                LegendreMemoryLayer(input_size if layer == 0 else hidden_size, hidden_size, lmu) for layer in range(num_layers)
+            )
         elif cell == "ff":
             self.rnn = nn.Sequential(nn.Linear(input_size, hidden_size), nn.Tanh())
         else:
-            raise ValueError(f"cell must be 'lstm', 'gru' or 'ff', got {cell!r}")
+            raise ValueError(f"cell must be 'lstm', 'gru', 'lmu' or 'ff', got {cell!r}")
+
+    def _run_lmu(self, x: Tensor, state: RecurrentState, keep: Tensor | None) -> tuple[Tensor, RecurrentState]:
+        # x: (T, B, F); state.h: (layers, B, H); state.c: (layers, B, memory_inputs * order)
+        assert state.c is not None
+        hs, ms = [], []
+        for layer, cell in enumerate(self.rnn):
+            x, h, m = cell(x, state.h[layer], state.c[layer], keep)
+            hs.append(h)
+            ms.append(m)
+        return x, RecurrentState(torch.stack(hs), torch.stack(ms))
 
     def _run(self, x: Tensor, state: RecurrentState) -> tuple[Tensor, RecurrentState]:
         # x: (T, B, F); state: (layers, B, H)
+        if self.cell == "lmu":
+            return self._run_lmu(x, state, None)
         if self.cell == "lstm":
             out, (h, c) = self.rnn(x, (state.h, state.c))
             return out, RecurrentState(h, c)
@@ -106,7 +181,7 @@ class RecurrentCore(nn.Module):
         PyTorch, which rollouts and evaluations take; exports trace the module call.
         """
         state = state.masked(1.0 - episode_start.float())
-        if cell_math and self.cell != "ff":
+        if cell_math and self.cell in ("lstm", "gru"):
             state = self._cell_math(x, state)
             return state.h[-1], state
         out, state = self._run(x.unsqueeze(0), state)
@@ -121,8 +196,11 @@ class RecurrentCore(nn.Module):
 
         Runs as one fused call when episodes start only at ``t = 0`` (how the trainers batch
         their sequences); otherwise steps through time, resetting rows where episodes start.
+        A Legendre memory unit always takes the resets inside its own loop.
         """
         keep = 1.0 - episode_start.float()  # (T, B)
+        if self.cell == "lmu":
+            return self._run_lmu(x, state, keep)
         if not bool((keep[1:] == 0).any()):
             return self._run(x, state.masked(keep[0]))
         outputs = []
@@ -253,7 +331,7 @@ def factored_log_prob_entropy(logits: Tensor, actions: Tensor, nvec: tuple[int, 
 
 
 class QNetwork(nn.Module):
-    """The tutorial's ``QNet``: encoder, LSTM/GRU, linear head over the actions."""
+    """The tutorial's ``QNet``: encoder, recurrent core (LSTM, GRU or LMU), linear head over the actions."""
 
     def __init__(self, spec: PolicySpec) -> None:
         super().__init__()
@@ -262,7 +340,7 @@ class QNetwork(nn.Module):
         self.spec = spec
         self.normalizer = ObsNormalizer(spec)
         self.encoder = _encoder(spec)
-        self.core = RecurrentCore(spec.cell, spec.hidden_size, spec.hidden_size, spec.num_layers)
+        self.core = RecurrentCore(spec.cell, spec.hidden_size, spec.hidden_size, spec.num_layers, spec.lmu)
         self.head = nn.Linear(spec.hidden_size, spec.action.n)
 
     def forward(self, obs: Tensor, state: RecurrentState, episode_start: Tensor) -> tuple[Tensor, RecurrentState]:
@@ -295,10 +373,10 @@ class ActorCritic(nn.Module):
         self.normalizer = ObsNormalizer(spec)
         hidden = spec.hidden_size
         self.actor_encoder = _encoder(spec)
-        self.actor_core = RecurrentCore(spec.cell, hidden, hidden, spec.num_layers)
+        self.actor_core = RecurrentCore(spec.cell, hidden, hidden, spec.num_layers, spec.lmu)
         if spec.num_cores == 2:
             self.critic_encoder = _encoder(spec)
-            self.critic_core = RecurrentCore(spec.cell, hidden, hidden, spec.num_layers)
+            self.critic_core = RecurrentCore(spec.cell, hidden, hidden, spec.num_layers, spec.lmu)
         self.value_head = nn.Linear(hidden, 1)
         action = spec.action
         if action.is_discrete or action.is_factored:

@@ -280,6 +280,7 @@ def _build(config: TrainConfig, algo: Config, envs: gym.vector.VectorEnv, obs_no
     spec = PolicySpec(
         kind="policy",
         cell=config.cell_kind,
+        lmu=config.lmu_spec,
         num_layers=config.num_layers,
         hidden_size=config.hidden_size,
         obs_encoding=observation_encoding(envs),

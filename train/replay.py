@@ -42,21 +42,23 @@ class SequenceBatch(NamedTuple):
 class SequenceReplay:
     """A ring of ``capacity`` sequences of up to ``seq_len`` steps each."""
 
-    def __init__(self, capacity: int, seq_len: int, obs_dim: int, state_shape: tuple[int, int], has_cell_state: bool) -> None:
+    def __init__(self, capacity: int, seq_len: int, obs_dim: int, state_shapes: tuple[tuple[int, int], ...]) -> None:
+        """``state_shapes``: ``(layers, width)`` of each state tensor in graph order (``h``, then any ``c``)."""
         if capacity < 1 or seq_len < 1:
             raise ValueError(f"need capacity >= 1 and seq_len >= 1, got {capacity} and {seq_len}")
+        if len(state_shapes) not in (1, 2):
+            raise ValueError(f"need the shapes of 1 or 2 state tensors, got {state_shapes}")
         self.capacity = capacity
         self.seq_len = seq_len
         self.obs_dim = obs_dim
-        self.state_shape = state_shape
-        self.has_cell_state = has_cell_state
+        self.state_shapes = tuple(state_shapes)
         self._obs = np.zeros((capacity, seq_len + 1, obs_dim), dtype=np.float32)
         self._actions = np.zeros((capacity, seq_len), dtype=np.int64)
         self._rewards = np.zeros((capacity, seq_len), dtype=np.float32)
         self._terminated = np.zeros((capacity, seq_len), dtype=bool)
         self._mask = np.zeros((capacity, seq_len), dtype=bool)
-        self._h = np.zeros((capacity, *state_shape), dtype=np.float32)  # (N, layers, hidden)
-        self._c = np.zeros((capacity, *state_shape), dtype=np.float32) if has_cell_state else None
+        self._h = np.zeros((capacity, *state_shapes[0]), dtype=np.float32)  # (N, layers, hidden)
+        self._c = np.zeros((capacity, *state_shapes[1]), dtype=np.float32) if len(state_shapes) == 2 else None
         self._episode_first = np.zeros(capacity, dtype=bool)
         self._next = 0
         self._size = 0
@@ -149,8 +151,9 @@ class SequenceCollector:
         self._obs = np.zeros((num_envs, seq_len + 1, replay.obs_dim), dtype=np.float32)
         self._actions = np.zeros((num_envs, seq_len), dtype=np.int64)
         self._rewards = np.zeros((num_envs, seq_len), dtype=np.float32)
-        self._h = np.zeros((num_envs, seq_len, *replay.state_shape), dtype=np.float32)  # (N, L, layers, hidden)
-        self._c = np.zeros_like(self._h) if replay.has_cell_state else None
+        shapes = replay.state_shapes
+        self._h = np.zeros((num_envs, seq_len, *shapes[0]), dtype=np.float32)  # (N, L, layers, hidden)
+        self._c = np.zeros((num_envs, seq_len, *shapes[1]), dtype=np.float32) if len(shapes) == 2 else None
         self._length = np.zeros(num_envs, dtype=np.int64)
         self._episode_first = np.ones(num_envs, dtype=bool)
 
