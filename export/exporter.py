@@ -78,7 +78,7 @@ class ExportReport:
         spec = self.spec
         aot = "" if self.aot_seconds is None else f", AOTInductor compile {self.aot_seconds:.1f} s"
         lines = [
-            f"exported {spec.kind} policy ({spec.cell}, {spec.num_layers}x{spec.hidden_size}, "
+            f"exported {'Q-network' if spec.kind == 'q' else 'actor-critic'} ({spec.cell}, {spec.num_layers}x{spec.hidden_size}, "
             f"{spec.num_cores} core(s)) to {self.out_dir} in {self.seconds:.1f} s{aot} (ONNX opset {self.opset})",
             "inputs:  " + "; ".join(t.describe() for t in graph_inputs(spec)),
             "outputs: " + "; ".join(t.describe() for t in graph_outputs(spec)),

@@ -25,7 +25,7 @@ def one_torch_thread():
 def _serve_specs():
     from rnnpolicy.encoding import ObsEncoding
     from rnnpolicy.envs import make_env
-    from rnnpolicy.spec import ActionSpec, PolicySpec
+    from rnnpolicy.spec import ActionSpec, LmuSpec, PolicySpec
 
     env = make_env("rnnpolicy/TMaze-v0")
     return {
@@ -39,6 +39,8 @@ def _serve_specs():
         "box_lstm": PolicySpec(kind="policy", cell="lstm", num_layers=1, hidden_size=8, num_cores=2,
                                obs_encoding=ObsEncoding.flat(3),
                                action=ActionSpec("box", shape=(2,), low=(-1.0, -1.0), high=(1.0, 1.0))),
+        "pg_lmu": PolicySpec(kind="policy", cell="lmu", num_layers=1, hidden_size=8, lmu=LmuSpec(order=6, theta=8.0),
+                             obs_encoding=ObsEncoding.flat(4), action=ActionSpec("discrete", n=3)),
     }
 
 

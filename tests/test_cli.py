@@ -65,6 +65,12 @@ def test_train_help_shows_the_algorithm_hyperparameters(capsys):
          "--image-codes 32 has no image to read: rnnpolicy/TMaze-v0 observes Box(0.0, 1.0, (4,), float32), not an image"),
         (["train", "--algo", "ppo", "--env", "fake_envs:FakeImageCue-v0", "--image-codes", "8", "--image-scale", "0.5",
           "--out", "{tmp}/x"], "--image-scale 0.5 has nothing to scale: --image-codes 8 reads the image one-hot"),
+        (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--lmu-theta", "64", "--out", "{tmp}/x"],
+         "--lmu-theta set the Legendre memory of cell 'lmu', got cell 'lstm'"),
+        (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--cell", "lmu", "--lmu-theta", "0", "--out", "{tmp}/x"],
+         "--lmu-theta must be a finite number of steps > 0, got 0.0"),
+        (["train", "--algo", "drqn", "--env", "rnnpolicy/TMaze-v0", "--cell", "lmu", "--lmu-order", "0", "--out", "{tmp}/x"],
+         "--lmu-order must be >= 1, got 0"),
         (["eval", "{tmp}/missing.pt"], "missing.pt' does not exist"),
     ],
 )

@@ -82,7 +82,7 @@ def test_config_rejects_bad_values_by_name(values, message):
 
 
 def _learn(tmp_path, cell="lstm", seed=0, env="rnnpolicy/RepeatFirst-v0", total_steps=800, evaluation=None, **overrides):
-    config = TrainConfig(algo="drqn", env=env, out=str(tmp_path), total_steps=total_steps, hidden_size=8, seed=seed, cell="gru" if cell == "gru" else "lstm", feedforward=cell == "ff", progress=False,
+    config = TrainConfig(algo="drqn", env=env, out=str(tmp_path), total_steps=total_steps, hidden_size=8, seed=seed, cell="lstm" if cell == "ff" else cell, feedforward=cell == "ff", progress=False,
                          **(evaluation or {}))
     run = RunLog(tmp_path, total_steps, progress=False)
     try:
@@ -92,7 +92,7 @@ def _learn(tmp_path, cell="lstm", seed=0, env="rnnpolicy/RepeatFirst-v0", total_
     return spec, model, run.rows
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "ff"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "lmu", "ff"])
 def test_learn_smoke_run_logs_metrics_and_returns_a_q_network(tmp_path, cell):
     spec, model, rows = _learn(tmp_path, cell)
     assert (spec.kind, spec.cell, spec.algo, spec.env_id) == ("q", cell, "drqn", "rnnpolicy/RepeatFirst-v0")

@@ -23,7 +23,7 @@ from rnnpolicy.export import feed_runner
 from rnnpolicy.export.pt2 import aoti_metadata, export_program, load_aoti, load_program
 from rnnpolicy.export.step_module import PolicyStep, step_module
 from rnnpolicy.export.torchscript import load_torchscript
-from rnnpolicy.spec import SPEC_METADATA_KEY, ActionSpec, ObsNormSpec, PolicySpec
+from rnnpolicy.spec import SPEC_METADATA_KEY, ActionSpec, LmuSpec, ObsNormSpec, PolicySpec
 from rnnpolicy.train.checkpoint import save_checkpoint
 from rnnpolicy.train.models import RecurrentState, build_model
 
@@ -39,6 +39,7 @@ CASES = {
     "continuous-gru": ("policy", "gru", BOX, 1),
     "continuous-lstm-2cores": ("policy", "lstm", BOX, 2),
     "discrete-ff": ("policy", "ff", DISCRETE, 1),
+    "continuous-lmu-2cores": ("policy", "lmu", BOX, 2),
 }
 
 
@@ -52,6 +53,7 @@ def make_spec(kind: str, cell: str, action: ActionSpec, num_cores: int, num_laye
         action=action,
         num_cores=num_cores,
         obs_norm=ObsNormSpec(mean=tuple(np.linspace(-0.5, 0.5, OBS_DIM)), var=tuple(np.linspace(0.5, 2.0, OBS_DIM))),
+        lmu=LmuSpec(order=5, theta=6.0, memory_inputs=2) if cell == "lmu" else None,
     )
 
 

@@ -45,7 +45,7 @@ def _python_actions(model: Path, obs: np.ndarray, starts: np.ndarray) -> list[np
     return actions
 
 
-@pytest.mark.parametrize("cell, action", [("lstm", DISCRETE), ("gru", BOX)])
+@pytest.mark.parametrize("cell, action", [("lstm", DISCRETE), ("gru", BOX), ("lmu", DISCRETE)])
 def test_node_example_matches_python(cell: str, action: ActionSpec, tmp_path: Path) -> None:
     kind = "q" if action.is_discrete else "policy"
     checkpoint = make_checkpoint(tmp_path / "checkpoint.pt", make_spec(kind, cell, action, 1))

@@ -21,7 +21,7 @@ from components import require
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "clients" / "node"
 SCRIPT = NODE_DIR / "policy_client.mjs"
-MODELS = ("q_lstm", "pg_gru", "box_lstm")  # discrete Q, discrete policy with a value, continuous policy
+MODELS = ("q_lstm", "pg_gru", "box_lstm", "pg_lmu")  # discrete Q, discrete policy with a value, continuous policy, a Legendre memory
 TOKEN = "node-client-token-0123456789"
 
 

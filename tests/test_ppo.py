@@ -83,7 +83,7 @@ def _rollout(cell="lstm", shared_core=True, env="rnnpolicy/CartPoleNoVel-v0"):
     return model, rollout, algo
 
 
-@pytest.mark.parametrize("cell,shared_core", [("lstm", True), ("lstm", False), ("gru", True)])
+@pytest.mark.parametrize("cell,shared_core", [("lstm", True), ("lstm", False), ("gru", True), ("lmu", False)])
 def test_padded_sequence_pass_equals_the_per_step_loop(cell, shared_core):
     model, rollout, algo = _rollout(cell, shared_core)
     steps, envs = algo.rollout_steps, algo.num_envs

@@ -19,7 +19,7 @@ from rnnpolicy.v1 import policy_pb2 as pb
 from rnnpolicy.v1 import policy_pb2_grpc
 from rollout import OfflineRollout
 
-OBS_DIM = {"q_lstm": 5, "pg_gru": 4, "box_lstm": 3}
+OBS_DIM = {"q_lstm": 5, "pg_gru": 4, "box_lstm": 3, "pg_lmu": 4}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def _check_same(response, ref, model):
         assert response.value == pytest.approx(float(ref["value"][0]), abs=1e-5)
 
 
-@pytest.mark.parametrize("model", ["q_lstm", "pg_gru", "box_lstm"])
+@pytest.mark.parametrize("model", ["q_lstm", "pg_gru", "box_lstm", "pg_lmu"])
 def test_32_interleaved_sessions_match_independent_offline_rollouts(server, stub, serve_export_dirs, model):
     rng = random.Random(7)
     ids = [_open(stub, model) for _ in range(32)]
@@ -206,7 +206,7 @@ def test_concurrent_steps_on_one_session_are_serialised(stub, serve_export_dirs)
         _check_same(results[0], expected, "q_lstm")
 
 
-@pytest.mark.parametrize("model", ["q_lstm", "box_lstm"])
+@pytest.mark.parametrize("model", ["q_lstm", "box_lstm", "pg_lmu"])
 def test_get_and_set_session_state_transplants_memory(stub, model):
     a, b = _open(stub, model), _open(stub, model)
     obs = [0.7] * OBS_DIM[model]
@@ -217,7 +217,7 @@ def test_get_and_set_session_state_transplants_memory(stub, model):
     stub.SetSessionState(pb.SetSessionStateRequest(session_id=b, state=state.state))
     ra = stub.Step(pb.StepRequest(session_id=a, seq=4, obs=obs, deterministic=True))
     rb = stub.Step(pb.StepRequest(session_id=b, seq=1, obs=obs, deterministic=True))
-    assert list(ra.mean or ra.q_values) == list(rb.mean or rb.q_values)
+    assert list(ra.mean or ra.q_values or ra.logits) == list(rb.mean or rb.q_values or rb.logits)
     stub.ResetSession(pb.ResetSessionRequest(session_id=b))
     zeros = stub.GetSessionState(pb.GetSessionStateRequest(session_id=b))
     assert all(v == 0.0 for t in zeros.state for v in t.data) and zeros.seq == 1
@@ -240,6 +240,8 @@ def test_list_models_describes_each_spec(stub):
     assert list(box.obs_shape) == [3] and box.action.kind == "box" and list(box.action.shape) == [2]
     assert [(s.name, s.layers, s.hidden) for s in box.state] == [("state_h", 2, 8), ("state_c", 2, 8)]
     assert len(box.version) == 12 and box.cell == "lstm"
+    lmu = models["pg_lmu"]  # the Legendre memory's state is as wide as its memory, not its units
+    assert [(s.name, s.layers, s.hidden) for s in lmu.state] == [("state_h", 1, 8), ("state_m", 1, 12)] and lmu.cell == "lmu"
 
 
 # ------------------------------------------------------------------------------ bad input

@@ -40,7 +40,7 @@ from rnnpolicy.clients.web_page import (
 )
 from rnnpolicy.encoding import ObsEncoding
 from rnnpolicy.envs import make_env
-from rnnpolicy.spec import ActionSpec, PolicySpec
+from rnnpolicy.spec import ActionSpec, LmuSpec, PolicySpec
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -249,6 +249,16 @@ def grid_gru_export(tmp_path_factory) -> Path:
     return _export_random(tmp_path_factory.mktemp("web_models"), "grid_gru", spec, 31)
 
 
+@pytest.fixture(scope="module")
+def tmaze_lmu_export(tmp_path_factory) -> Path:
+    """A Legendre memory actor-critic for TMaze (memory 2 x 10 wider than its 8 units), random weights."""
+    env = make_env("rnnpolicy/TMaze-v0")
+    spec = PolicySpec(kind="policy", cell="lmu", num_layers=1, hidden_size=8, lmu=LmuSpec(order=10, theta=12.0),
+                      obs_encoding=ObsEncoding.from_space(env.observation_space),
+                      action=ActionSpec("discrete", n=int(env.action_space.n)), env_id="rnnpolicy/TMaze-v0")
+    return _export_random(tmp_path_factory.mktemp("web_models"), "tmaze_lmu", spec, 32)
+
+
 def _colored_pixels(page, canvas_id: str) -> int:
     """Pixels of a canvas in a clear colour (not white, grey or black)."""
     return page.evaluate("""(id) => {
@@ -263,10 +273,10 @@ def _colored_pixels(page, canvas_id: str) -> int:
     }""", canvas_id)
 
 
-@pytest.mark.parametrize("policy", ["tmaze_lstm", "grid_gru"])
+@pytest.mark.parametrize("policy", ["tmaze_lstm", "grid_gru", "tmaze_lmu"])
 def test_page_acts_as_python_onnxruntime_and_its_controls_work(policy, browser, serve_export_dirs, grid_gru_export,
-                                                               tmp_path) -> None:
-    export_dir = serve_export_dirs["tmaze"] if policy == "tmaze_lstm" else grid_gru_export
+                                                               tmaze_lmu_export, tmp_path) -> None:
+    export_dir = {"tmaze_lstm": serve_export_dirs["tmaze"], "grid_gru": grid_gru_export, "tmaze_lmu": tmaze_lmu_export}[policy]
     config = WebPageConfig.from_export(export_dir, seed=3)
     served = Served(config, find_ort_dist(search=(WEB_DIR,)))
     page = browser.new_page(viewport={"width": 1200, "height": 760})

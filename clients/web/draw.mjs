@@ -103,8 +103,8 @@ function drawOutcome(ctx, canvas, outcome) {
 
 /**
  * The hidden state as a heat map: `history` is one entry per step of this episode, each
- * {state_h: Float32Array, [state_c]} of [layers * hidden] values; columns are steps, rows units,
- * one block per state tensor. `maxSteps` fixes the column width for the whole episode.
+ * {state_h: Float32Array, [state_c | state_m]} of [layers * width] values (state_m, a Legendre
+ * memory, has its own width); columns are steps, rows units, one block per state tensor. `maxSteps` fixes the column width for the whole episode.
  */
 export function drawHeatmap(canvas, names, history, maxSteps) {
   const ctx = canvas.getContext("2d");
@@ -113,12 +113,11 @@ export function drawHeatmap(canvas, names, history, maxSteps) {
   const left = 62;
   const top = 14;
   const gap = 22;
-  const rowsPerBlock = history.length ? history[0][names[0]].length : 1;
   const blockHeight = Math.floor((canvas.height - top - gap * (names.length - 1) - 18) / names.length);
-  const rowHeight = blockHeight / rowsPerBlock;
   const colWidth = (canvas.width - left - 6) / Math.max(maxSteps, 1);
   names.forEach((name, b) => {
     const y0 = top + b * (blockHeight + gap);
+    const rowHeight = blockHeight / (history.length ? history[0][name].length : 1);
     const scale = Math.max(1, ...history.map((s) => maxAbs(s[name])));
     ctx.fillStyle = COLORS.text;
     ctx.font = "12px system-ui";

@@ -1,7 +1,7 @@
 // One exported policy step at a time, carrying the recurrent state: the loop of docs/export.md,
 // for any onnxruntime JavaScript package (`ort`: onnxruntime-web in the page, onnxruntime-node in Node).
 
-/** Zero state tensors for every state input of the spec: {state_h, [state_c]}, each [layers, batch, hidden]. */
+/** Zero state tensors for every state input of the spec: {state_h, [state_c | state_m]}, each [layers, batch, width]. */
 export function zeroState(ort, spec, batch = 1) {
   return Object.fromEntries(
     spec.state_tensors.map(({ name, shape: [layers, , hidden] }) => [
