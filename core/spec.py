@@ -204,9 +204,11 @@ class LmuSpec:
     """
 
     order: int = 32
+    """Legendre coefficients per memory input: more resolve the window more finely."""
     theta: float = 32.0
     """The window in steps: the memory holds about the last ``theta`` steps of its inputs."""
     memory_inputs: int = 2
+    """Learned projections of the layer's input that the memory keeps a window of."""
 
     def __post_init__(self) -> None:
         if self.order < 1 or self.memory_inputs < 1 or not self.theta > 0:

@@ -26,7 +26,7 @@ class TrainConfig:
     seed: int = 1
     """Random seed; a run is deterministic given the seed (on the CPU)."""
     cell: Literal["lstm", "gru", "lmu"] = "lstm"
-    """Recurrent cell: lstm, gru or lmu (a Legendre memory unit: a fixed memory of the last lmu_theta steps, for recall over a known distance)."""
+    """Recurrent cell: lstm, gru or lmu (a Legendre memory unit: a fixed memory of the last --lmu-theta steps, for recall over a known distance)."""
     lmu_theta: float | None = None
     """lmu: the memory's window in steps; it must cover the longest distance to recall (default: 32)."""
     lmu_order: int | None = None

@@ -17,7 +17,7 @@ from rnnpolicy.spec import ImageSpec, LmuSpec, PolicySpec
 
 
 class RecurrentState(NamedTuple):
-    """Hidden state: ``h`` ``(layers * cores, batch, hidden)`` and the cell's second tensor ``c``, ``None`` for GRU:
+    """Hidden state: ``h`` ``(layers * cores, batch, hidden)`` and the cell's second tensor ``c``, ``None`` for GRU and ``ff``:
     LSTM's cell state (``state_c``, as wide as ``h``) or a Legendre memory unit's memory (``state_m``, ``lmu.width``)."""
 
     h: Tensor
@@ -67,9 +67,9 @@ def legendre_delay_system(order: int, theta: float) -> tuple[Tensor, Tensor]:
 class LegendreMemoryLayer(nn.Module):
     """One layer of a Legendre memory unit (Voelker, Kajic and Eliasmith, 2019).
 
-    ``u_t = W_u x_t`` projects the input to ``memory_inputs`` values; the memory ``m_t = m_{t-1} A^T + u_t B``
-    ``(B, memory_inputs, order)`` holds Legendre coefficients of each one's last ``theta`` steps, fixed, not
-    learned; ``h_t = tanh(W [x_t, h_{t-1}, m_t] + b)`` ``(B, H)`` reads it. ``u`` does not depend on ``h``, so the
+    ``u_t = W_u x_t`` projects the input to ``memory_inputs`` values; the memory ``m_t = m_{t-1} A^T + u_t b``
+    ``(batch, memory_inputs, order)`` holds Legendre coefficients of each one's last ``theta`` steps, fixed, not
+    learned; ``h_t = tanh(W [x_t, h_{t-1}, m_t] + bias)`` ``(batch, H)`` reads it. ``u`` does not depend on ``h``, so the
     memory of a whole sequence takes one cheap loop and its share of ``W`` one matrix product; only ``h`` steps.
     """
 
