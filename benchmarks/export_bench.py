@@ -2,7 +2,8 @@
 
     python benchmarks/export_bench.py [--quick] [--no-cpp]
 
-Q-networks with one recurrent layer of 64, 128 (the target) and 256 LSTM and GRU units, batch
+Q-networks with one recurrent layer of 64, 128 (the target) and 256 LSTM and GRU units, and 64 and 128
+units of a Legendre memory cell (its default memory: 2 inputs x 32 coefficients over 32 steps), batch
 1 and 256, one thread everywhere. Each call feeds the previous call's state back, as a client
 does. Medians and ratios come from one run and are written to
 benchmarks/results/export_bench.json and .md. Targets: onnxruntime batch-1 step of the 128-unit
@@ -51,7 +52,7 @@ from rnnpolicy.export.pt2 import load_aoti, load_program
 from rnnpolicy.export.runtime import feed_runner, load_onnx_policy, session_options, zero_state
 from rnnpolicy.export.step_module import step_module
 from rnnpolicy.export.torchscript import load_torchscript
-from rnnpolicy.spec import ActionSpec, ObsNormSpec, PolicySpec
+from rnnpolicy.spec import ActionSpec, LmuSpec, ObsNormSpec, PolicySpec
 from rnnpolicy.train.checkpoint import load_checkpoint, save_checkpoint
 from rnnpolicy.train.models import build_model
 
@@ -62,7 +63,7 @@ CPP_SUMMARY = re.compile(r"step latency p50 ([\d.]+) us, p99 ([\d.]+) us, max ([
 CPP_HZ = 50.0
 OBS_DIM = 16
 N_ACTIONS = 4
-MODELS = (("lstm", 64), ("lstm", 128), ("lstm", 256), ("gru", 64), ("gru", 256))
+MODELS = (("lstm", 64), ("lstm", 128), ("lstm", 256), ("gru", 64), ("gru", 256), ("lmu", 64), ("lmu", 128))
 BATCHES = (1, 256)
 TARGET_US = 50.0
 TARGET_MODEL = ("lstm", 128, 1)
@@ -83,6 +84,7 @@ def _spec(cell: str, hidden: int) -> PolicySpec:
         obs_encoding=ObsEncoding.flat(OBS_DIM),
         action=ActionSpec("discrete", n=N_ACTIONS),
         obs_norm=ObsNormSpec(mean=(0.0,) * OBS_DIM, var=(1.0,) * OBS_DIM),
+        lmu=LmuSpec() if cell == "lmu" else None,
     )
 
 
