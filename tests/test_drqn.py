@@ -153,7 +153,8 @@ def test_train_writes_a_checkpoint_that_evaluates(tmp_path):
 
 
 @pytest.mark.slow
-def test_drqn_learns_tmaze(tmp_path):
-    config = TrainConfig(algo="drqn", env="rnnpolicy/TMaze-v0", out=str(tmp_path), progress=False)
+@pytest.mark.parametrize("cell", ["lstm", "lmu"])
+def test_drqn_learns_tmaze(tmp_path, cell):
+    config = TrainConfig(algo="drqn", env="rnnpolicy/TMaze-v0", out=str(tmp_path), cell=cell, progress=False)
     result = evaluate(train(config), episodes=100)
     assert result.success_rate >= 0.95, dataclasses.asdict(result)

@@ -302,8 +302,9 @@ def test_cli_train_then_eval(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_ppo_learns_tmaze(tmp_path):
-    # The defaults stop once a deterministic evaluation is solved (about 25k-40k of the 150k steps).
-    path = train(TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out=str(tmp_path), progress=False))
+@pytest.mark.parametrize("cell", ["lstm", "lmu"])
+def test_ppo_learns_tmaze(tmp_path, cell):
+    # The defaults stop once a deterministic evaluation is solved (about 25k-40k of the 150k steps; lmu about 16k).
+    path = train(TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out=str(tmp_path), cell=cell, progress=False))
     assert evaluate(path, episodes=100).success_rate >= 0.95
-    assert load_checkpoint(path).spec.cell == "lstm"
+    assert load_checkpoint(path).spec.cell == cell
