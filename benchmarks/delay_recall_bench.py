@@ -16,10 +16,11 @@ environment: answering with them in ``--check-episodes`` episodes must earn the 
 steps) is measured every ``--eval-every`` training steps; a delay counts as learned once it reaches
 ``--solved``. A uniform guess is right a quarter of the time. Writes ``results/NAME.json`` and ``.md``.
 
-``--cells lmu`` trains a candidate cell rnnpolicy does not have yet, a Legendre memory unit (Voelker,
-Kajic and Eliasmith, 2019): a fixed linear memory of the last ``--lmu-theta`` steps of the
-observation, ``--lmu-order`` Legendre coefficients per observation value, read with the current
-observation and its own previous output by one tanh layer of ``--hidden-size`` units, then the
+``--cells lmu`` trains the candidate that became ``rnnpolicy train --cell lmu``, a Legendre memory unit
+(Voelker, Kajic and Eliasmith, 2019), in the form it was measured in here: a fixed linear memory of the
+last ``--lmu-theta`` steps of the observation itself, ``--lmu-order`` Legendre coefficients per observation
+value (the trainer's cell keeps a window of learned projections of its input instead), read with the
+current observation and its own previous output by one tanh layer of ``--hidden-size`` units, then the
 same 4-way answer. It tells whether a memory built for delays learns what the LSTM and GRU do not.
 
     python benchmarks/delay_recall_bench.py
