@@ -104,7 +104,8 @@ function drawOutcome(ctx, canvas, outcome) {
 /**
  * The hidden state as a heat map: `history` is one entry per step of this episode, each
  * {state_h: Float32Array, [state_c | state_m]} of [layers * width] values (state_m, a Legendre
- * memory, has its own width); columns are steps, rows units, one block per state tensor. `maxSteps` fixes the column width for the whole episode.
+ * memory, has its own width); columns are steps, rows units, one block per state tensor.
+ * `maxSteps` fixes the column width for the whole episode.
  */
 export function drawHeatmap(canvas, names, history, maxSteps) {
   const ctx = canvas.getContext("2d");

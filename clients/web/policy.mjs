@@ -4,9 +4,9 @@
 /** Zero state tensors for every state input of the spec: {state_h, [state_c | state_m]}, each [layers, batch, width]. */
 export function zeroState(ort, spec, batch = 1) {
   return Object.fromEntries(
-    spec.state_tensors.map(({ name, shape: [layers, , hidden] }) => [
+    spec.state_tensors.map(({ name, shape: [layers, , width] }) => [
       name,
-      new ort.Tensor("float32", new Float32Array(layers * batch * hidden), [layers, batch, hidden]),
+      new ort.Tensor("float32", new Float32Array(layers * batch * width), [layers, batch, width]),
     ]),
   );
 }
