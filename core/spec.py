@@ -211,9 +211,9 @@ class LmuSpec:
     """Learned projections of the layer's input that the memory keeps a window of."""
 
     def __post_init__(self) -> None:
-        if self.order < 1 or self.memory_inputs < 1 or not self.theta > 0:
+        if self.order < 1 or self.memory_inputs < 1 or not 0 < self.theta < float("inf"):
             raise ValueError(
-                f"a Legendre memory needs order >= 1, memory_inputs >= 1 and theta > 0, got order={self.order}, "
+                f"a Legendre memory needs order >= 1, memory_inputs >= 1 and a finite theta > 0, got order={self.order}, "
                 f"memory_inputs={self.memory_inputs}, theta={self.theta}"
             )
 

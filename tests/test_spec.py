@@ -127,8 +127,10 @@ def test_a_legendre_memory_cell_has_a_memory_state_of_its_own_width_and_format_3
 def test_a_legendre_memory_needs_its_cell_and_sane_settings(overrides, message):
     with pytest.raises(ValueError, match=message):
         make_spec(**overrides)
-    with pytest.raises(ValueError, match="theta > 0, got order=32, memory_inputs=2, theta=0.0"):
+    with pytest.raises(ValueError, match="a finite theta > 0, got order=32, memory_inputs=2, theta=0.0"):
         LmuSpec(theta=0.0)
+    with pytest.raises(ValueError, match="a finite theta > 0, got order=32, memory_inputs=2, theta=inf"):
+        LmuSpec(theta=float("inf"))  # the delay system's matrix would be singular
 
 
 def test_an_image_spec_written_before_codes_reads_as_intensities():
