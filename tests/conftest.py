@@ -92,9 +92,10 @@ def require_tools(*tools):
 
 
 def aot_specs():
-    """The two policies compiled with AOTInductor: a discrete LSTM actor-critic and a continuous GRU one."""
+    """The policies compiled with AOTInductor: a discrete LSTM actor-critic and a continuous GRU one in the default
+    suite; ``lmu-discrete`` (two state tensors of different widths) only where a test marked ``slow`` asks for it."""
     from rnnpolicy.encoding import ObsEncoding
-    from rnnpolicy.spec import ActionSpec, ObsNormSpec, PolicySpec
+    from rnnpolicy.spec import ActionSpec, LmuSpec, ObsNormSpec, PolicySpec
 
     return {
         "lstm-discrete": PolicySpec(kind="policy", cell="lstm", num_layers=2, hidden_size=16, num_cores=2,
@@ -103,12 +104,13 @@ def aot_specs():
         "gru-box": PolicySpec(kind="policy", cell="gru", num_layers=1, hidden_size=8,
                               obs_encoding=ObsEncoding.flat(3),
                               action=ActionSpec("box", shape=(2,), low=(-1.0, -0.5), high=(1.0, 0.5))),
+        "lmu-discrete": PolicySpec(kind="policy", cell="lmu", num_layers=1, hidden_size=12, lmu=LmuSpec(order=5, theta=6.0),
+                                   obs_encoding=ObsEncoding.flat(4), action=ActionSpec("discrete", n=3)),
     }
 
 
-@pytest.fixture(scope="session")
-def aot_exports(tmp_path_factory):
-    """``aot_specs()`` exported with ``aot=True`` and verified: name -> ExportReport (two ~35 s compiles, once per session)."""
+def _aot_export(root, name, seed):
+    """``aot_specs()[name]`` with random weights, exported with ``aot=True`` and verified (one ~35 s compile)."""
     import torch
 
     from rnnpolicy.export import export_checkpoint
@@ -116,19 +118,29 @@ def aot_exports(tmp_path_factory):
     from rnnpolicy.train.models import build_model
 
     require_tools("g++")
+    spec = aot_specs()[name]
+    torch.manual_seed(seed)
+    model = build_model(spec)
+    with torch.no_grad():  # larger weights than the init and no head bias, so actions follow the state
+        for param_name, param in model.named_parameters():
+            param.add_(torch.randn_like(param) * 0.5)
+            if param_name.endswith("head.bias"):
+                param.zero_()
+    checkpoint = save_checkpoint(root / name / "checkpoint.pt", spec, model, {})
+    return export_checkpoint(checkpoint, root / name / "export", aot=True)
+
+
+@pytest.fixture(scope="session")
+def aot_exports(tmp_path_factory):
+    """The default suite's two AOT policies, ``lstm-discrete`` and ``gru-box``: name -> ExportReport (once per session)."""
     root = tmp_path_factory.mktemp("aot_models")
-    reports = {}
-    for i, (name, spec) in enumerate(aot_specs().items()):
-        torch.manual_seed(200 + i)
-        model = build_model(spec)
-        with torch.no_grad():  # larger weights than the init and no head bias, so actions follow the state
-            for param_name, param in model.named_parameters():
-                param.add_(torch.randn_like(param) * 0.5)
-                if param_name.endswith("head.bias"):
-                    param.zero_()
-        checkpoint = save_checkpoint(root / name / "checkpoint.pt", spec, model, {})
-        reports[name] = export_checkpoint(checkpoint, root / name / "export", aot=True)
-    return reports
+    return {name: _aot_export(root, name, seed) for name, seed in (("lstm-discrete", 200), ("gru-box", 201))}
+
+
+@pytest.fixture(scope="session")
+def lmu_aot_export(tmp_path_factory):
+    """``lmu-discrete`` exported with ``aot=True`` (a third compile, so only the ``slow`` test uses it)."""
+    return _aot_export(tmp_path_factory.mktemp("aot_lmu"), "lmu-discrete", 202)
 
 
 # ---------------------------------------------------------------- cluster fixtures (tests/cluster_procs.py)

@@ -71,7 +71,17 @@ def _run(binary: Path, *args: str, stdin: str | None = None, tmpdir: Path | None
 
 @pytest.mark.parametrize("name", ["lstm-discrete", "gru-box"])
 def test_cpp_actions_equal_onnxruntime(name: str, policy_loop: Path, aot_exports: dict[str, ExportReport], tmp_path: Path) -> None:
-    report = aot_exports[name]
+    _assert_cpp_equals_onnxruntime(aot_exports[name], policy_loop, tmp_path)
+
+
+@pytest.mark.slow
+def test_cpp_lmu_actions_equal_onnxruntime(policy_loop: Path, lmu_aot_export: ExportReport, tmp_path: Path) -> None:
+    """The LMU's step compiles, and the program sizes its two state tensors (widths 12 and 10) from the package."""
+    assert [tensor.hidden for tensor in lmu_aot_export.spec.state_tensors] == [12, 10]
+    _assert_cpp_equals_onnxruntime(lmu_aot_export, policy_loop, tmp_path)
+
+
+def _assert_cpp_equals_onnxruntime(report: ExportReport, policy_loop: Path, tmp_path: Path) -> None:
     spec = report.spec
     obs, starts = _rollout(spec.obs_dim, steps=90, seed=7)
     inputs = tmp_path / "inputs.txt"
