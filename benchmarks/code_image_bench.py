@@ -13,6 +13,9 @@ Writes ``results/code_image.json`` and ``.md``.
 
     python benchmarks/code_image_bench.py
     python benchmarks/code_image_bench.py --seeds 1 --total-steps 20000
+    python benchmarks/code_image_bench.py --delay 4 --readings one-hot -- --learning-rate 3e-3
+
+Options after ``--`` go to every ``rnnpolicy train`` run.
 """
 
 from __future__ import annotations
@@ -35,7 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import RunConditions, describe  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-READINGS: dict[str, int | None] = {"codes one-hot (default)": None, "codes as numbers (--image-codes 0)": 0}
+READINGS: dict[str, tuple[str, int | None]] = {  # --readings name -> (report label, --image-codes)
+    "one-hot": ("codes one-hot (default)", None),
+    "numbers": ("codes as numbers (--image-codes 0)", 0),
+}
 SOLVED = 0.95
 
 
@@ -90,16 +96,20 @@ def steps_run(metrics: Path) -> int:
         return max(int(row["step"]) for row in csv.DictReader(f))
 
 
-def run(env_id: str, image_codes: int | None, seed: int, total_steps: int, episodes: int, out: Path) -> dict:
-    from rnnpolicy.train.api import train
-    from rnnpolicy.train.checkpoint import LAST_NAME
-    from rnnpolicy.train.config import TrainConfig
+def run(env_id: str, image_codes: int | None, seed: int, total_steps: int, episodes: int, out: Path, extra: list[str]) -> dict:
+    """``rnnpolicy train`` in this process (the environment is registered here), then both files evaluated."""
+    from rnnpolicy.train.checkpoint import CHECKPOINT_NAME, LAST_NAME
+    from rnnpolicy.train.cli import add_train_arguments, run_train
     from rnnpolicy.train.evaluate import evaluate
 
+    argv = ["--algo", "ppo", "--env", env_id, "--seed", str(seed), "--total-steps", str(total_steps), "--out", str(out),
+            "--no-progress", *(["--image-codes", str(image_codes)] if image_codes is not None else []), *extra]
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser, argv)
     start = time.perf_counter()
-    path = train(TrainConfig(algo="ppo", env=env_id, seed=seed, total_steps=total_steps, out=str(out),
-                             image_codes=image_codes, progress=False))
+    run_train(parser.parse_args(argv))
     wall = time.perf_counter() - start
+    path = out / CHECKPOINT_NAME
     best, final = evaluate(path, episodes=episodes), evaluate(path.with_name(LAST_NAME), episodes=episodes)
     return {"seed": seed, "wall_s": round(wall, 1), "steps_per_s": round(steps_run(out / "metrics.csv") / wall),
             "best_return": round(best.mean_return, 3), "final_return": round(final.mean_return, 3),
@@ -113,6 +123,9 @@ def main() -> None:
     parser.add_argument("--delay", type=int, default=0, help="blank views between the image and the answer (default 0)")
     parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes per file (default 100)")
     parser.add_argument("--name", default="code_image", help="results file stem (default code_image)")
+    parser.add_argument("--readings", nargs="+", choices=list(READINGS), default=list(READINGS),
+                        help="how the image is read (default: both)")
+    parser.add_argument("extra", nargs="*", help="after --: more `rnnpolicy train` options")
     args = parser.parse_args()
     import torch
 
@@ -122,15 +135,17 @@ def main() -> None:
     conditions = RunConditions()
     readings: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, codes in READINGS.items():
+        for key in args.readings:
+            name, codes = READINGS[key]
             readings[name] = []
             for seed in args.seeds:
-                result = run(env_id, codes, seed, args.total_steps, args.episodes, Path(tmp) / f"{codes}-{seed}")
+                result = run(env_id, codes, seed, args.total_steps, args.episodes, Path(tmp) / f"{key}-{seed}", args.extra)
                 readings[name].append(result)
                 print(json.dumps({"reading": name, **result}), flush=True)
 
     command = ("python benchmarks/code_image_bench.py " + " ".join(sys.argv[1:])).strip()
     summary = {"command": command, "env": env_id, "delay": args.delay, "total_steps": args.total_steps, "seeds": args.seeds,
+               "train_options": args.extra,
                "episodes": args.episodes, **conditions.finish(), "torch": torch.__version__, "readings": readings}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -138,8 +153,9 @@ def main() -> None:
         "# MiniGrid's code image: one-hot against numbers",
         "",
         f"Command: `{command}`  ",
-        f"Each run: `rnnpolicy train --algo ppo --env {env_id} --seed S --total-steps {args.total_steps}` on the defaults "
-        f"(MiniGrid-MemoryS7-v0's first view from column 1, answer which side matches the cue"
+        f"Each run: `rnnpolicy train --algo ppo --env {env_id} --seed S --total-steps {args.total_steps}"
+        + (f" {' '.join(args.extra)}` " if args.extra else "` on the defaults ")
+        + "(MiniGrid-MemoryS7-v0's first view from column 1, answer which side matches the cue"
         + (f", after {args.delay} blank views" if args.delay else "") + "; a random answer earns 0.5); "
         f"best (checkpoint.pt) and final (last.pt) policies each evaluated on {args.episodes} held-out episodes.  ",
         describe(summary),

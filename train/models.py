@@ -7,6 +7,7 @@ exported graph exactly as it runs in training. Tensors are time-major: ``(T, B, 
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -253,6 +254,11 @@ class ImageEncoder(nn.Module):
     MiniGrid's indices: read as numbers, a key (5) and a ball (6) differ by a fraction of what any
     object adds (benchmarks/code_image_bench.py: telling which object matches a cue was learned on
     3 of 3 seeds one-hot, on 1 of 3 read as numbers).
+
+    Each layer starts orthogonal with gain sqrt(2) and zero bias, as CleanRL's and Stable-Baselines3's
+    encoders do. PyTorch's default initialisation shrinks the signal at every layer, and the few cells
+    that tell one MiniGrid view from another then barely move the features. A cue held for four
+    blank steps was then not learned (benchmarks/results/minigrid_memory_s11_notes.md, session 14).
     """
 
     def __init__(self, image: ImageSpec, hidden: int) -> None:
@@ -272,6 +278,10 @@ class ImageEncoder(nn.Module):
         with torch.no_grad():
             flat = self.convs(torch.zeros(1, c, h, w)).shape[1]
         self.linear = nn.Sequential(nn.Linear(flat, hidden), nn.ReLU())
+        for layer in self.modules():
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                nn.init.orthogonal_(layer.weight, gain=math.sqrt(2))
+                nn.init.zeros_(layer.bias)
 
     def planes(self, obs: Tensor) -> Tensor:
         """What the convolutions read: ``obs`` ``(N, obs_dim)`` -> ``(N, C, H, W)``, scaled or one-hot (``C * codes`` planes)."""
