@@ -150,7 +150,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     lines = [
-        "# MiniGrid's code image: one-hot against numbers",
+        "# MiniGrid's code image: " + " against ".join(READINGS[key][0] for key in args.readings),
         "",
         f"Command: `{command}`  ",
         f"Each run: `rnnpolicy train --algo ppo --env {env_id} --seed S --total-steps {args.total_steps}"
