@@ -24,6 +24,7 @@ import argparse
 import csv
 import json
 import math
+import shlex
 import statistics
 import sys
 import tempfile
@@ -143,7 +144,7 @@ def main() -> None:
                 readings[name].append(result)
                 print(json.dumps({"reading": name, **result}), flush=True)
 
-    command = ("python benchmarks/code_image_bench.py " + " ".join(sys.argv[1:])).strip()
+    command = shlex.join(["python", "benchmarks/code_image_bench.py", *sys.argv[1:]])
     summary = {"command": command, "env": env_id, "delay": args.delay, "total_steps": args.total_steps, "seeds": args.seeds,
                "train_options": args.extra,
                "episodes": args.episodes, **conditions.finish(), "torch": torch.__version__, "readings": readings}

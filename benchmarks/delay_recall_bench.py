@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -234,7 +235,7 @@ def main() -> None:
             if args.chrono:
                 chrono_init(model, args.chrono)
             runs.append(train_delay(args, model, delay, num_cards))
-    command = "python benchmarks/delay_recall_bench.py " + " ".join(sys.argv[1:])
+    command = shlex.join(["python", "benchmarks/delay_recall_bench.py", *sys.argv[1:]])
     summary = {"command": command.strip(), "env": args.env, "task_delay": k - 1, "hidden_size": args.hidden_size,
                "batch": args.batch, "learning_rate": args.learning_rate, "chrono": args.chrono, "solved": args.solved, "seed": args.seed,
                "lmu_order": args.lmu_order, "lmu_theta": args.lmu_theta,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -44,6 +45,7 @@ CONFIGS: dict[str, list[str]] = {
         "--rollout-steps", "64", "--num-minibatches", "2", "--update-epochs", "8", "--learning-rate", "3e-3"],
     "defaults with 8 epochs of 2 minibatches": ["--num-minibatches", "2", "--update-epochs", "8"],
     "defaults with lr 3e-3": ["--learning-rate", "3e-3"],
+    "defaults with forget-gate bias 3": ["--forget-bias", "3"],
 }
 
 
@@ -100,7 +102,7 @@ def main() -> None:
                 print(json.dumps({"task": task, "config": name, "runs": runs}), flush=True)
 
     scores = score(results)
-    command = "python benchmarks/generic_defaults_bench.py " + " ".join(sys.argv[1:])
+    command = shlex.join(["python", "benchmarks/generic_defaults_bench.py", *sys.argv[1:]])
     summary = {
         "command": command.strip(),
         "total_steps": args.total_steps,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -80,7 +81,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     result = {
-        "command": " ".join(["python", "benchmarks/minigrid_memory_starts.py", *sys.argv[1:]]),
+        "command": shlex.join(["python", "benchmarks/minigrid_memory_starts.py", *sys.argv[1:]]),
         "checkpoint": str(args.checkpoint),
         "trained_with": trained_with(args.checkpoint),
         "greedy": episodes_by_start(args.checkpoint, args.episodes, sampled=False, seed=args.seed),

@@ -1,12 +1,14 @@
 """benchmarks/generic_defaults_bench.py's score: a final return between the random policy's (0) and the best reached (1)."""
 
+import json
+import shlex
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from generic_defaults_bench import score  # noqa: E402
+from generic_defaults_bench import CONFIGS, score  # noqa: E402
 
 
 def _config(*runs):
@@ -31,3 +33,15 @@ def test_a_failed_run_leaves_its_configuration_unscored_on_that_task():
     results = {"a": {"random_return": 0.0, "configs": {"x": failed, "y": _config((2.0, 2.0))}}}
     assert score(results) == {"x": None, "y": 1.0}
     assert results["a"]["configs"]["x"]["mean_final_return"] is None
+
+
+@pytest.mark.parametrize("report", sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "results").glob("generic_defaults*.json")),
+                         ids=lambda p: p.stem)
+def test_each_recorded_command_names_known_configurations_when_run_as_written(report):
+    command = json.loads(report.read_text())["command"]
+    argv = shlex.split(command)
+    assert argv[:2] == ["python", "benchmarks/generic_defaults_bench.py"]
+    if "--configs" in argv:
+        start = argv.index("--configs") + 1
+        end = next((i for i in range(start, len(argv)) if argv[i].startswith("--")), len(argv))
+        assert argv[start:end] and set(argv[start:end]) <= set(CONFIGS), argv[start:end]
