@@ -7,6 +7,7 @@ import torch
 from rnnpolicy import ActionSpec, ObsEncoding, PolicySpec
 from rnnpolicy.train import drqn
 from rnnpolicy.train.api import train
+from rnnpolicy.train.checkpoint import load_checkpoint
 from rnnpolicy.train.config import TrainConfig
 from rnnpolicy.train.evaluate import evaluate
 from rnnpolicy.train.models import QNetwork, initial_state
@@ -150,6 +151,20 @@ def test_train_writes_a_checkpoint_that_evaluates(tmp_path):
     path = train(config, {"learning_starts": 200, "batch_size": 8, "log_interval": 200})
     result = evaluate(path, episodes=4)
     assert result.episodes == 4 and result.success_rate is not None
+
+
+def test_init_from_starts_the_q_network_from_the_checkpoints_weights(tmp_path):
+    def run(out, **options):
+        config = TrainConfig(algo="drqn", env="rnnpolicy/TMaze-v0", out=str(tmp_path / out), total_steps=400, hidden_size=8,
+                             progress=False, eval_every=0, **options)
+        return load_checkpoint(train(config, {"learning_starts": 200, "batch_size": 8, "learning_rate": 1e-9}).parent / "last.pt")
+
+    first = run("first")
+    continued = run("continued", seed=2, init_from=str(tmp_path / "first" / "last.pt"))
+    fresh = run("fresh", seed=2)
+    # With a vanishing learning rate the continued network ends where the first one did; a fresh one does not.
+    assert max((continued.state_dict[k] - w).abs().max().item() for k, w in first.state_dict.items()) < 1e-5
+    assert max((fresh.state_dict[k] - w).abs().max().item() for k, w in first.state_dict.items()) > 0.1
 
 
 @pytest.mark.slow

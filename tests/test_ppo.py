@@ -308,3 +308,37 @@ def test_ppo_learns_tmaze(tmp_path, cell):
     path = train(TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out=str(tmp_path), cell=cell, progress=False))
     assert evaluate(path, episodes=100).success_rate >= 0.95
     assert load_checkpoint(path).spec.cell == cell
+
+
+def _tmaze_run(out, init_from=None, seed=1, hidden_size=16, **algo):
+    config = TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out=str(out), total_steps=256, hidden_size=hidden_size, seed=seed,
+                         progress=False, eval_every=0, init_from=init_from)
+    return train(config, dict(num_envs=4, rollout_steps=32, seq_len=16, num_minibatches=2, update_epochs=1, **algo))
+
+
+def _max_difference(a, b):
+    return max((load_checkpoint(a).state_dict[k] - w).abs().max().item() for k, w in load_checkpoint(b).state_dict.items())
+
+
+def test_init_from_starts_the_network_from_the_checkpoints_weights(tmp_path):
+    first = _tmaze_run(tmp_path / "first").parent / "last.pt"
+    # With a vanishing learning rate the continued run ends where the first one did; a fresh start does not.
+    continued = _tmaze_run(tmp_path / "continued", init_from=str(first), seed=2, learning_rate=1e-9).parent / "last.pt"
+    fresh = _tmaze_run(tmp_path / "fresh", seed=2, learning_rate=1e-9).parent / "last.pt"
+    assert _max_difference(continued, first) < 1e-5
+    assert _max_difference(fresh, first) > 0.1
+    assert load_checkpoint(continued).config["train"]["init_from"] == str(first)
+
+
+def test_init_from_names_the_part_of_the_network_that_differs(tmp_path):
+    first = _tmaze_run(tmp_path / "first").parent / "last.pt"
+    with pytest.raises(ValueError, match=r"last.pt' holds a network with hidden_size 16, but this run builds 8"):
+        _tmaze_run(tmp_path / "wider", init_from=str(first), hidden_size=8)
+    with pytest.raises(ValueError, match="init_from must be a checkpoint file"):
+        _tmaze_run(tmp_path / "missing", init_from=str(tmp_path / "nope.pt"))
+
+
+def test_init_from_refuses_a_run_that_normalises_observations(tmp_path):
+    first = _tmaze_run(tmp_path / "first").parent / "last.pt"
+    with pytest.raises(ValueError, match="cannot continue a run that normalises observations"):
+        _tmaze_run(tmp_path / "norm", init_from=str(first), normalize_obs=True)

@@ -52,6 +52,26 @@ def save_checkpoint(path: str | Path, spec: PolicySpec, model: torch.nn.Module, 
     return path
 
 
+SHAPE_FIELDS = ("kind", "cell", "lmu", "num_layers", "hidden_size", "num_cores", "obs_encoding", "action", "image")
+"""The spec fields that decide a network's weights: ``--init-from`` needs them equal."""
+
+
+def load_initial_weights(model: torch.nn.Module, spec: PolicySpec, path: str | Path) -> None:
+    """``--init-from``: copy the weights of the checkpoint at ``path`` into ``model``, a fresh network of ``spec``.
+
+    ``ValueError`` naming the first spec field where the checkpoint's network differs from this run's.
+    """
+    checkpoint = load_checkpoint(path)
+    for name in SHAPE_FIELDS:
+        theirs, ours = getattr(checkpoint.spec, name), getattr(spec, name)
+        if theirs != ours:
+            raise ValueError(
+                f"--init-from {str(path)!r} holds a network with {name} {theirs!r}, but this run builds {ours!r}: "
+                f"train with the checkpoint's network and spaces (--algo, --cell, --hidden-size, --num-layers, --wrapper)"
+            )
+    model.load_state_dict(checkpoint.state_dict)
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint; ``ValueError`` naming the file for a missing, corrupt or foreign one."""
     path = Path(path)

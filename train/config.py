@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from rnnpolicy.spec import LmuSpec
@@ -65,6 +66,8 @@ class TrainConfig:
     """Largest share of the wall time evaluations may take: an evaluation due sooner waits, the final one always runs (default: the environment's entry, else 0.1; inf: no cap, so the steps evaluated, and so the run, depend on the seed alone, not on timing)."""
     target_return: float | None = None
     """Stop once an evaluation's mean return reaches this (default: the environment's entry, else none; inf disables an entry's)."""
+    init_from: str | None = None
+    """Start the network from this checkpoint's weights (an earlier run's checkpoint.pt or last.pt) to continue or fine-tune it; the network and spaces must match, and the optimiser, learning-rate schedule and step count start afresh."""
 
     def __post_init__(self) -> None:
         if self.total_steps is not None and self.total_steps < 1:
@@ -101,6 +104,8 @@ class TrainConfig:
             raise ValueError(f"eval_max_share must lie in (0, 1] or be inf (no cap), got {self.eval_max_share}")
         if self.target_return is not None and self.eval_every == 0:
             raise ValueError(f"target_return={self.target_return} needs evaluation, got eval_every=0")
+        if self.init_from is not None and not Path(self.init_from).is_file():
+            raise ValueError(f"init_from must be a checkpoint file (RUN_DIR/checkpoint.pt or last.pt), got {self.init_from!r}")
         self.wrapper = tuple(self.wrapper)
 
     @property

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from rnnpolicy.spec import PolicySpec
 from rnnpolicy.train.api import resolve_device
+from rnnpolicy.train.checkpoint import load_initial_weights
 from rnnpolicy.train.config import TrainConfig
 from rnnpolicy.train.envs import action_spec, make_vector_env, observation_encoding, run_image_spec
 from rnnpolicy.train.models import QNetwork, RecurrentState, init_forget_bias, initial_state
@@ -241,6 +242,8 @@ def learn(config: TrainConfig, algo_config: Config, run: RunLog, evaluator: Trai
     torch.manual_seed(config.seed)
     online = QNetwork(spec)
     init_forget_bias(online, cfg.forget_bias)
+    if config.init_from is not None:
+        load_initial_weights(online, spec, config.init_from)
     online.to(device)
     target = copy.deepcopy(online).requires_grad_(False)
     optimizer = FusedAdam(online.parameters(), lr=cfg.learning_rate)

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from rnnpolicy.spec import ObsNormSpec, PolicySpec
 from rnnpolicy.train.api import resolve_device
+from rnnpolicy.train.checkpoint import load_initial_weights
 from rnnpolicy.train.config import TrainConfig
 from rnnpolicy.train import distributed
 from rnnpolicy.train.distributed import DataParallel
@@ -316,6 +317,13 @@ def learn(config: TrainConfig, algo: Config, run: RunLog, evaluator: TrainingEva
     encoding = observation_encoding(envs)
     obs_rms = RunningMeanStd(encoding.flat_dim) if algo.normalize_obs else None
     spec, model = _build(config, algo, envs, obs_rms.to_spec() if obs_rms else None)
+    if config.init_from is not None:
+        if obs_rms is not None:
+            raise ValueError(
+                f"--init-from cannot continue a run that normalises observations (the running statistics are not "
+                f"stored in {config.init_from!r}), got normalize_obs=True"
+            )
+        load_initial_weights(model, spec, config.init_from)
     model.to(device)
     dp.broadcast_parameters(model)
     optimizer = FusedAdam(model.parameters(), lr=algo.learning_rate, eps=1e-5)
