@@ -236,7 +236,7 @@ def main() -> None:
                 chrono_init(model, args.chrono)
             runs.append(train_delay(args, model, delay, num_cards))
     command = shlex.join(["python", "benchmarks/delay_recall_bench.py", *sys.argv[1:]])
-    summary = {"command": command.strip(), "env": args.env, "task_delay": k - 1, "hidden_size": args.hidden_size,
+    summary = {"command": command, "env": args.env, "task_delay": k - 1, "hidden_size": args.hidden_size,
                "batch": args.batch, "learning_rate": args.learning_rate, "chrono": args.chrono, "solved": args.solved, "seed": args.seed,
                "lmu_order": args.lmu_order, "lmu_theta": args.lmu_theta,
                "total_steps": args.total_steps, **conditions.finish(), "torch": torch.__version__, "runs": runs}

@@ -104,7 +104,7 @@ def main() -> None:
     scores = score(results)
     command = shlex.join(["python", "benchmarks/generic_defaults_bench.py", *sys.argv[1:]])
     summary = {
-        "command": command.strip(),
+        "command": command,
         "total_steps": args.total_steps,
         "seeds": args.seeds,
         "episodes": args.episodes,
