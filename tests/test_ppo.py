@@ -340,5 +340,9 @@ def test_init_from_names_the_part_of_the_network_that_differs(tmp_path):
 
 def test_init_from_refuses_a_run_that_normalises_observations(tmp_path):
     first = _tmaze_run(tmp_path / "first").parent / "last.pt"
-    with pytest.raises(ValueError, match="cannot continue a run that normalises observations"):
+    with pytest.raises(ValueError, match="cannot continue a run that normalises observations.*got normalize_obs in this run"):
         _tmaze_run(tmp_path / "norm", init_from=str(first), normalize_obs=True)
+    # Weights trained on normalised inputs are refused too: without the statistics they would read raw ones.
+    normalised = _tmaze_run(tmp_path / "normalised", normalize_obs=True).parent / "last.pt"
+    with pytest.raises(ValueError, match="got normalize_obs in the checkpoint$"):
+        _tmaze_run(tmp_path / "raw", init_from=str(normalised))

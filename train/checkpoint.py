@@ -59,9 +59,17 @@ SHAPE_FIELDS = ("kind", "cell", "lmu", "num_layers", "hidden_size", "num_cores",
 def load_initial_weights(model: torch.nn.Module, spec: PolicySpec, path: str | Path) -> None:
     """``--init-from``: copy the weights of the checkpoint at ``path`` into ``model``, a fresh network of ``spec``.
 
-    ``ValueError`` naming the first spec field where the checkpoint's network differs from this run's.
+    ``ValueError`` naming the first spec field where the checkpoint's network differs from this run's, and for
+    observation normalisation on either side: the checkpoint keeps the statistics but not how many observations
+    they summarise, so they cannot be continued, and weights trained on normalised inputs cannot run without them.
     """
     checkpoint = load_checkpoint(path)
+    normalised = [side for side, s in (("the checkpoint", checkpoint.spec), ("this run", spec)) if s.obs_norm is not None]
+    if normalised:
+        raise ValueError(
+            f"--init-from cannot continue a run that normalises observations (the statistics' count is not stored in "
+            f"{str(path)!r}), got normalize_obs in {' and '.join(normalised)}"
+        )
     for name in SHAPE_FIELDS:
         theirs, ours = getattr(checkpoint.spec, name), getattr(spec, name)
         if theirs != ours:

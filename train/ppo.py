@@ -318,11 +318,6 @@ def learn(config: TrainConfig, algo: Config, run: RunLog, evaluator: TrainingEva
     obs_rms = RunningMeanStd(encoding.flat_dim) if algo.normalize_obs else None
     spec, model = _build(config, algo, envs, obs_rms.to_spec() if obs_rms else None)
     if config.init_from is not None:
-        if obs_rms is not None:
-            raise ValueError(
-                f"--init-from cannot continue a run that normalises observations (the running statistics are not "
-                f"stored in {config.init_from!r}), got normalize_obs=True"
-            )
         load_initial_weights(model, spec, config.init_from)
     model.to(device)
     dp.broadcast_parameters(model)
