@@ -46,12 +46,12 @@ def test_train_help_shows_the_algorithm_hyperparameters(capsys):
          "--episode-bptt-max must be >= 1, got 0"),
         (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--episode-bptt", "--seq-len", "16", "--out", "{tmp}/x"],
          "--episode-bptt replays whole episodes, so it needs --seq-len 0 (whole rollouts), got --seq-len=16"),
-        # a value the user did not give is said to come from the environment's defaults
+        # a value the user did not give is said to come from the environment's entry
         (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--rollout-steps", "100", "--out", "{tmp}/x"],
-         "--seq-len must divide --rollout-steps (100) or be 0 (whole rollout), got 128 (the defaults for rnnpolicy/TMaze-v0 "
+         "--seq-len must divide --rollout-steps (100) or be 0 (whole rollout), got 128 (the entry for rnnpolicy/TMaze-v0 "
          "set --seq-len 128; a value you give overrides them)"),
         (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--num-minibatches", "1000", "--out", "{tmp}/x"],
-         "(8: --num-envs 8 x --rollout-steps 128 / --seq-len 128), got 1000 (the defaults for rnnpolicy/TMaze-v0 set "
+         "(8: --num-envs 8 x --rollout-steps 128 / --seq-len 128), got 1000 (the entry for rnnpolicy/TMaze-v0 set "
          "--num-envs 8, --rollout-steps 128, --seq-len 128; a value you give overrides them)"),
         (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--num-minibatches", "0", "--out", "{tmp}/x"],
          "--num-minibatches must be >= 1, got 0"),
@@ -66,7 +66,9 @@ def test_train_help_shows_the_algorithm_hyperparameters(capsys):
         (["train", "--algo", "ppo", "--env", "fake_envs:FakeImageCue-v0", "--image-codes", "8", "--image-scale", "0.5",
           "--out", "{tmp}/x"], "--image-scale 0.5 has nothing to scale: --image-codes 8 reads the image one-hot"),
         (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--lmu-theta", "64", "--out", "{tmp}/x"],
-         "--lmu-theta set the Legendre memory of cell 'lmu', got cell 'lstm'"),
+         "--lmu-theta set the Legendre memory of cell 'lmu', but cell is unset: give cell 'lmu'"),
+        (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--cell", "gru", "--lmu-theta", "64", "--out", "{tmp}/x"],
+         "--lmu-theta set the Legendre memory of cell 'lmu', got cell 'gru'"),
         (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--cell", "lmu", "--lmu-theta", "0", "--out", "{tmp}/x"],
          "--lmu-theta must be a finite number of steps > 0, got 0.0"),
         (["train", "--algo", "drqn", "--env", "rnnpolicy/TMaze-v0", "--cell", "lmu", "--lmu-order", "0", "--out", "{tmp}/x"],

@@ -11,7 +11,8 @@ from gymnasium import spaces
 from rnnpolicy.encoding import ObsEncoding
 from rnnpolicy.export import export_checkpoint, graph_inputs, load_onnx_policy, zero_state
 from rnnpolicy.spec import ActionSpec, ImageSpec, PolicySpec
-from rnnpolicy.train.api import resolve, train
+from rnnpolicy.train import drqn, ppo
+from rnnpolicy.train.api import resolve, run_defaults, train
 from rnnpolicy.train.checkpoint import load_checkpoint, save_checkpoint
 from rnnpolicy.train.config import TrainConfig
 from rnnpolicy.train.envs import CODED_IMAGE_LIMIT, image_spec, is_coded_image
@@ -84,6 +85,35 @@ def test_a_uint8_image_whose_first_observation_stays_below_32_holds_codes(space,
 def test_training_resolves_how_the_image_is_read_from_the_first_observation_unless_given(tmp_path, env, wrappers, given, expected):
     config, _ = resolve(TrainConfig(algo="ppo", env=env, out=str(tmp_path), wrapper=wrappers, **given))
     assert (config.image_scale, config.image_codes) == expected
+
+
+CODE_IMAGE = ("the defaults for images of codes", "gru", 64, 2, 8, 3e-3)
+GENERIC = ("the generic defaults", "lstm", 128, 4, 4, 1e-3)
+
+
+@pytest.mark.parametrize(
+    "env, given, expected",
+    [
+        ("fake_envs:FakeCodedImage-v0", {}, CODE_IMAGE),
+        ("fake_envs:FakeCodedImage-v0", {"image_codes": 0}, GENERIC),  # codes read as numbers
+        ("fake_envs:FakeImageCue-v0", {}, GENERIC),  # intensities
+        ("fake_envs:FakeImageCue-v0", {"image_codes": 4}, CODE_IMAGE),
+        ("rnnpolicy/TMaze-v0", {}, ("the entry for rnnpolicy/TMaze-v0", "lstm", 128, 2, 8, 3e-3)),
+    ],
+)
+def test_an_image_read_as_codes_without_an_entry_takes_ppos_code_image_defaults(tmp_path, env, given, expected):
+    config, algo = resolve(TrainConfig(algo="ppo", env=env, out=str(tmp_path), **given))
+    source, _ = run_defaults("ppo", env, config.image_codes)
+    assert (source, config.cell, algo.rollout_steps, algo.num_minibatches, algo.update_epochs, algo.learning_rate) == expected
+
+
+def test_options_given_override_the_code_image_defaults_and_drqn_has_none(tmp_path):
+    config, algo = resolve(TrainConfig(algo="ppo", env="fake_envs:FakeCodedImage-v0", out=str(tmp_path), cell="lstm"),
+                           {"learning_rate": 5e-4})
+    assert (config.cell, algo.learning_rate, algo.update_epochs) == ("lstm", 5e-4, ppo.CODE_IMAGE_DEFAULTS["update_epochs"])
+    config, algo = resolve(TrainConfig(algo="drqn", env="fake_envs:FakeCodedImage-v0", out=str(tmp_path)))
+    assert run_defaults("drqn", "fake_envs:FakeCodedImage-v0", config.image_codes) == ("the generic defaults", {})
+    assert (config.cell, algo) == ("lstm", drqn.Config())
 
 
 @pytest.mark.parametrize(

@@ -105,7 +105,7 @@ def test_padded_sequence_pass_equals_the_per_step_loop(cell, shared_core):
 def test_whole_episode_bptt_replays_each_unfinished_episode_from_its_start():
     torch.manual_seed(0)
     env, T, B = "rnnpolicy/CartPoleNoVel-v0", 8, 3  # random CartPole episodes last 10-40 steps: most span rollouts
-    config = TrainConfig(algo="ppo", env=env, out="unused", hidden_size=16)
+    config = TrainConfig(algo="ppo", env=env, out="unused", hidden_size=16, cell="lstm")
     algo = ppo.Config(num_envs=B, rollout_steps=T, seq_len=0, num_minibatches=1, episode_bptt=True)
     envs = make_vector_env(env, B, seed=0)
     spec, model = ppo._build(config, algo, envs, None)
@@ -170,7 +170,7 @@ def test_whole_episode_bptt_needs_whole_rollouts():
 
 
 def test_build_sets_the_forget_gate_bias_of_every_core_and_the_initial_log_std():
-    config = TrainConfig(algo="ppo", env="rnnpolicy/PendulumNoVel-v0", out="unused", hidden_size=8)
+    config = TrainConfig(algo="ppo", env="rnnpolicy/PendulumNoVel-v0", out="unused", hidden_size=8, cell="lstm")
     algo = ppo.Config(forget_bias=1.0, init_log_std=-0.5, shared_core=False)
     envs = make_vector_env(config.env, 1, seed=0)
     _, model = ppo._build(config, algo, envs, None)

@@ -4,7 +4,9 @@ An algorithm module (``rnnpolicy.train.ppo``, ``rnnpolicy.train.drqn``) provides
 
 - ``Config``: a dataclass of its hyperparameters, one docstring per field;
 - ``ENV_DEFAULTS``: ``{env_id: {field: value}}`` so that the defaults solve the built-in tasks
-  (keys may also name ``TrainConfig`` fields such as ``total_steps`` and ``hidden_size``);
+  (keys may also name ``TrainConfig`` fields such as ``total_steps``, ``hidden_size`` and ``cell``);
+- ``CODE_IMAGE_DEFAULTS``: ``{field: value}`` for an environment without an entry whose image is
+  read as codes (MiniGrid's grids of object, colour and state indices), in the same form;
 - ``DATA_PARALLEL``: whether it runs under ``torchrun`` (:mod:`rnnpolicy.train.distributed`);
 - ``learn(config, algo_config, run, evaluator) -> (spec, model)``, offering the policy to
   ``evaluator`` (:class:`~rnnpolicy.train.periodic_eval.TrainingEvaluator`) at each log row
@@ -35,7 +37,9 @@ from rnnpolicy.train.runlog import RunLog
 
 ALGORITHMS: dict[str, str] = {"ppo": "rnnpolicy.train.ppo", "drqn": "rnnpolicy.train.drqn"}
 # TrainConfig fields left unset (None) by the user and by the environment's entry.
-FALLBACK_DEFAULTS: dict[str, Any] = {"total_steps": 100_000, "hidden_size": 64, "eval_episodes": 10, "eval_max_share": 0.1}
+FALLBACK_DEFAULTS: dict[str, Any] = {
+    "total_steps": 100_000, "hidden_size": 64, "cell": "lstm", "eval_episodes": 10, "eval_max_share": 0.1,
+}
 EVALUATIONS_PER_RUN = 20
 """Without an entry, a run evaluates every total_steps / EVALUATIONS_PER_RUN steps."""
 
@@ -52,14 +56,29 @@ def env_defaults(algo: str, env_id: str) -> dict[str, Any]:
     return dict(algorithm(algo).ENV_DEFAULTS.get(env_id, {}))
 
 
-def resolve(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -> tuple[TrainConfig, Any]:
-    """Fill unset options from the environment's defaults, then build the algorithm's config.
+def run_defaults(algo: str, env_id: str, image_codes: int | None) -> tuple[str, dict[str, Any]]:
+    """The defaults layered under what the user gives, and where they come from, for the run's first lines.
 
-    Precedence: what the user gave, then ``ENV_DEFAULTS[env]``, then the dataclasses' own defaults.
+    ``ENV_DEFAULTS[env_id]`` where ``algo`` has an entry; else ``CODE_IMAGE_DEFAULTS`` where the image
+    is read as codes (``image_codes > 0``, as resolved); else none.
+    """
+    module = algorithm(algo)
+    if env_id in module.ENV_DEFAULTS:
+        return f"the entry for {env_id}", env_defaults(algo, env_id)
+    if image_codes and module.CODE_IMAGE_DEFAULTS:
+        return "the defaults for images of codes", dict(module.CODE_IMAGE_DEFAULTS)
+    return "the generic defaults", {}
+
+
+def resolve(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -> tuple[TrainConfig, Any]:
+    """Fill unset options from the run's defaults (:func:`run_defaults`), then build the algorithm's config.
+
+    Precedence: what the user gave, then ``ENV_DEFAULTS[env]`` (or, without an entry, the algorithm's
+    ``CODE_IMAGE_DEFAULTS`` for an image read as codes), then the dataclasses' own defaults.
     """
     module = algorithm(config.algo)
     image_scale, image_codes = _check_env(config)
-    defaults = env_defaults(config.algo, config.env)
+    source, defaults = run_defaults(config.algo, config.env, image_codes)
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     filled = {key: defaults[key] for key in train_fields & defaults.keys() if getattr(config, key) is None}
     if config.eval_every == 0:  # evaluation switched off: an entry's target cannot be checked
@@ -78,7 +97,7 @@ def resolve(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -
         named = [f"{key} {value!r}" for key, value in from_entry.items() if re.search(rf"\b{key}\b", str(exc))]
         if not named:
             raise
-        raise ValueError(f"{exc} (the defaults for {config.env} set {', '.join(named)}; a value you give overrides them)") from None
+        raise ValueError(f"{exc} ({source} set {', '.join(named)}; a value you give overrides them)") from None
 
 
 def _check_env(config: TrainConfig) -> tuple[float | None, int | None]:

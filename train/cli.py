@@ -36,7 +36,7 @@ def add_train_arguments(parser: argparse.ArgumentParser, argv: list[str] | None 
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from rnnpolicy.train.api import algorithm, resolve, train_resolved
+    from rnnpolicy.train.api import algorithm, resolve, run_defaults, train_resolved
     from rnnpolicy.train.checkpoint import LAST_NAME
 
     config = dataclass_from_args(TrainConfig, args)
@@ -66,7 +66,10 @@ def run_train(args: argparse.Namespace) -> int:
             + f"; {evaluation}",
             file=sys.stderr,
         )
-        print(f"{resolved.algo} hyperparameters: {dataclasses.asdict(algo_config)}", file=sys.stderr)
+        source, _ = run_defaults(resolved.algo, resolved.env, resolved.image_codes)
+        if resolved.env not in algorithm(resolved.algo).ENV_DEFAULTS:
+            source += f", {resolved.env} having no entry"
+        print(f"{resolved.algo} hyperparameters (unset ones from {source}): {dataclasses.asdict(algo_config)}", file=sys.stderr)
     path = train_resolved(resolved, algo_config)
     if lead:
         kept = "best evaluated policy" if resolved.evaluates else "final policy: no evaluation during training"

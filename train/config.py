@@ -26,8 +26,8 @@ class TrainConfig:
     """Environment steps to train for (default: the environment's entry, else 100000)."""
     seed: int = 1
     """Random seed; a run is deterministic given the seed (on the CPU)."""
-    cell: Literal["lstm", "gru", "lmu"] = "lstm"
-    """Recurrent cell: lstm, gru or lmu (a Legendre memory unit: a fixed memory of the last --lmu-theta steps, for recall over a known distance)."""
+    cell: Literal["lstm", "gru", "lmu"] | None = None
+    """Recurrent cell: lstm, gru or lmu (a Legendre memory unit: a fixed memory of the last --lmu-theta steps, for recall over a known distance; default: the environment's entry, else the algorithm's defaults for images of codes, else lstm)."""
     lmu_theta: float | None = None
     """lmu: the memory's window in steps; it must cover the longest distance to recall (default: 32)."""
     lmu_order: int | None = None
@@ -88,7 +88,8 @@ class TrainConfig:
         lmu_given = {name: value for name, value in (("lmu_theta", self.lmu_theta), ("lmu_order", self.lmu_order),
                      ("lmu_memory_inputs", self.lmu_memory_inputs)) if value is not None}
         if lmu_given and self.cell != "lmu":
-            raise ValueError(f"{', '.join(lmu_given)} set the Legendre memory of cell 'lmu', got cell {self.cell!r}")
+            got = f"got cell {self.cell!r}" if self.cell else "but cell is unset: give cell 'lmu'"
+            raise ValueError(f"{', '.join(lmu_given)} set the Legendre memory of cell 'lmu', {got}")
         if self.lmu_theta is not None and not (0.0 < self.lmu_theta < math.inf):
             raise ValueError(f"lmu_theta must be a finite number of steps > 0, got {self.lmu_theta}")
         for name in ("lmu_order", "lmu_memory_inputs"):

@@ -33,7 +33,7 @@ from rnnpolicy.train.replay import SequenceBatch, SequenceCollector, SequenceRep
 from rnnpolicy.train.periodic_eval import TrainingEvaluator
 from rnnpolicy.train.runlog import EpisodeTracker, RunLog
 
-__all__ = ["DATA_PARALLEL", "Config", "ENV_DEFAULTS", "epsilon_at", "learn", "n_step_targets", "sequence_q_values", "td_loss"]
+__all__ = ["CODE_IMAGE_DEFAULTS", "DATA_PARALLEL", "Config", "ENV_DEFAULTS", "epsilon_at", "learn", "n_step_targets", "sequence_q_values", "td_loss"]
 
 
 DATA_PARALLEL = False
@@ -129,6 +129,8 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
     "rnnpolicy/MemoryGrid-v0": {**_BUILTIN, "seq_len": 16, "burn_in": 4},
     "rnnpolicy/RepeatFirst-v0": {**_BUILTIN, "seq_len": 10, "burn_in": 2},
 }
+# Images of codes without an entry take the generic defaults: no DRQN setting was measured on them.
+CODE_IMAGE_DEFAULTS: dict[str, Any] = {}
 
 
 def epsilon_at(step: int, total_steps: int, config: Config) -> float:

@@ -202,6 +202,15 @@ ENV_DEFAULTS: dict[str, dict[str, Any]] = {
 # The same task with 1 ms of CPU per step (the --vector-env async and torchrun test bed).
 ENV_DEFAULTS["rnnpolicy/SlowCartPoleNoVel-v0"] = ENV_DEFAULTS["rnnpolicy/CartPoleNoVel-v0"]
 
+# An environment without an entry whose image is read as codes (MiniGrid's grids of object, colour
+# and state indices) gets the memory tasks' larger, fewer updates over 64-step rollouts, and a GRU.
+# MiniGrid-MemoryS7-v0, 500k steps: on the generic defaults the LSTM and the GRU stay at the
+# walk-and-guess plateau (success about 0.5); with these settings the LSTM solves it by 226k steps
+# and the GRU by 100k (benchmarks/results/minigrid_memory_s7_*; session 16 in
+# benchmarks/results/minigrid_memory_s11_notes.md). They lose on a vector task (CountRecallEasy,
+# docs/training.md), so they are not the generic defaults.
+CODE_IMAGE_DEFAULTS: dict[str, Any] = dict(cell="gru", rollout_steps=64, num_minibatches=2, update_epochs=8, learning_rate=3e-3)
+
 
 def compute_gae(
     rewards: np.ndarray,
