@@ -148,3 +148,20 @@ def test_the_first_line_names_a_target_return_only_where_one_can_stop_the_run(ca
     assert code == 0 and "every 8192 steps, stopping at return 1" in err.splitlines()[0]
     code, _, err = run_cli(capsys, *base, "--target-return", "inf", "--out", str(tmp_path / "off"))
     assert code == 0 and "stopping at return" not in err and "evaluating 32 episodes every 8192 steps" in err.splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    "env, source",
+    [
+        ("fake_envs:FakeCodedImage-v0", "(unset ones from the defaults for images of codes, fake_envs:FakeCodedImage-v0 having no entry)"),
+        ("fake_envs:FakeDict-v0", "(unset ones from the generic defaults, fake_envs:FakeDict-v0 having no entry)"),
+        ("rnnpolicy/TMaze-v0", "(unset ones from the entry for rnnpolicy/TMaze-v0)"),
+    ],
+)
+def test_the_second_line_names_where_the_unset_hyperparameters_came_from(capsys, tmp_path, env, source):
+    code, _, err = run_cli(capsys, "train", "--algo", "ppo", "--env", env, "--total-steps", "512", "--eval-every", "0",
+                           "--no-progress", "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    first, second = err.splitlines()[:2]
+    assert second.startswith(f"ppo hyperparameters {source}: {{")
+    assert ("gru 1x64" in first) == (env == "fake_envs:FakeCodedImage-v0")

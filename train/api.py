@@ -51,11 +51,6 @@ def algorithm(name: str) -> ModuleType:
     return importlib.import_module(ALGORITHMS[name])
 
 
-def env_defaults(algo: str, env_id: str) -> dict[str, Any]:
-    """The per-environment defaults of ``algo`` for ``env_id`` (empty for an environment it has none for)."""
-    return dict(algorithm(algo).ENV_DEFAULTS.get(env_id, {}))
-
-
 def run_defaults(algo: str, env_id: str, image_codes: int | None) -> tuple[str, dict[str, Any]]:
     """The defaults layered under what the user gives, and where they come from, for the run's first lines.
 
@@ -64,7 +59,7 @@ def run_defaults(algo: str, env_id: str, image_codes: int | None) -> tuple[str, 
     """
     module = algorithm(algo)
     if env_id in module.ENV_DEFAULTS:
-        return f"the entry for {env_id}", env_defaults(algo, env_id)
+        return f"the entry for {env_id}", dict(module.ENV_DEFAULTS[env_id])
     if image_codes and module.CODE_IMAGE_DEFAULTS:
         return "the defaults for images of codes", dict(module.CODE_IMAGE_DEFAULTS)
     return "the generic defaults", {}
