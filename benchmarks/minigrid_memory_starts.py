@@ -4,7 +4,9 @@
 from column 1 is the cue in view at the first step. The correct side at the end depends on both the
 cue and which object lies up or down (each random), so a policy that ignores the cue succeeds in half
 the episodes from every column. This separates "does not use the cue even when it sees it at once"
-from "does not turn back to look at it". Results go to ``results/NAME.json`` and ``.md``.
+from "does not turn back to look at it": each row also gives the share of sampled episodes that ever faced
+west and the share that ever had the cue in view (from columns 2-4 a look north is enough). Results go to
+``results/NAME.json`` and ``.md``.
 
     python benchmarks/minigrid_memory_starts.py RUN/last.pt --name minigrid_memory_s7_starts --episodes 400
 """
@@ -27,7 +29,7 @@ WEST = 2  # MiniGrid's agent_dir: 0 east, 1 south, 2 west, 3 north
 
 @torch.no_grad()
 def episodes_by_start(checkpoint: Path, episodes: int, sampled: bool, seed: int) -> dict[int, dict[str, float]]:
-    """Per start column: episodes, success rate (positive return) and the share that ever faced west."""
+    """Per start column: episodes, success rate (positive return) and the shares that ever faced west and ever saw the cue."""
     from rnnpolicy.envs import make_env
     from rnnpolicy.train.checkpoint import load_checkpoint
     from rnnpolicy.train.models import initial_state
@@ -39,9 +41,13 @@ def episodes_by_start(checkpoint: Path, episodes: int, sampled: bool, seed: int)
     generator = torch.Generator().manual_seed(seed)
     successes: dict[int, list[bool]] = defaultdict(list)
     faced_west: dict[int, list[bool]] = defaultdict(list)
+    saw_cue: dict[int, list[bool]] = defaultdict(list)
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
-        start_column = int(env.unwrapped.agent_pos[0])
+        grid = env.unwrapped
+        start_column = int(grid.agent_pos[0])
+        cue = (1, grid.height // 2 - 1)  # MemoryEnv puts the cue object here
+        seen = grid.agent_sees(*cue)
         state, episode_start = initial_state(spec, 1), torch.ones(1)
         total, turned, done = 0.0, False, False
         while not done:
@@ -54,13 +60,16 @@ def episodes_by_start(checkpoint: Path, episodes: int, sampled: bool, seed: int)
                 action = int(outputs[action_at][0])
             obs, reward, terminated, truncated, _ = env.step(action)
             total += float(reward)
-            turned |= int(env.unwrapped.agent_dir) == WEST
+            turned |= int(grid.agent_dir) == WEST
+            seen |= grid.agent_sees(*cue)
             done = terminated or truncated
         successes[start_column].append(total > 0)
         faced_west[start_column].append(turned)
+        saw_cue[start_column].append(seen)
     env.close()
     return {column: {"episodes": len(successes[column]), "success_rate": round(float(np.mean(successes[column])), 3),
-                     "faced_west": round(float(np.mean(faced_west[column])), 3)} for column in sorted(successes)}
+                     "faced_west": round(float(np.mean(faced_west[column])), 3),
+                     "saw_cue": round(float(np.mean(saw_cue[column])), 3)} for column in sorted(successes)}
 
 
 def trained_with(checkpoint: Path) -> str:
@@ -90,10 +99,11 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Success by start column: {args.checkpoint}", "", f"Command: `{result['command']}`  ", f"Trained with: {result['trained_with']}.", "",
-             "| start column | episodes | greedy success | sampled success | sampled: faced west |", "|---|---|---|---|---|"]
+             "| start column | episodes | greedy success | sampled success | sampled: faced west | sampled: saw the cue |",
+             "|---|---|---|---|---|---|"]
     for column, greedy in result["greedy"].items():
         sampled = result["sampled"][column]
-        lines.append(f"| {column} | {greedy['episodes']} | {greedy['success_rate']:.2f} | {sampled['success_rate']:.2f} | {sampled['faced_west']:.2f} |")
+        lines.append(f"| {column} | {greedy['episodes']} | {greedy['success_rate']:.2f} | {sampled['success_rate']:.2f} | {sampled['faced_west']:.2f} | {sampled['saw_cue']:.2f} |")
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -110,10 +110,15 @@ class CodedImageEnv(ImageCueEnv):
 
 class StartColumnEnv(gym.Env):
     """MiniGrid Memory's bookkeeping in one step: the agent starts in column 1-3 (``agent_pos[0]``, shown
-    one-hot) facing east (``agent_dir`` 0); action 0 succeeds, action 2 turns west (``agent_dir`` 2) and fails."""
+    one-hot) facing east (``agent_dir`` 0); action 0 succeeds, action 2 turns west (``agent_dir`` 2), which
+    brings the cue at (1, height // 2 - 1) into view (``agent_sees``), and fails."""
 
     observation_space = spaces.Box(0.0, 1.0, (3,), np.float32)
     action_space = spaces.Discrete(3)
+    height = 7
+
+    def agent_sees(self, x, y):
+        return (x, y) == (1, self.height // 2 - 1) and self.agent_dir == 2
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)

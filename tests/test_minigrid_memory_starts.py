@@ -1,4 +1,4 @@
-"""benchmarks/minigrid_memory_starts.py: success and turning back, counted per start column."""
+"""benchmarks/minigrid_memory_starts.py: success, turning back and seeing the cue, counted per start column."""
 
 import sys
 from pathlib import Path
@@ -32,7 +32,7 @@ def _with_policy_bias(checkpoint: Path, bias: list[float], path: Path) -> Path:
 
 
 @pytest.mark.parametrize("bias, success, west", [([8.0, 0.0, 0.0], 1.0, 0.0), ([0.0, 0.0, 8.0], 0.0, 1.0)])
-def test_success_and_facing_west_are_counted_per_start_column(trained, tmp_path, bias, success, west):
+def test_success_facing_west_and_seeing_the_cue_are_counted_per_start_column(trained, tmp_path, bias, success, west):
     checkpoint = _with_policy_bias(trained, bias, tmp_path / "biased.pt")
     for sampled in (False, True):
         columns = episodes_by_start(checkpoint, episodes=60, sampled=sampled, seed=0)
@@ -41,6 +41,7 @@ def test_success_and_facing_west_are_counted_per_start_column(trained, tmp_path,
         # sampled: a logit 8 above the others still leaves about 1 episode in 1,500 to another action
         assert all(c["success_rate"] == pytest.approx(success, abs=0.05) for c in columns.values()), columns
         assert all(c["faced_west"] == pytest.approx(west, abs=0.05) for c in columns.values()), columns
+        assert all(c["saw_cue"] == pytest.approx(west, abs=0.05) for c in columns.values()), columns
 
 
 def test_the_training_run_is_named_from_the_checkpoint(trained):
