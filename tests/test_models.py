@@ -65,6 +65,31 @@ def test_step_by_step_equals_whole_sequence_with_episode_starts_inside(kind, act
         torch.testing.assert_close(state.c, seq_state.c, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("cores", [1, 2])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "lmu"])
+def test_padding_after_lengths_skips_the_encoders_and_leaves_the_real_steps_alone(cell, cores):
+    torch.manual_seed(3)
+    model = build_model(make_spec("policy", DISCRETE, cores, cell, norm=True))
+    T, B = 7, 3
+    obs, episode_start = torch.randn(T, B, OBS_DIM), torch.zeros(T, B)
+    episode_start[0] = 1
+    lengths = torch.tensor([7, 2, 5])
+    own = torch.arange(T)[:, None] < lengths[None, :]  # (T, B)
+    encoded_rows = []
+    encoders = [model.actor_encoder] + ([model.critic_encoder] if cores == 2 else [])
+    hooks = [e.register_forward_hook(lambda module, args, out: encoded_rows.append(args[0].shape[0])) for e in encoders]
+    padded = model(obs, initial_state(model.spec, B), episode_start, lengths)
+    for hook in hooks:
+        hook.remove()
+    plain = model(obs, initial_state(model.spec, B), episode_start)
+    assert encoded_rows == [int(lengths.sum())] * cores
+    torch.testing.assert_close(padded[0][own], plain[0][own], rtol=0, atol=1e-6)  # logits
+    torch.testing.assert_close(padded[2][own], plain[2][own], rtol=0, atol=1e-6)  # values
+    assert not torch.allclose(padded[0][~own], plain[0][~own]), "the padding should have read zeros, not the observations"
+    full = model(obs, initial_state(model.spec, B), episode_start, torch.full((B,), T))
+    torch.testing.assert_close(full[0], plain[0], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "lmu"])
 def test_episode_start_equals_a_fresh_start(cell):
     torch.manual_seed(1)

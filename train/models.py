@@ -367,6 +367,13 @@ class QNetwork(nn.Module):
         return (q_values, torch.argmax(q_values, dim=-1)), state
 
 
+def _scatter_steps(features: Tensor, steps: Tensor) -> Tensor:
+    """``features`` ``(N, H)`` of the ``N`` true entries of ``steps`` ``(T, B)`` -> ``(T, B, H)``, zeros elsewhere."""
+    out = features.new_zeros(*steps.shape, features.shape[-1])
+    out[steps] = features
+    return out
+
+
 class ActorCritic(nn.Module):
     """Recurrent actor-critic: categorical head for discrete actions (factored, one per entry, for
     multi-discrete and multi-binary ones), Gaussian head for boxes, value head.
@@ -402,19 +409,30 @@ class ActorCritic(nn.Module):
         nn.init.zeros_(self.value_head.bias)
 
     def _features(
-        self, obs: Tensor, state: RecurrentState, episode_start: Tensor, step: bool, cell_math: bool = False
+        self,
+        obs: Tensor,
+        state: RecurrentState,
+        episode_start: Tensor,
+        step: bool,
+        cell_math: bool = False,
+        lengths: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, RecurrentState]:
         obs = self.normalizer(obs)
         layers = self.spec.num_layers
+        encode = lambda encoder: encoder(obs)  # noqa: E731
+        if lengths is not None:
+            own = torch.arange(obs.shape[0], device=obs.device)[:, None] < lengths[None, :]  # (T, B)
+            if not bool(own.all()):
+                encode = lambda encoder: _scatter_steps(encoder(obs[own]), own)  # noqa: E731
         if step:
             run = lambda core, x, s: core.step(x, s, episode_start, cell_math=cell_math)  # noqa: E731
         else:
             run = lambda core, x, s: core(x, s, episode_start)  # noqa: E731
         if self.spec.num_cores == 1:
-            features, state = run(self.actor_core, self.actor_encoder(obs), state)
+            features, state = run(self.actor_core, encode(self.actor_encoder), state)
             return features, features, state
-        actor, actor_state = run(self.actor_core, self.actor_encoder(obs), state.select(slice(0, layers)))
-        critic, critic_state = run(self.critic_core, self.critic_encoder(obs), state.select(slice(layers, 2 * layers)))
+        actor, actor_state = run(self.actor_core, encode(self.actor_encoder), state.select(slice(0, layers)))
+        critic, critic_state = run(self.critic_core, encode(self.critic_encoder), state.select(slice(layers, 2 * layers)))
         return actor, critic, RecurrentState.cat([actor_state, critic_state])
 
     def _heads(self, actor: Tensor, critic: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -425,9 +443,17 @@ class ActorCritic(nn.Module):
             return params, params.new_zeros(()), value
         return params, self.log_std.expand_as(params), value
 
-    def forward(self, obs: Tensor, state: RecurrentState, episode_start: Tensor) -> tuple[Tensor, Tensor, Tensor, RecurrentState]:
-        """``obs`` ``(T, B, F)`` -> ``(logits or mean (T, B, A), log_std (T, B, A) or scalar 0, value (T, B), state)``."""
-        actor, critic, state = self._features(obs, state, episode_start, step=False)
+    def forward(
+        self, obs: Tensor, state: RecurrentState, episode_start: Tensor, lengths: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, RecurrentState]:
+        """``obs`` ``(T, B, F)`` -> ``(logits or mean (T, B, A), log_std (T, B, A) or scalar 0, value (T, B), state)``.
+
+        ``lengths`` ``(B,)`` marks padding: sequence ``b``'s steps from ``lengths[b]`` on. The encoders
+        skip them (the recurrent core reads zeros there), so the outputs and final state there mean
+        nothing, while every earlier step's are unchanged. PPO's minibatches of MiniGrid episodes were
+        about 60% padding, and the image encoder the larger part of an update's cost.
+        """
+        actor, critic, state = self._features(obs, state, episode_start, step=False, lengths=lengths)
         return (*self._heads(actor, critic), state)
 
     def distribution(self, params: Tensor, log_std: Tensor) -> torch.distributions.Distribution:

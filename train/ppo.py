@@ -512,7 +512,8 @@ def evaluate_sequences(model: ActorCritic, rollout: Rollout, seqs: PaddedSequenc
     state = RecurrentState(stored.h[:, chunk], None if stored.c is None else stored.c[:, chunk])  # (layers, S, H)
     episode_start = torch.zeros(index.shape, device=rollout.obs.device)  # (L, S)
     episode_start[0] = rollout.episode_start[index[0]]
-    params, log_std, value, _ = model(rollout.obs[index], state, episode_start)  # (L, S, A), ..., (L, S)
+    lengths = torch.as_tensor(seqs.lengths, device=rollout.obs.device)  # (S,) the steps after are padding
+    params, log_std, value, _ = model(rollout.obs[index], state, episode_start, lengths)  # (L, S, A), ..., (L, S)
     actions = rollout.actions[index]  # (L, S) or (L, S, A)
     if model.spec.action.is_discrete:
         # Categorical's arithmetic without its argument checks: this runs every minibatch.
