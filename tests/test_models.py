@@ -1,8 +1,10 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from rnnpolicy import ActionSpec, LmuSpec, ObsEncoding, ObsNormSpec, PolicySpec
+from rnnpolicy import ActionSpec, ImageSpec, LmuSpec, ObsEncoding, ObsNormSpec, PolicySpec
 from rnnpolicy.train.models import (
     ActorCritic, LegendreMemoryLayer, QNetwork, RecurrentCore, RecurrentState, build_model, initial_state,
     legendre_delay_system,
@@ -67,11 +69,13 @@ def test_step_by_step_equals_whole_sequence_with_episode_starts_inside(kind, act
 
 @pytest.mark.parametrize("cores", [1, 2])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "lmu"])
-def test_padding_after_lengths_skips_the_encoders_and_leaves_the_real_steps_alone(cell, cores):
+def test_padding_after_lengths_skips_the_image_encoders_and_leaves_the_real_steps_alone(cell, cores):
     torch.manual_seed(3)
-    model = build_model(make_spec("policy", DISCRETE, cores, cell, norm=True))
+    image = ImageSpec("hwc", 5, 5, 3, codes=8)
+    spec = dataclasses.replace(make_spec("policy", DISCRETE, cores, cell), obs_encoding=ObsEncoding.flat(image.size), image=image)
+    model = build_model(spec)
     T, B = 7, 3
-    obs, episode_start = torch.randn(T, B, OBS_DIM), torch.zeros(T, B)
+    obs, episode_start = torch.randint(0, 8, (T, B, image.size)).float(), torch.zeros(T, B)
     episode_start[0] = 1
     lengths = torch.tensor([7, 2, 5])
     own = torch.arange(T)[:, None] < lengths[None, :]  # (T, B)
@@ -88,6 +92,20 @@ def test_padding_after_lengths_skips_the_encoders_and_leaves_the_real_steps_alon
     assert not torch.allclose(padded[0][~own], plain[0][~own]), "the padding should have read zeros, not the observations"
     full = model(obs, initial_state(model.spec, B), episode_start, torch.full((B,), T))
     torch.testing.assert_close(full[0], plain[0], rtol=0, atol=0)
+
+
+def test_a_vector_encoder_runs_on_the_padding_too():
+    torch.manual_seed(3)
+    model = build_model(make_spec("policy", DISCRETE, 1, "gru"))
+    T, B = 7, 3
+    obs, episode_start = torch.randn(T, B, OBS_DIM), torch.zeros(T, B)
+    episode_start[0] = 1
+    encoded_rows = []
+    hook = model.actor_encoder.register_forward_hook(lambda module, args, out: encoded_rows.append(args[0].shape[:-1]))
+    padded = model(obs, initial_state(model.spec, B), episode_start, torch.tensor([7, 2, 5]))
+    hook.remove()
+    assert encoded_rows == [(T, B)]
+    torch.testing.assert_close(padded[0], model(obs, initial_state(model.spec, B), episode_start)[0], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "lmu"])
