@@ -18,10 +18,10 @@ def test_run_conditions_record_the_load_and_describe_it_in_one_sentence():
     from machine import RunConditions, describe
 
     conditions = RunConditions().finish()
-    assert set(conditions) == {"load_average_before", "load_average_after", "steal_pct", "cores"}
+    assert set(conditions) == {"load_average_before", "load_average_after", "steal_pct", "cores", "cpu"}
     assert len(conditions["load_average_after"]) == 3 and conditions["steal_pct"] >= 0.0
     sentence = describe(conditions)
-    assert sentence.startswith("Load average before/after ") and sentence.endswith(" cores shared with other work.")
+    assert sentence.startswith("Load average before/after ") and sentence.endswith(f" cores shared with other work, CPU {conditions['cpu']}.")
     assert f"steal {conditions['steal_pct']}%" in sentence
 
 
