@@ -1,15 +1,21 @@
-"""What else the machine was doing while a benchmark ran: load average and hypervisor steal, and its CPU.
+"""What else the machine was doing while a benchmark ran: load average and hypervisor steal, its CPU, and its speed.
 
 On a VM, "steal" is the time the hypervisor gave this guest's vCPUs to other guests; while it
 is high, every figure here is slower (2x swings within minutes were seen on the 2-core VMs).
+Two VMs that report the same CPU model can still differ in speed (1.7x was seen between sessions),
+so each results file also records how long a fixed reference workload took, before and after the run.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
+import time
 from pathlib import Path
 
-__all__ = ["RunConditions", "cpu", "cpu_ticks", "describe", "loadavg", "steal_pct"]
+import numpy as np
+
+__all__ = ["RunConditions", "cpu", "cpu_ticks", "describe", "loadavg", "reference_ms", "steal_pct"]
 
 
 def cpu_ticks() -> tuple[int, int]:
@@ -39,6 +45,27 @@ def cpu() -> str:
     return f"{fields.get('model name', 'unknown')} ({', '.join(avx) or 'no AVX'})"
 
 
+def reference_ms(repeats: int = 3) -> float:
+    """Median milliseconds of a fixed single-threaded workload: small matrix products and elementwise ops in a
+    Python loop, the shape of a small recurrent net's step (a (32, 64) state times (64, 256) weights).
+
+    It compares the speed of machines and moments, not of code: a results file whose figure is twice another's
+    was measured on a machine (or at a moment) about twice as slow.
+    """
+    rng = np.random.default_rng(0)
+    state = rng.standard_normal((32, 64)).astype(np.float32)
+    weights = (rng.standard_normal((64, 256)) / 8).astype(np.float32)
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        h = state
+        for _ in range(1000):
+            gates = np.tanh(h @ weights)  # (32, 256)
+            h = gates[:, :64] * gates[:, 64:128] + gates[:, 128:192]  # (32, 64)
+        times.append(time.perf_counter() - began)
+    return round(1000 * statistics.median(times), 1)
+
+
 def loadavg() -> list[float]:
     """The 1, 5 and 15 minute load averages (other work on the machine skews the latencies)."""
     return [round(x, 2) for x in os.getloadavg()]
@@ -49,15 +76,21 @@ class RunConditions:
 
     def __init__(self) -> None:
         self.load_before = loadavg()
+        self.reference_before = reference_ms()
         self._ticks = cpu_ticks()
 
     def finish(self) -> dict:
-        """``load_average_before``, ``load_average_after``, ``steal_pct``, ``cores`` and ``cpu``, for the results file."""
+        """``load_average_before``, ``load_average_after``, ``steal_pct``, ``cores``, ``cpu`` and ``reference_ms``
+        (:func:`reference_ms` before and after), for the results file."""
+        ticks = cpu_ticks()
         return {"load_average_before": self.load_before, "load_average_after": loadavg(),
-                "steal_pct": steal_pct(self._ticks, cpu_ticks()), "cores": os.cpu_count(), "cpu": cpu()}
+                "steal_pct": steal_pct(self._ticks, ticks), "cores": os.cpu_count(), "cpu": cpu(),
+                "reference_ms": [self.reference_before, reference_ms()]}
 
 
 def describe(conditions: dict) -> str:
     """One sentence for a results page from :meth:`RunConditions.finish`'s fields."""
     return (f"Load average before/after {conditions['load_average_before']} / {conditions['load_average_after']}, "
-            f"steal {conditions['steal_pct']}%, {conditions['cores']} cores shared with other work, CPU {conditions['cpu']}.")
+            f"steal {conditions['steal_pct']}%, {conditions['cores']} cores shared with other work, CPU {conditions['cpu']}, "
+            f"reference workload {conditions['reference_ms'][0]:g} / {conditions['reference_ms'][1]:g} ms before/after "
+            "(benchmarks/machine.py: reference_ms; larger is slower).")

@@ -18,11 +18,22 @@ def test_run_conditions_record_the_load_and_describe_it_in_one_sentence():
     from machine import RunConditions, describe
 
     conditions = RunConditions().finish()
-    assert set(conditions) == {"load_average_before", "load_average_after", "steal_pct", "cores", "cpu"}
+    assert set(conditions) == {"load_average_before", "load_average_after", "steal_pct", "cores", "cpu", "reference_ms"}
     assert len(conditions["load_average_after"]) == 3 and conditions["steal_pct"] >= 0.0
+    before, after = conditions["reference_ms"]
+    assert before > 0 and after > 0
     sentence = describe(conditions)
-    assert sentence.startswith("Load average before/after ") and sentence.endswith(f" cores shared with other work, CPU {conditions['cpu']}.")
+    assert sentence.startswith("Load average before/after ")
+    assert f" cores shared with other work, CPU {conditions['cpu']}, reference workload {before:g} / {after:g} ms before/after" in sentence
     assert f"steal {conditions['steal_pct']}%" in sentence
+
+
+def test_the_reference_workload_reports_its_median_repeat_in_milliseconds(monkeypatch):
+    import machine
+
+    ticks = iter([0.0, 1.0, 1.0, 4.0, 4.0, 6.0])  # repeats of 1, 3 and 2 s on an injected clock
+    monkeypatch.setattr(machine.time, "perf_counter", lambda: next(ticks))
+    assert machine.reference_ms(repeats=3) == 2000.0
 
 
 def test_keep_refuses_a_folder_that_already_holds_a_seeds_run(tmp_path):
