@@ -145,7 +145,7 @@ def test_train_says_how_many_steps_it_runs_and_what_checkpoint_pt_holds(capsys, 
 def test_the_first_line_names_a_target_return_only_where_one_can_stop_the_run(capsys, tmp_path):
     base = ["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--total-steps", "512", "--no-progress"]
     code, _, err = run_cli(capsys, *base, "--out", str(tmp_path / "entry"))
-    assert code == 0 and "every 8192 steps, stopping at return 1" in err.splitlines()[0]
+    assert code == 0 and "every 8192 steps, stopping at return 1 (held over 64 more episodes)" in err.splitlines()[0]
     code, _, err = run_cli(capsys, *base, "--target-return", "inf", "--out", str(tmp_path / "off"))
     assert code == 0 and "stopping at return" not in err and "evaluating 32 episodes every 8192 steps" in err.splitlines()[0]
 

@@ -52,19 +52,23 @@ class FakeClock:
         return self.now
 
 
-def _evaluator(tmp_path, returns, clock=None, **train):
-    """An evaluator whose evaluations return ``returns`` in turn, each taking 1 s of ``clock``."""
+def _evaluator(tmp_path, returns, clock=None, played=None, notes=None, **train):
+    """An evaluator whose evaluations return ``returns`` in turn, each taking 1 s of ``clock``;
+    each call's ``(episodes, seed)`` is appended to ``played``, each note to ``notes``."""
     clock = clock or FakeClock()
     queue = list(returns)
+    played = [] if played is None else played
 
     def evaluate(model, spec, env_id, episodes, seed, batch, wrappers):
         assert batch == min(episodes, EVAL_WIDTH_MAX)  # every episode side by side: one wave
+        played.append((episodes, seed))
         clock.now += 1.0
         value = queue.pop(0)
         return EvalResult(episodes, value, 0.0, None, [value] * episodes)
 
     config = TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out=str(tmp_path), eval_every=100, eval_episodes=3, **train)
-    return TrainingEvaluator(config, {"train": {"seed": 1}}, clock=clock, evaluate=evaluate), clock
+    note = (lambda message: None) if notes is None else notes.append
+    return TrainingEvaluator(config, {"train": {"seed": 1}}, clock=clock, evaluate=evaluate, note=note), clock
 
 
 def _policy(marker: float):
@@ -134,6 +138,47 @@ def test_target_return_is_reached_by_an_evaluation(tmp_path):
     assert evaluator.reached_target
 
 
+def test_an_evaluation_at_the_target_is_confirmed_on_further_episodes_before_the_run_stops(tmp_path):
+    played, notes = [], []
+    # 3 episodes at 1.0 reach the target, 6 more at 0.4 bring the mean to 0.6: not confirmed.
+    evaluator, clock = _evaluator(tmp_path, [1.0, 0.4, 1.0, 1.0], played=played, notes=notes,
+                                  target_return=1.0, confirm_episodes=6, eval_seed=50)
+    result = evaluator.maybe_evaluate(100, lambda: _policy(1.0))
+    assert played == [(3, 50), (6, 53)]  # the confirming episodes take the seeds after the evaluation's own
+    assert (result.episodes, result.mean_return) == (9, pytest.approx(0.6))
+    assert not evaluator.reached_target and evaluator.best.mean_return == pytest.approx(0.6)
+    assert evaluator.row()["eval_return"] == pytest.approx(0.6)
+    assert notes == ["evaluation at step 100 reached the target 1 on its 3 episodes (1.000) but not over 9 "
+                     "with the 6 confirming ones (0.600): training on"]
+    clock.now += 10.0
+    evaluator.maybe_evaluate(200, lambda: _policy(2.0))  # this one holds over all 9 episodes
+    assert played[2:] == [(3, 50), (6, 53)] and evaluator.reached_target and len(notes) == 1
+    assert evaluator.stop_note(200) == "stopping early at step 200: evaluation return 1.000 over 9 episodes reached the target 1"
+    assert _marker(tmp_path / "checkpoint.pt") == 2.0
+
+
+def test_an_evaluation_below_the_target_or_without_confirmation_plays_its_own_episodes_only(tmp_path):
+    played = []
+    evaluator, clock = _evaluator(tmp_path, [0.5, 1.0], played=played, target_return=1.0, confirm_episodes=0)
+    evaluator.maybe_evaluate(100, lambda: _policy(1.0))
+    clock.now += 10.0
+    evaluator.maybe_evaluate(200, lambda: _policy(2.0))
+    assert played == [(3, 1_000_000), (3, 1_000_000)] and evaluator.reached_target
+
+
+def test_extended_results_average_over_all_the_episodes():
+    first = EvalResult(2, 1.0, 0.0, 1.0, [1.0, 1.0])
+    both = first.extended(EvalResult(2, 0.0, 0.0, 0.5, [0.0, 0.0]))
+    assert (both.episodes, both.mean_return, both.std_return, both.success_rate) == (4, 0.5, 0.5, 0.75)
+    assert both.returns == [1.0, 1.0, 0.0, 0.0]
+    assert first.extended(EvalResult(1, 0.0, 0.0, None, [0.0])).success_rate is None
+
+
+def test_confirm_episodes_must_not_be_negative():
+    with pytest.raises(ValueError, match="confirm_episodes must be >= 0 \\(0: no confirmation\\), got -1"):
+        TrainConfig(algo="ppo", env="x", out="y", confirm_episodes=-1)
+
+
 def test_without_evaluation_both_files_hold_the_final_policy(tmp_path):
     config = TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out=str(tmp_path), eval_every=0)
     evaluator = TrainingEvaluator(config, {})
@@ -165,6 +210,10 @@ def test_resolve_fills_the_evaluation_options():
     assert (entry.eval_every, entry.eval_episodes, entry.target_return) == (8192, 32, 1.0)
     mine, _ = resolve(TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out="x", eval_every=100, target_return=0.5))
     assert (mine.eval_every, mine.target_return) == (100, 0.5)
+    assert (plain.confirm_episodes, entry.confirm_episodes) == (20, 64)  # twice eval_episodes
+    given, _ = resolve(TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out="x", eval_episodes=5, confirm_episodes=0))
+    assert given.confirm_episodes == 0
+    assert resolve(TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out="x", eval_episodes=5))[0].confirm_episodes == 10
     off, _ = resolve(TrainConfig(algo="ppo", env="rnnpolicy/TMaze-v0", out="x", eval_every=0))
     assert (off.evaluates, off.target_return) == (False, None)  # the entry's target is dropped with evaluation
 

@@ -42,6 +42,8 @@ FALLBACK_DEFAULTS: dict[str, Any] = {
 }
 EVALUATIONS_PER_RUN = 20
 """Without an entry, a run evaluates every total_steps / EVALUATIONS_PER_RUN steps."""
+CONFIRM_FACTOR = 2
+"""Unset, confirm_episodes is this many times eval_episodes."""
 
 
 def algorithm(name: str) -> ModuleType:
@@ -84,6 +86,9 @@ def resolve(config: TrainConfig, algo_overrides: dict[str, Any] | None = None) -
     if config.eval_every is None:
         assert config.total_steps is not None
         config = dataclasses.replace(config, eval_every=max(1, config.total_steps // EVALUATIONS_PER_RUN))
+    if config.confirm_episodes is None:
+        assert config.eval_episodes is not None
+        config = dataclasses.replace(config, confirm_episodes=CONFIRM_FACTOR * config.eval_episodes)
     given = {k: v for k, v in (algo_overrides or {}).items() if v is not None}
     from_entry = {k: v for k, v in defaults.items() if k not in train_fields and k not in given}
     try:
@@ -179,7 +184,7 @@ def train_resolved(config: TrainConfig, algo_config: Any) -> Path:
     try:
         steps = algo_config.planned_steps(config.total_steps)
         run = RunLog(config.out, steps, progress=config.progress, tensorboard=config.tensorboard, write=dp.lead)
-        evaluator = TrainingEvaluator(config, {"train": asdict(config), "algo": asdict(algo_config)}, write=dp.lead)
+        evaluator = TrainingEvaluator(config, {"train": asdict(config), "algo": asdict(algo_config)}, write=dp.lead, note=run.note)
         run.postfix = evaluator.postfix
         try:
             spec, model = module.learn(config, algo_config, run, evaluator)

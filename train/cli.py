@@ -51,7 +51,9 @@ def run_train(args: argparse.Namespace) -> int:
     if lead:
         evaluation = (
             f"evaluating {resolved.eval_episodes} episodes every {resolved.eval_every} steps"
-            + (f", stopping at return {resolved.target_return:g}" if resolved.target_return not in (None, math.inf) else "")
+            + (f", stopping at return {resolved.target_return:g}"
+               + (f" (held over {resolved.confirm_episodes} more episodes)" if resolved.confirm_episodes else "")
+               if resolved.target_return not in (None, math.inf) else "")
             if resolved.evaluates else "no evaluation during training"
         )
         planned = algo_config.planned_steps(resolved.total_steps)

@@ -66,6 +66,8 @@ class TrainConfig:
     """Largest share of the wall time evaluations may take: an evaluation due sooner waits, the final one always runs (default: the environment's entry, else 0.1; inf: no cap, so the steps evaluated, and so the run, depend on the seed alone, not on timing)."""
     target_return: float | None = None
     """Stop once an evaluation's mean return reaches this (default: the environment's entry, else none; inf disables an entry's)."""
+    confirm_episodes: int | None = None
+    """An evaluation that reaches target_return plays this many more episodes (the next seeds) and the run stops only if the mean over all of them still reaches it; a few lucky episodes then cannot end a run (default: twice eval_episodes; 0: stop on the evaluation alone)."""
     init_from: str | None = None
     """Start the network from this checkpoint's weights (an earlier run's checkpoint.pt or last.pt) to continue or fine-tune it; the network and spaces must match, and the optimiser, learning-rate schedule and step count start afresh."""
 
@@ -103,6 +105,8 @@ class TrainConfig:
             raise ValueError(f"eval_episodes must be >= 1, got {self.eval_episodes}")
         if self.eval_max_share is not None and not (0.0 < self.eval_max_share <= 1.0 or self.eval_max_share == math.inf):
             raise ValueError(f"eval_max_share must lie in (0, 1] or be inf (no cap), got {self.eval_max_share}")
+        if self.confirm_episodes is not None and self.confirm_episodes < 0:
+            raise ValueError(f"confirm_episodes must be >= 0 (0: no confirmation), got {self.confirm_episodes}")
         if self.target_return is not None and self.eval_every == 0:
             raise ValueError(f"target_return={self.target_return} needs evaluation, got eval_every=0")
         if self.init_from is not None and not Path(self.init_from).is_file():

@@ -321,8 +321,7 @@ def learn(config: TrainConfig, algo_config: Config, run: RunLog, evaluator: Trai
             losses.clear()
             q_means.clear()
             if evaluator.reached_target:
-                run.note(f"stopping early at step {step}: evaluation return "
-                         f"{evaluator.best.mean_return:.3f} reached the target {config.target_return:g}")
+                run.note(evaluator.stop_note(step))
                 break
     envs.close()
     return spec, online.cpu().eval()

@@ -34,6 +34,14 @@ class EvalResult:
             out["success_rate"] = self.success_rate
         return out
 
+    def extended(self, more: EvalResult) -> EvalResult:
+        """This evaluation with ``more`` episodes' results appended: means over all the episodes."""
+        returns = self.returns + more.returns
+        success_rate = None
+        if self.success_rate is not None and more.success_rate is not None:
+            success_rate = (self.success_rate * self.episodes + more.success_rate * more.episodes) / (self.episodes + more.episodes)
+        return EvalResult(len(returns), float(np.mean(returns)), float(np.std(returns)), success_rate, returns)
+
 
 @torch.no_grad()
 def evaluate(

@@ -6,6 +6,8 @@ from ``rnnpolicy eval``'s). An evaluation that would take the evaluations past `
 of the run's wall time waits until training has run long enough, so which steps are evaluated
 can depend on the machine's speed; with ``eval_max_share`` inf they depend on the seed alone and a
 run repeats exactly (unset, :func:`rnnpolicy.train.api.resolve` gives it the environment's entry, else 0.1). The final one always runs.
+An evaluation that reaches ``target_return`` plays ``confirm_episodes`` more episodes (the seeds after
+its own) and counts as the mean over all of them, so the run stops only where that mean holds.
 ``checkpoint.pt`` is rewritten whenever an evaluation matches or beats the best so far (a later
 policy wins a tie), ``last.pt`` holds the final policy; a run without evaluation writes the final
 policy to both.
@@ -89,6 +91,7 @@ class TrainingEvaluator:
         write: bool = True,
         clock: Callable[[], float] = time.perf_counter,
         evaluate: Callable[..., EvalResult] = evaluate_model,
+        note: Callable[[str], None] = lambda message: None,
     ) -> None:
         self.config = config
         self.record = record
@@ -96,6 +99,7 @@ class TrainingEvaluator:
         self.out_dir = Path(config.out)
         self._clock = clock
         self._evaluate = evaluate
+        self._note = note
         self._start = clock()
         self.schedule = EvalSchedule(config.eval_every or 0, math.inf if config.eval_max_share is None else config.eval_max_share)
         self.best = BestScore()
@@ -119,11 +123,16 @@ class TrainingEvaluator:
             return None
         began = self._clock()
         spec, model = snapshot()
-        assert self.config.eval_episodes is not None
-        result = self._evaluate(
-            model, spec, self.config.env, episodes=self.config.eval_episodes, seed=self.config.eval_seed,
-            batch=min(self.config.eval_episodes, EVAL_WIDTH_MAX), wrappers=self.config.wrapper,
-        )
+        episodes, seed, target = self.config.eval_episodes, self.config.eval_seed, self.config.target_return
+        assert episodes is not None
+        result = self._play(model, spec, episodes, seed)
+        if target is not None and result.mean_return >= target and self.config.confirm_episodes:
+            first = result
+            result = first.extended(self._play(model, spec, self.config.confirm_episodes, seed + episodes))
+            if result.mean_return < target:
+                self._note(f"evaluation at step {step} reached the target {target:g} on its {first.episodes} episodes "
+                           f"({first.mean_return:.3f}) but not over {result.episodes} with the {self.config.confirm_episodes} "
+                           f"confirming ones ({result.mean_return:.3f}): training on")
         if self.best.offer(step, result.mean_return):
             save_checkpoint(self.out_dir / CHECKPOINT_NAME, spec, model, self._record(step, result))
         self._last_cost = self._clock() - began
@@ -131,9 +140,18 @@ class TrainingEvaluator:
         self.schedule.done(step)
         self.last_result, self._last_step = result, step
         self._row = {"eval_return": result.mean_return, "eval_success_rate": _or_nan(result.success_rate)}
-        target = self.config.target_return
         self.reached_target = target is not None and result.mean_return >= target
         return result
+
+    def _play(self, model: torch.nn.Module, spec: PolicySpec, episodes: int, seed: int) -> EvalResult:
+        return self._evaluate(model, spec, self.config.env, episodes=episodes, seed=seed,
+                              batch=min(episodes, EVAL_WIDTH_MAX), wrappers=self.config.wrapper)
+
+    def stop_note(self, step: int) -> str:
+        """The run's last line when an evaluation at ``step`` reached the target."""
+        assert self.last_result is not None
+        return (f"stopping early at step {step}: evaluation return {self.last_result.mean_return:.3f} over "
+                f"{self.last_result.episodes} episodes reached the target {self.config.target_return:g}")
 
     def row(self) -> dict[str, float]:
         """The metrics.csv columns of the step just offered: NaN where no evaluation ran."""

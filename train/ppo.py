@@ -362,8 +362,7 @@ def learn(config: TrainConfig, algo: Config, run: RunLog, evaluator: TrainingEva
         run.log(step, tracker, **stats, **evaluator.row(), steps_per_s=step / train_time)
         if dp.any(evaluator.reached_target, device):
             if dp.lead:
-                run.note(f"stopping early at step {step}: evaluation return "
-                         f"{evaluator.best.mean_return:.3f} reached the target {config.target_return:g}")
+                run.note(evaluator.stop_note(step))
             break
     envs.close()
     return _policy(spec, model)
