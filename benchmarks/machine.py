@@ -2,9 +2,9 @@
 
 On a VM, "steal" is the time the hypervisor gave this guest's vCPUs to other guests; while it
 is high, every figure here is slower (2x swings within minutes were seen on the 2-core VMs).
-The same VM also changes speed with its neighbours (seed 2 of CartPoleNoVel trained at 2,087 steps/s and a quarter
-of an hour later at 3,851, alone both times), and VMs that report the same CPU model differ too, so each results
-file records how long a fixed reference workload took, before and after the run.
+The same VM also changes speed with its neighbours (seed 2 of CartPoleNoVel trained at 2,087 steps/s alone, and a
+quarter of an hour later at 3,851 beside another training run), and VMs that report the same CPU model differ too,
+so each results file records how long a fixed reference workload took, before and after the run.
 """
 
 from __future__ import annotations
