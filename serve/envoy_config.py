@@ -68,6 +68,10 @@ def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
+HOST_SELECTION_ATTEMPTS = 32
+"""Ring entries a retry looks at for a host it has not tried yet."""
+
+
 @dataclass(frozen=True)
 class EnvoyOptions:
     """What the generated configuration leaves to its user; the defaults suit a fleet of long-lived streams."""
@@ -142,7 +146,11 @@ def _listener(listen: tuple[str, int], options: EnvoyOptions) -> dict[str, Any]:
                 "name": "envoy.retry_host_predicates.previous_hosts",
                 "typed_config": {"@type": _TYPE + "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"},
             }],
-            "host_selection_retry_max_attempts": 5,
+            # A hash load balancer looks for an untried host at the session's ring entry, then the next ones
+            # (Maglev: rehashes), the same entries on every retry of the session. With 3 replicas each next
+            # entry is the host just tried about one time in 3, so with 5 more looks about one session in 3**5 = 243
+            # found only that host and failed every retried call (a drain failed calls); with 32, one in 3**32.
+            "host_selection_retry_max_attempts": HOST_SELECTION_ATTEMPTS,
             "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
         },
     }

@@ -36,6 +36,8 @@ def test_routes_by_affinity_then_session_id_with_consistent_hashing():
     retry = route["retry_policy"]
     assert set(retry["retry_on"].split(",")) == {"reset", "unavailable", "refused-stream", "connect-failure", "cancelled"}
     assert retry["retry_host_predicate"][0]["name"] == "envoy.retry_host_predicates.previous_hosts"
+    # a retry walks the ring to a host not tried yet; with 5 looks, 1 session in 3**5 found only the draining one
+    assert retry["host_selection_retry_max_attempts"] >= 32
     cluster = _cluster(config)
     assert cluster["lb_policy"] == "RING_HASH" and cluster["type"] == "STATIC"
     assert cluster["common_lb_config"]["healthy_panic_threshold"] == {"value": 0.0}
