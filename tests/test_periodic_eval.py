@@ -166,6 +166,19 @@ def test_an_evaluation_below_the_target_or_without_confirmation_plays_its_own_ep
     assert played == [(3, 1_000_000), (3, 1_000_000)] and evaluator.reached_target
 
 
+def test_a_mean_at_the_target_up_to_float_rounding_reaches_it(tmp_path):
+    import numpy as np
+
+    from rnnpolicy.train.periodic_eval import reaches
+
+    perfect = float(np.mean([0.95] * 96))  # MemoryGrid's perfect return, 96 times: 0.9499999999999998
+    assert perfect < 0.95 and reaches(perfect, 0.95)
+    assert not reaches(0.9499, 0.95) and reaches(500.0, 500.0) and not reaches(499.99, 500.0)
+    evaluator, _ = _evaluator(tmp_path, [0.95, 0.95], target_return=0.95, confirm_episodes=93)
+    result = evaluator.maybe_evaluate(100, lambda: _policy(1.0))  # 3 + 93 episodes, each returning 0.95
+    assert result.episodes == 96 and result.mean_return == perfect and evaluator.reached_target
+
+
 def test_extended_results_average_over_all_the_episodes():
     first = EvalResult(2, 1.0, 0.0, 1.0, [1.0, 1.0])
     both = first.extended(EvalResult(2, 0.0, 0.0, 0.5, [0.0, 0.0]))
