@@ -377,6 +377,8 @@ def test_cli_export_flags() -> None:
 
 
 def test_aot_without_compiler_is_a_clear_error(gru_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch._inductor.config  # noqa: F401  (it reads $CXX once, on import: not while the fake one is set)
+
     monkeypatch.setenv("CXX", "no-such-compiler")
     with pytest.raises(ValueError, match="needs a C\\+\\+ compiler, but 'no-such-compiler' was not found"):
         export_checkpoint(gru_checkpoint, tmp_path, aot=True, verify=False)
