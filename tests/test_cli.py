@@ -44,6 +44,8 @@ def test_train_help_shows_the_algorithm_hyperparameters(capsys):
          "--eval-max-share must lie in (0, 1] or be inf (no cap), got 1.5"),
         (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--episode-bptt-max", "0", "--out", "{tmp}/x"],
          "--episode-bptt-max must be >= 1, got 0"),
+        (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--confirm-episodes", "-1", "--out", "{tmp}/x"],
+         "--confirm-episodes must be >= 0 (0: no confirmation), got -1"),
         (["train", "--algo", "ppo", "--env", "rnnpolicy/TMaze-v0", "--episode-bptt", "--seq-len", "16", "--out", "{tmp}/x"],
          "--episode-bptt replays whole episodes, so it needs --seq-len 0 (whole rollouts), got --seq-len=16"),
         # a value the user did not give is said to come from the environment's entry
