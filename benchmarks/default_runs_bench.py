@@ -9,7 +9,7 @@ the seeds of the evaluations during training). Results go to ``results/NAME.json
     python benchmarks/default_runs_bench.py --name popgym_repeat_previous_medium --env popgym:popgym-RepeatPreviousMedium-v0 \\
         --threshold 0.5 --seeds 1 2 3 -- --total-steps 5000000
     python benchmarks/default_runs_bench.py --name minigrid_memory_s11 --env minigrid:MiniGrid-MemoryS11-v0 \\
-        --threshold 0.95 --metric success_rate --seeds 1 2 3 -- --wrapper minigrid.wrappers:ImgObsWrapper --total-steps 2000000
+        --threshold 0.95 --metric success_rate --seeds 1 2 3 -- --wrapper minigrid.wrappers:ImgObsWrapper --total-steps 3000000
 """
 
 from __future__ import annotations
